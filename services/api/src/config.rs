@@ -1,0 +1,122 @@
+//! Runtime configuration: one clap struct, every field also readable from the environment.
+//! `.env.example` at the repository root documents each variable.
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use clap::Parser;
+use ipnet::IpNet;
+
+/// A secret value (token, password, connection string). Never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+#[derive(Parser, Debug, Clone)]
+pub struct Config {
+    /// Public API listener (the only one nginx proxies to).
+    #[arg(long, env = "PR_PUBLIC_ADDR", default_value = "0.0.0.0:8000")]
+    pub public_addr: SocketAddr,
+
+    /// Internal listener serving only `/metrics` and `/healthz`. Keep it off public interfaces.
+    #[arg(long, env = "PR_METRICS_ADDR", default_value = "127.0.0.1:9100")]
+    pub metrics_addr: SocketAddr,
+
+    /// When set (non-empty), `/metrics` requires `Authorization: Bearer <token>`.
+    #[arg(long, env = "PR_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<Secret>,
+
+    /// Postgres connection string.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Secret,
+
+    /// Maximum connections in the database pool.
+    #[arg(long, env = "PR_DB_MAX_CONNECTIONS", default_value_t = 20)]
+    pub db_max_connections: u32,
+
+    /// How long start-up waits for the database (migrations) before giving up.
+    #[arg(long, env = "PR_DB_STARTUP_TIMEOUT_SECS", default_value_t = 60)]
+    pub db_startup_timeout_secs: u64,
+
+    /// Comma-separated CIDRs of proxies whose X-Forwarded-For / X-Real-IP are believed.
+    /// Empty (the default): the TCP peer address is the client address.
+    #[arg(long, env = "PR_TRUSTED_PROXIES", value_delimiter = ',', num_args = 0..)]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Log filter (tracing `EnvFilter` syntax), for example `info` or `info,sqlx=warn`.
+    #[arg(long, env = "PR_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Largest accepted request body in bytes; larger bodies get 413.
+    #[arg(long, env = "PR_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Time limit for producing a response (headers); exceeded → 504.
+    #[arg(long, env = "PR_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+
+    /// Time limit for a client to send its request body; exceeded → 408.
+    #[arg(long, env = "PR_BODY_READ_TIMEOUT_SECS", default_value_t = 15)]
+    pub body_read_timeout_secs: u64,
+
+    /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish before exit.
+    #[arg(long, env = "PR_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Config {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_read_timeout_secs)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+    /// The metrics token, treating an empty variable as unset.
+    pub fn metrics_token(&self) -> Option<&str> {
+        self.metrics_token
+            .as_ref()
+            .map(Secret::expose)
+            .filter(|t| !t.is_empty())
+    }
+
+    /// A configuration for tests and benchmarks: ephemeral loopback ports, defaults elsewhere.
+    pub fn for_tests(database_url: impl Into<String>) -> Self {
+        Self {
+            public_addr: "127.0.0.1:0".parse().unwrap(),
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            metrics_token: None,
+            database_url: Secret::new(database_url),
+            db_max_connections: 10,
+            db_startup_timeout_secs: 30,
+            trusted_proxies: Vec::new(),
+            log: "info".into(),
+            max_body_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+            body_read_timeout_secs: 15,
+            shutdown_grace_secs: 10,
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The one error type of the API. Handlers return `ApiError`; its `IntoResponse` only attaches an
+//! [`ErrorInfo`] to an empty response. The telemetry middleware renders every error body (so each
+//! carries the request id), logs internal details once with that id, and counts 5xx exceptions.
+
+use std::borrow::Cow;
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+
+/// What the telemetry middleware needs to render an error body and count it.
+#[derive(Clone, Debug)]
+pub struct ErrorInfo {
+    pub status: StatusCode,
+    /// Shown to the client. Never contains internal details.
+    pub message: Cow<'static, str>,
+    /// OpenAI-style error type (`invalid_request_error`, `server_error`, ...).
+    pub kind: &'static str,
+    /// Machine-readable code (`invalid_json`, `not_found`, ...).
+    pub code: &'static str,
+    /// Stable snake_case label for `pr_http_exceptions_total` when the status is 5xx.
+    pub exception_type: Option<&'static str>,
+    /// Logged (with the request id), never shown.
+    pub detail: Option<String>,
+}
+
+impl ErrorInfo {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            code,
+            exception_type: None,
+            detail: None,
+        }
+    }
+
+    /// The error for a bare error status produced outside our handlers (axum's 405, a timeout
+    /// layer, the fallback), so that every error body has the same shape.
+    pub fn for_status(status: StatusCode) -> Self {
+        let (kind, code, message): (&'static str, &'static str, &'static str) =
+            match status.as_u16() {
+                400 => (
+                    "invalid_request_error",
+                    "bad_request",
+                    "The request could not be understood.",
+                ),
+                401 => (
+                    "authentication_error",
+                    "unauthorized",
+                    "Authentication is required.",
+                ),
+                403 => (
+                    "permission_error",
+                    "forbidden",
+                    "You do not have access to this resource.",
+                ),
+                404 => ("invalid_request_error", "not_found", "No such route."),
+                405 => (
+                    "invalid_request_error",
+                    "method_not_allowed",
+                    "Method not allowed for this route.",
+                ),
+                408 => (
+                    "invalid_request_error",
+                    "request_timeout",
+                    "The request body was not received in time.",
+                ),
+                413 => (
+                    "invalid_request_error",
+                    "payload_too_large",
+                    "The request body is too large.",
+                ),
+                415 => (
+                    "invalid_request_error",
+                    "unsupported_media_type",
+                    "Expected Content-Type: application/json.",
+                ),
+                429 => ("rate_limit_error", "rate_limited", "Too many requests."),
+                504 => ("server_error", "timeout", "The request timed out."),
+                s if s >= 500 => ("server_error", "internal_error", "Internal server error."),
+                _ => ("invalid_request_error", "error", "The request failed."),
+            };
+        let mut info = Self::new(status, kind, code, message);
+        if status.is_server_error() {
+            info.exception_type = Some(if status == StatusCode::GATEWAY_TIMEOUT {
+                "timeout"
+            } else {
+                "internal"
+            });
+        }
+        info
+    }
+
+    pub fn body_json(&self, request_id: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "code": self.code,
+                "request_id": request_id,
+            }
+        }))
+        .expect("error body serialises")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("bad request: {message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("not found: {0}")]
+    NotFound(&'static str),
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("request body timeout")]
+    RequestTimeout,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("database unavailable")]
+    DatabaseUnavailable(#[source] sqlx::Error),
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                Self::DatabaseUnavailable(e)
+            }
+            e => Self::Database(e),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::ShuttingDown | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn info(&self) -> ErrorInfo {
+        let status = self.status_code();
+        match self {
+            Self::BadRequest { code, message } => {
+                ErrorInfo::new(status, "invalid_request_error", code, message.clone())
+            }
+            Self::NotFound(what) => ErrorInfo::new(
+                status,
+                "invalid_request_error",
+                "not_found",
+                format!("{what} not found."),
+            ),
+            Self::Conflict(message) => {
+                ErrorInfo::new(status, "invalid_request_error", "conflict", message.clone())
+            }
+            Self::DatabaseUnavailable(e) => ErrorInfo {
+                exception_type: Some("database_unavailable"),
+                detail: Some(e.to_string()),
+                ..ErrorInfo::new(
+                    status,
+                    "server_error",
+                    "service_unavailable",
+                    "The service is temporarily unavailable.",
+                )
+            },
+            Self::ShuttingDown => ErrorInfo {
+                exception_type: Some("shutting_down"),
+                ..ErrorInfo::new(
+                    status,
+                    "server_error",
+                    "shutting_down",
+                    "The server is shutting down.",
+                )
+            },
+            Self::Database(e) => ErrorInfo {
+                exception_type: Some("database"),
+                detail: Some(e.to_string()),
+                ..ErrorInfo::for_status(status)
+            },
+            Self::Internal(e) => ErrorInfo {
+                exception_type: Some("internal"),
+                detail: Some(format!("{e:#}")),
+                ..ErrorInfo::for_status(status)
+            },
+            Self::Unauthorized
+            | Self::Forbidden
+            | Self::PayloadTooLarge
+            | Self::RequestTimeout
+            | Self::UnsupportedMediaType => ErrorInfo::for_status(status),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let info = self.info();
+        let mut response = info.status.into_response();
+        if info.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"privaterouter\""),
+            );
+        }
+        response.extensions_mut().insert(info);
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,14 @@
+//! PrivateRouter API: an OpenAI-compatible LLM gateway with a public listener and a separate
+//! internal listener for Prometheus metrics.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+
+pub use config::Config;
+pub use startup::Application;

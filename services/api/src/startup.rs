@@ -1,0 +1,157 @@
+//! Bind first, then serve: `Application::build` binds both listeners (so tests can use port 0 and
+//! read the real addresses), `run_until` serves them and drains both on shutdown.
+
+use std::{future::Future, net::SocketAddr};
+
+use anyhow::Context;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::{net::TcpListener, sync::watch};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking};
+
+use crate::{
+    config::Config,
+    db, routes,
+    state::AppState,
+    telemetry::{AccessLog, metrics::install_recorder},
+};
+
+pub struct Application {
+    public: TcpListener,
+    internal: TcpListener,
+    public_router: Router,
+    internal_router: Router,
+    handle: PrometheusHandle,
+    state: AppState,
+}
+
+impl Application {
+    /// `log_writer` is the shared non-blocking writer from [`crate::telemetry::init_logging`].
+    pub async fn build(
+        config: Config,
+        log_writer: NonBlocking,
+        dropped_log_lines: ErrorCounter,
+    ) -> anyhow::Result<Self> {
+        let handle = install_recorder();
+        if config.metrics_token().is_none() && !config.metrics_addr.ip().is_loopback() {
+            tracing::warn!(addr = %config.metrics_addr, "PR_METRICS_TOKEN is not set and the metrics listener is not on loopback");
+        }
+        let db = db::connect(&config).await?;
+        let public = TcpListener::bind(config.public_addr)
+            .await
+            .with_context(|| format!("binding the public listener on {}", config.public_addr))?;
+        let internal = TcpListener::bind(config.metrics_addr)
+            .await
+            .with_context(|| format!("binding the metrics listener on {}", config.metrics_addr))?;
+        let internal_router = routes::internal::router(
+            handle.clone(),
+            config.metrics_token().map(str::to_owned),
+            dropped_log_lines,
+        );
+        let state = AppState::new(config, db);
+        let public_router = routes::public_router(state.clone(), AccessLog::new(log_writer));
+        Ok(Self {
+            public,
+            internal,
+            public_router,
+            internal_router,
+            handle,
+            state,
+        })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.internal
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves both listeners until `shutdown` resolves, then stops accepting, marks the app not
+    /// ready and waits up to `PR_SHUTDOWN_GRACE_SECS` for in-flight requests on both.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            public,
+            internal,
+            public_router,
+            internal_router,
+            handle,
+            state,
+        } = self;
+        let grace = state.config.shutdown_grace();
+        tracing::info!(public = %public.local_addr()?, metrics = %internal.local_addr()?, "listening");
+
+        let upkeep = tokio::spawn(crate::telemetry::metrics::run_upkeep(handle.clone()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let mut public_task = tokio::spawn(
+            axum::serve(
+                public,
+                public_router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+        );
+        let mut internal_task = tokio::spawn(
+            axum::serve(internal, internal_router.into_make_service())
+                .with_graceful_shutdown(stopped(stop_rx))
+                .into_future(),
+        );
+
+        tokio::select! {
+            () = shutdown => tracing::info!(grace_secs = grace.as_secs(), "shutdown requested; draining in-flight requests"),
+            result = &mut public_task => { upkeep.abort(); return result.context("public listener task")?.context("public listener failed") }
+            result = &mut internal_task => { upkeep.abort(); return result.context("metrics listener task")?.context("metrics listener failed") }
+        }
+        state.begin_shutdown();
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(grace, async {
+            let (a, b) = tokio::join!(public_task, internal_task);
+            a.ok();
+            b.ok();
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "shutdown grace period elapsed with requests still in flight; exiting anyway"
+            );
+        }
+        upkeep.abort();
+        state.db.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}

@@ -1,0 +1,75 @@
+//! The access log: exactly one JSON line per public request with the fields `ts`, `request_id`,
+//! `method`, `route`, `raw_path`, `status`, `latency_ms`, `user_id`, `ip`, `user_agent`, `bytes`
+//! (the `pr.access` logger). Lines go through the shared non-blocking writer.
+
+use std::{
+    io::Write,
+    net::IpAddr,
+    sync::{Arc, OnceLock},
+};
+
+use serde::Serialize;
+use tracing_appender::non_blocking::NonBlocking;
+
+/// Longest `raw_path` / `user_agent` kept in a log line; longer values are cut (on a char
+/// boundary) so one request cannot write megabytes of log.
+const MAX_FIELD_CHARS: usize = 1024;
+
+#[derive(Clone)]
+pub struct AccessLog {
+    writer: NonBlocking,
+}
+
+/// Filled by the authentication extractor so the access log can name the user of a request.
+#[derive(Clone, Default, Debug)]
+pub struct UserSlot(Arc<OnceLock<String>>);
+
+impl UserSlot {
+    pub fn set(&self, user_id: impl Into<String>) {
+        let _ = self.0.set(user_id.into());
+    }
+    pub fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
+#[derive(Serialize)]
+pub struct AccessLine<'a> {
+    pub ts: f64,
+    pub request_id: &'a str,
+    pub method: &'a str,
+    pub route: &'a str,
+    pub raw_path: &'a str,
+    pub status: u16,
+    pub latency_ms: f64,
+    pub user_id: Option<&'a str>,
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<&'a str>,
+    pub bytes: u64,
+}
+
+impl AccessLog {
+    pub fn new(writer: NonBlocking) -> Self {
+        Self { writer }
+    }
+
+    pub fn write(&self, line: &AccessLine<'_>) {
+        let mut buf = Vec::with_capacity(384);
+        if serde_json::to_writer(&mut buf, line).is_ok() {
+            buf.push(b'\n');
+            // The writer is lossy by design: when it falls behind, lines are counted and dropped.
+            let _ = self.writer.clone().write_all(&buf);
+        }
+    }
+}
+
+pub fn truncate(s: &str) -> &str {
+    if s.len() <= MAX_FIELD_CHARS {
+        return s;
+    }
+    let mut end = MAX_FIELD_CHARS;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -1,0 +1,14 @@
+//! Telemetry: JSON logs (application and access log) through one non-blocking writer, the
+//! Prometheus recorder and metric catalogue, request ids, client addresses and the HTTP middleware.
+
+pub mod access_log;
+pub mod client_ip;
+pub mod logging;
+pub mod metrics;
+pub mod middleware;
+pub mod request_id;
+
+pub use access_log::{AccessLog, UserSlot};
+pub use logging::{LogSink, Logging, init_logging};
+pub use middleware::TelemetryLayer;
+pub use request_id::RequestId;

@@ -1,0 +1,10 @@
+//! Integration tests of the API service: real Postgres (local image via testcontainers), the real
+//! app on ephemeral loopback ports, real HTTP. One binary, one module per concern.
+
+mod access_log;
+mod errors;
+mod listeners;
+mod metrics;
+mod readiness;
+mod request_id;
+mod shutdown;

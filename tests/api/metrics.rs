@@ -1,0 +1,285 @@
+use std::time::Duration;
+
+use privaterouter_tests::{spawn_app, spawn_app_with};
+
+const REQS: &str = "pr_http_requests_total";
+const DURATION: &str = "pr_http_request_duration_seconds";
+const IN_FLIGHT: &str = "pr_http_requests_in_flight";
+const EXCEPTIONS: &str = "pr_http_exceptions_total";
+
+#[tokio::test]
+async fn every_request_is_counted_with_exact_labels() {
+    let app = spawn_app_with(|c| {
+        c.request_timeout_secs = 1;
+        c.max_body_bytes = 1024;
+    })
+    .await;
+
+    for _ in 0..3 {
+        assert_eq!(app.get("/healthz").await.status(), 200);
+    }
+    assert_eq!(app.get("/no/such/path-123").await.status(), 404);
+    assert_eq!(
+        app.client
+            .post(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+    assert_eq!(app.get("/__test/unauthorized").await.status(), 401);
+    let big = app
+        .client
+        .post(app.url("/__test/echo/7"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
+    assert_eq!(app.get("/__test/panic").await.status(), 500);
+    assert_eq!(app.get("/__test/db-error").await.status(), 500);
+    assert_eq!(app.get("/__test/sleep?ms=3000").await.status(), 504);
+    let custom = reqwest::Method::from_bytes(b"BREW").unwrap();
+    assert_eq!(
+        app.client
+            .request(custom, app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+
+    let s = app
+        .wait_for_metrics("ten requests counted", |s| {
+            s.series(REQS).iter().map(|x| x.value).sum::<f64>() >= 10.0
+        })
+        .await;
+
+    let expect = [
+        (("GET", "/healthz", "200"), 3.0),
+        (("GET", "unmatched", "404"), 1.0),
+        (("POST", "/healthz", "405"), 1.0),
+        (("OTHER", "/healthz", "405"), 1.0),
+        (("GET", "/__test/unauthorized", "401"), 1.0),
+        (("POST", "/__test/echo/{id}", "413"), 1.0),
+        (("GET", "/__test/panic", "500"), 1.0),
+        (("GET", "/__test/db-error", "500"), 1.0),
+        (("GET", "/__test/sleep", "504"), 1.0),
+    ];
+    for ((method, route, status), n) in expect {
+        let labels = [("method", method), ("route", route), ("status", status)];
+        assert_eq!(s.get(REQS, &labels), n, "{REQS} {labels:?}");
+        assert_eq!(
+            s.get(&format!("{DURATION}_count"), &labels),
+            n,
+            "{DURATION}_count {labels:?}"
+        );
+        let inf = [
+            ("method", method),
+            ("route", route),
+            ("status", status),
+            ("le", "+Inf"),
+        ];
+        assert_eq!(
+            s.get(&format!("{DURATION}_bucket"), &inf),
+            n,
+            "+Inf bucket {labels:?}"
+        );
+    }
+    assert_eq!(
+        s.series(REQS).len(),
+        expect.len(),
+        "no other series: {:?}",
+        s.series(REQS)
+    );
+
+    // A real histogram with API-sized buckets from 1 ms to 60 s, not a summary.
+    assert_eq!(s.types[DURATION], "histogram");
+    for le in ["0.001", "0.005", "0.1", "1", "10", "60"] {
+        let labels = [
+            ("method", "GET"),
+            ("route", "/healthz"),
+            ("status", "200"),
+            ("le", le),
+        ];
+        assert!(
+            s.value(&format!("{DURATION}_bucket"), &labels).is_some(),
+            "bucket le={le}"
+        );
+    }
+    let slow = [
+        ("method", "GET"),
+        ("route", "/__test/sleep"),
+        ("status", "504"),
+        ("le", "0.5"),
+    ];
+    assert_eq!(
+        s.get(&format!("{DURATION}_bucket"), &slow),
+        0.0,
+        "the 1 s timeout is not under 0.5 s"
+    );
+    let slow_sum = s.get(
+        &format!("{DURATION}_sum"),
+        &[
+            ("method", "GET"),
+            ("route", "/__test/sleep"),
+            ("status", "504"),
+        ],
+    );
+    assert!(
+        (0.9..3.0).contains(&slow_sum),
+        "timeout duration {slow_sum}"
+    );
+
+    let exceptions = [
+        (("GET", "/__test/panic", "panic"), 1.0),
+        (("GET", "/__test/db-error", "database"), 1.0),
+        (("GET", "/__test/sleep", "timeout"), 1.0),
+    ];
+    for ((method, route, kind), n) in exceptions {
+        let labels = [
+            ("method", method),
+            ("route", route),
+            ("exception_type", kind),
+        ];
+        assert_eq!(s.get(EXCEPTIONS, &labels), n, "{EXCEPTIONS} {labels:?}");
+    }
+    assert_eq!(
+        s.series(EXCEPTIONS).len(),
+        exceptions.len(),
+        "4xx are not exceptions: {:?}",
+        s.series(EXCEPTIONS)
+    );
+
+    for name in [REQS, DURATION, IN_FLIGHT, EXCEPTIONS] {
+        assert!(
+            s.help.get(name).is_some_and(|h| h.len() > 20),
+            "HELP for {name}"
+        );
+    }
+    for series in s.series(IN_FLIGHT) {
+        assert_eq!(series.value, 0.0, "nothing in flight at rest: {series:?}");
+    }
+    for series in &s.samples {
+        assert!(
+            !series.labels.contains_key("user_id"),
+            "user_id is never a label"
+        );
+    }
+}
+
+#[tokio::test]
+async fn in_flight_gauge_follows_open_requests() {
+    let app = spawn_app().await;
+    let labels = [("method", "GET"), ("route", "/__test/sleep")];
+    let slow = {
+        let client = app.client.clone();
+        let url = app.url("/__test/sleep?ms=1500");
+        tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+    };
+    let second = {
+        let client = app.client.clone();
+        let url = app.url("/__test/sleep?ms=1500");
+        tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+    };
+    app.wait_for_metrics("two in flight", |s| s.get(IN_FLIGHT, &labels) == 2.0)
+        .await;
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(second.await.unwrap(), 200);
+    app.wait_for_metrics("none in flight", |s| s.get(IN_FLIGHT, &labels) == 0.0)
+        .await;
+}
+
+#[tokio::test]
+async fn random_paths_and_methods_do_not_grow_label_sets() {
+    let app = spawn_app().await;
+    app.get("/warm/up").await;
+    app.client
+        .request(
+            reqwest::Method::from_bytes(b"WARMUP").unwrap(),
+            app.url("/warm/up"),
+        )
+        .send()
+        .await
+        .unwrap();
+    let before = app
+        .wait_for_metrics("warm-up counted", |s| {
+            s.get(
+                REQS,
+                &[
+                    ("method", "OTHER"),
+                    ("route", "unmatched"),
+                    ("status", "404"),
+                ],
+            ) == 1.0
+        })
+        .await;
+    let series_before = before.samples.len();
+
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let client = app.client.clone();
+        let url = app.url(&format!(
+            "/{}/{}?q={}",
+            privaterouter_tests::random_hex(8),
+            i,
+            privaterouter_tests::random_hex(4)
+        ));
+        // Every tenth request uses a random extension method: it must land in `OTHER`.
+        let method = if i % 10 == 0 {
+            reqwest::Method::from_bytes(
+                format!("X{}", privaterouter_tests::random_hex(3).to_uppercase()).as_bytes(),
+            )
+            .unwrap()
+        } else {
+            reqwest::Method::GET
+        };
+        tasks.push(tokio::spawn(async move {
+            client.request(method, url).send().await.unwrap().status()
+        }));
+        if tasks.len() == 50 {
+            for t in tasks.drain(..) {
+                assert_eq!(t.await.unwrap(), 404);
+            }
+        }
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 404);
+    }
+    let after = app
+        .wait_for_metrics("all 1,000 counted", |s| {
+            s.get(
+                REQS,
+                &[("method", "GET"), ("route", "unmatched"), ("status", "404")],
+            ) == 901.0
+                && s.get(
+                    REQS,
+                    &[
+                        ("method", "OTHER"),
+                        ("route", "unmatched"),
+                        ("status", "404"),
+                    ],
+                ) == 101.0
+        })
+        .await;
+    assert_eq!(
+        after.samples.len(),
+        series_before,
+        "series count unchanged by 1,000 random paths"
+    );
+    for sample in &after.samples {
+        if let Some(route) = sample.labels.get("route") {
+            assert!(
+                route == "unmatched" || route.starts_with('/'),
+                "unexpected route label {route}"
+            );
+            assert!(
+                !route.contains("warm"),
+                "raw path leaked into a label: {route}"
+            );
+        }
+    }
+}

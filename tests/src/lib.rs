@@ -1,0 +1,242 @@
+//! Test harness: Postgres from the locally built image (testcontainers), the real API spawned
+//! in-process on port 0 with its log output captured, and a Prometheus text parser.
+//!
+//! Metrics use the process-wide recorder, so tests that assert metric values expect one app per
+//! process: the suite runs under `cargo nextest` (one process per test).
+
+pub mod prom;
+
+use std::{
+    io::Write,
+    net::{SocketAddr, TcpListener},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use privaterouter_api::{Application, Config, telemetry};
+use serde_json::Value;
+use testcontainers::{
+    ContainerAsync, GenericImage, ImageExt,
+    core::{ContainerPort, WaitFor},
+    runners::AsyncRunner,
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+pub const POSTGRES_IMAGE: &str = "privaterouter/postgres";
+pub const POSTGRES_TAG: &str = "15";
+/// Label on every container the tests start, so `scripts/test` can remove leftovers of a killed run.
+pub const TEST_LABEL: &str = "org.privaterouter.test";
+
+pub fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+pub struct TestDb {
+    pub container: ContainerAsync<GenericImage>,
+    pub url: String,
+}
+
+/// A fresh Postgres with a random password, published on a fixed free loopback port so that a
+/// stopped and restarted container comes back on the same address.
+pub async fn postgres() -> TestDb {
+    let password = random_hex(16);
+    let port = free_port();
+    let container = GenericImage::new(POSTGRES_IMAGE, POSTGRES_TAG)
+        .with_wait_for(WaitFor::message_on_either_std(
+            "database system is ready to accept connections",
+        ))
+        .with_env_var("POSTGRES_PASSWORD", &password)
+        .with_env_var("POSTGRES_DB", "privaterouter")
+        .with_mapped_port(port, ContainerPort::Tcp(5432))
+        .with_label(TEST_LABEL, "1")
+        .with_startup_timeout(Duration::from_secs(90))
+        .start()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("starting {POSTGRES_IMAGE}:{POSTGRES_TAG} (run scripts/build-images): {e}")
+        });
+    let url = format!("postgres://postgres:{password}@127.0.0.1:{port}/privaterouter");
+    TestDb { container, url }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An in-memory log sink shared between the app's writer thread and the test.
+#[derive(Clone, Default)]
+pub struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    pub fn lines(&self) -> Vec<Value> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .expect("log output is UTF-8")
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+}
+
+pub struct TestApp {
+    pub public: SocketAddr,
+    pub metrics: SocketAddr,
+    pub client: reqwest::Client,
+    pub logs: Capture,
+    pub db: TestDb,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    _logging: telemetry::Logging,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let db = postgres().await;
+    spawn_app_on(db, configure).await
+}
+
+pub async fn spawn_app_on(db: TestDb, configure: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = Config::for_tests(&db.url);
+    configure(&mut config);
+    let logs = Capture::default();
+    let logging = telemetry::init_logging("info", Box::new(logs.clone()));
+    let app = Application::build(config, logging.writer.clone(), logging.dropped.clone())
+        .await
+        .expect("app builds");
+    let (public, metrics) = (app.public_addr(), app.metrics_addr());
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        public,
+        metrics,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        logs,
+        db,
+        shutdown: Some(tx),
+        task: Some(task),
+        _logging: logging,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.public, path)
+    }
+
+    pub fn metrics_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.metrics, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request is answered")
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        let response = self
+            .client
+            .get(self.metrics_url("/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
+    pub async fn samples(&self) -> prom::Samples {
+        prom::parse(&self.metrics_text().await)
+    }
+
+    /// Waits (bounded) until `check` holds on the scraped samples: metrics are recorded when a
+    /// response body has been sent, a moment after the client has read it.
+    pub async fn wait_for_metrics(
+        &self,
+        what: &str,
+        check: impl Fn(&prom::Samples) -> bool,
+    ) -> prom::Samples {
+        for _ in 0..100 {
+            let samples = self.samples().await;
+            if check(&samples) {
+                return samples;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "metrics never satisfied: {what}\n{}",
+            self.metrics_text().await
+        );
+    }
+
+    /// Access-log lines (those without a `logger` field), waiting until `n` are written.
+    pub async fn access_lines(&self, n: usize) -> Vec<Value> {
+        for _ in 0..100 {
+            let lines: Vec<Value> = self
+                .logs
+                .lines()
+                .into_iter()
+                .filter(|l| l.get("logger").is_none())
+                .collect();
+            if lines.len() >= n {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("fewer than {n} access-log lines: {:?}", self.logs.lines());
+    }
+
+    pub fn app_lines(&self) -> Vec<Value> {
+        self.logs
+            .lines()
+            .into_iter()
+            .filter(|l| l.get("logger").is_some())
+            .collect()
+    }
+
+    /// Triggers graceful shutdown and waits for `run_until` to return.
+    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+
+    pub fn trigger_shutdown(&mut self) -> JoinHandle<anyhow::Result<()>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("not shut down yet")
+    }
+}
