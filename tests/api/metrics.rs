@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use privaterouter_tests::{spawn_app, spawn_app_with};
 
 const REQS: &str = "pr_http_requests_total";

@@ -122,7 +122,7 @@ pub async fn spawn_app_on(db: TestDb, configure: impl FnOnce(&mut Config)) -> Te
     configure(&mut config);
     let logs = Capture::default();
     let logging = telemetry::init_logging("info", Box::new(logs.clone()));
-    let app = Application::build(config, logging.writer.clone(), logging.dropped.clone())
+    let app = Application::build(config, logging.writer.clone())
         .await
         .expect("app builds");
     let (public, metrics) = (app.public_addr(), app.metrics_addr());

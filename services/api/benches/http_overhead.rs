@@ -1,14 +1,21 @@
 //! Telemetry overhead benchmark: the same handler served bare and wrapped in the full public HTTP
-//! stack (request id, client address, metrics, access log to a non-blocking writer, timeouts,
-//! panic catching), loaded alternately with `wrk` in one run, reporting the throughput ratio.
+//! stack (request id, client address, metrics, access log through the non-blocking writer,
+//! timeouts, panic catching), loaded alternately with `wrk` in one run, reporting the ratio.
 //!
 //!     cargo bench -p privaterouter-api --bench http_overhead
 //!
-//! Environment: BENCH_SECS (per round, default 8), BENCH_ROUNDS (default 3),
-//! BENCH_CONNECTIONS (default 32), BENCH_THREADS (wrk threads, default 1).
-//! Requires `wrk` (Debian package). The access log goes to /dev/null (a real file write).
+//! Each round starts a fresh server process per variant (this binary re-executed with
+//! `PR_BENCH_SERVE=bare|instrumented`), so both variants run under identical conditions; the
+//! order alternates between rounds. The access log is written to /dev/null.
+//!
+//! Environment: BENCH_SECS (per round, default 8), BENCH_ROUNDS (default 4),
+//! BENCH_CONNECTIONS (default 32), BENCH_THREADS (wrk threads, default 1). Requires `wrk`.
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+};
 
 use axum::{Router, routing::get};
 use privaterouter_api::{Config, routes::with_http_stack, telemetry};
@@ -24,18 +31,53 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-async fn serve(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
+/// Child mode: serve one variant on an ephemeral port and print the address.
+fn serve(variant: &str) {
+    let logging = telemetry::init_logging(
+        "warn",
+        Box::new(std::fs::File::create("/dev/null").unwrap()),
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let app = Router::new().route("/api/ping", get(handler));
+        let app = match variant {
+            "bare" => app,
+            "instrumented" => {
+                telemetry::metrics::install_recorder();
+                let config = Config::for_tests("postgres://unused");
+                with_http_stack(
+                    app,
+                    &config,
+                    telemetry::AccessLog::new(logging.writer.clone()),
+                )
+            }
+            other => panic!("unknown variant {other}"),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{}", listener.local_addr().unwrap());
         axum::serve(
             listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .await
         .unwrap();
     });
-    addr
+}
+
+fn spawn_server(variant: &str) -> (Child, SocketAddr) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("PR_BENCH_SERVE", variant)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("re-executing the benchmark as a server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (
+        child,
+        line.trim().parse().expect("server prints its address"),
+    )
 }
 
 fn wrk(addr: SocketAddr, secs: u64, connections: u64, threads: u64) -> f64 {
@@ -47,70 +89,70 @@ fn wrk(addr: SocketAddr, secs: u64, connections: u64, threads: u64) -> f64 {
             &connections.to_string(),
             "-d",
             &format!("{secs}s"),
-            &format!("http://{addr}/api/ping"),
         ])
+        .arg(format!("http://{addr}/api/ping"))
         .output()
         .expect("wrk is installed (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
+    assert!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
+    text.lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("could not read wrk output:\n{text}"));
-    assert!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
+        .unwrap_or_else(|| panic!("could not read wrk output:\n{text}"))
+}
+
+fn measure(variant: &str, secs: u64, connections: u64, threads: u64) -> f64 {
+    let (mut child, addr) = spawn_server(variant);
+    wrk(addr, 1, connections, threads); // warm-up: connections, lazy statics, metric handles
+    let rps = wrk(addr, secs, connections, threads);
+    child.kill().ok();
+    child.wait().ok();
     rps
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn main() {
+    if let Ok(variant) = std::env::var("PR_BENCH_SERVE") {
+        return serve(&variant);
+    }
     let secs = env_or("BENCH_SECS", 8);
-    let rounds = env_or("BENCH_ROUNDS", 3);
+    let rounds = env_or("BENCH_ROUNDS", 4);
     let connections = env_or("BENCH_CONNECTIONS", 32);
     let threads = env_or("BENCH_THREADS", 1);
-
-    let logging = telemetry::init_logging(
-        "warn",
-        Box::new(std::fs::File::create("/dev/null").unwrap()),
+    println!(
+        "bare vs instrumented: wrk -t{threads} -c{connections} -d{secs}s, {rounds} rounds, order alternating"
     );
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (bare, instrumented) = runtime.block_on(async {
-        telemetry::metrics::install_recorder();
-        let config = Config::for_tests("postgres://unused");
-        let app = Router::new().route("/api/ping", get(handler));
-        let bare = serve(app.clone()).await;
-        let instrumented = serve(with_http_stack(
-            app,
-            &config,
-            telemetry::AccessLog::new(logging.writer.clone()),
-        ))
-        .await;
-        (bare, instrumented)
-    });
-    // Warm up both (connection setup, lazy statics, metric registration).
-    wrk(bare, 2, connections, threads);
-    wrk(instrumented, 2, connections, threads);
 
-    let (mut bare_rps, mut inst_rps) = (Vec::new(), Vec::new());
+    let (mut bare, mut inst, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let b = wrk(bare, secs, connections, threads);
-        let i = wrk(instrumented, secs, connections, threads);
+        let (b, i) = if round % 2 == 0 {
+            let i = measure("instrumented", secs, connections, threads);
+            (measure("bare", secs, connections, threads), i)
+        } else {
+            let b = measure("bare", secs, connections, threads);
+            (b, measure("instrumented", secs, connections, threads))
+        };
         println!(
             "round {round}: bare {b:>9.0} req/s   instrumented {i:>9.0} req/s   ratio {:.3}",
             i / b
         );
-        bare_rps.push(b);
-        inst_rps.push(i);
+        bare.push(b);
+        inst.push(i);
+        ratios.push(i / b);
     }
-    let (b, i) = (median(bare_rps), median(inst_rps));
     println!(
-        "median: bare {b:.0} req/s, instrumented {i:.0} req/s, ratio {:.3} (target >= 0.90)",
-        i / b
+        "median: bare {:.0} req/s, instrumented {:.0} req/s, median ratio {:.3} (target >= 0.90)",
+        median(bare),
+        median(inst),
+        median(ratios)
     );
-    println!("log lines dropped: {}", logging.dropped.dropped_lines());
-    std::thread::sleep(Duration::from_millis(100));
-    drop(runtime);
 }

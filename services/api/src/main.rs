@@ -19,8 +19,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let logging = telemetry::init_logging(&cli.config.log, Box::new(std::io::stdout()));
     let result = async {
-        let app =
-            Application::build(cli.config, logging.writer.clone(), logging.dropped.clone()).await?;
+        let app = Application::build(cli.config, logging.writer.clone()).await?;
         app.run_until(shutdown_signal()).await
     }
     .await;

@@ -7,13 +7,12 @@ use anyhow::Context;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::{net::TcpListener, sync::watch};
-use tracing_appender::non_blocking::{ErrorCounter, NonBlocking};
 
 use crate::{
     config::Config,
     db, routes,
     state::AppState,
-    telemetry::{AccessLog, metrics::install_recorder},
+    telemetry::{AccessLog, LogWriter, metrics::install_recorder},
 };
 
 pub struct Application {
@@ -27,11 +26,7 @@ pub struct Application {
 
 impl Application {
     /// `log_writer` is the shared non-blocking writer from [`crate::telemetry::init_logging`].
-    pub async fn build(
-        config: Config,
-        log_writer: NonBlocking,
-        dropped_log_lines: ErrorCounter,
-    ) -> anyhow::Result<Self> {
+    pub async fn build(config: Config, log_writer: LogWriter) -> anyhow::Result<Self> {
         let handle = install_recorder();
         if config.metrics_token().is_none() && !config.metrics_addr.ip().is_loopback() {
             tracing::warn!(addr = %config.metrics_addr, "PR_METRICS_TOKEN is not set and the metrics listener is not on loopback");
@@ -46,7 +41,7 @@ impl Application {
         let internal_router = routes::internal::router(
             handle.clone(),
             config.metrics_token().map(str::to_owned),
-            dropped_log_lines,
+            log_writer.clone(),
         );
         let state = AppState::new(config, db);
         let public_router = routes::public_router(state.clone(), AccessLog::new(log_writer));

@@ -9,30 +9,25 @@ use axum::{
     routing::get,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
-use tracing_appender::non_blocking::ErrorCounter;
 
 use super::health::healthz;
-use crate::telemetry::metrics::LOG_LINES_DROPPED_TOTAL;
+use crate::telemetry::{LogWriter, metrics::LOG_LINES_DROPPED_TOTAL};
 
 #[derive(Clone)]
 struct MetricsState {
     handle: PrometheusHandle,
     token: Option<String>,
-    dropped_log_lines: ErrorCounter,
+    log_writer: LogWriter,
 }
 
-pub fn router(
-    handle: PrometheusHandle,
-    token: Option<String>,
-    dropped_log_lines: ErrorCounter,
-) -> Router {
+pub fn router(handle: PrometheusHandle, token: Option<String>, log_writer: LogWriter) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(MetricsState {
             handle,
             token,
-            dropped_log_lines,
+            log_writer,
         })
 }
 
@@ -52,8 +47,7 @@ async fn metrics(State(state): State<MetricsState>, headers: HeaderMap) -> Respo
                 .into_response();
         }
     }
-    metrics::counter!(LOG_LINES_DROPPED_TOTAL)
-        .absolute(state.dropped_log_lines.dropped_lines() as u64);
+    metrics::counter!(LOG_LINES_DROPPED_TOTAL).absolute(state.log_writer.dropped_lines());
     (
         [(
             header::CONTENT_TYPE,

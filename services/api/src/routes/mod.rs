@@ -6,15 +6,13 @@ pub mod internal;
 #[cfg(feature = "test-routes")]
 pub mod test_routes;
 
-use axum::{Router, extract::DefaultBodyLimit, http::StatusCode};
-use tower::ServiceBuilder;
-use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+use axum::Router;
 
 use crate::{
     config::Config,
     error::ApiError,
     state::AppState,
-    telemetry::{AccessLog, TelemetryLayer, client_ip::TrustedProxies},
+    telemetry::{AccessLog, RequestLimits, TelemetryLayer, client_ip::TrustedProxies},
 };
 
 pub fn public_router(state: AppState, access_log: AccessLog) -> Router {
@@ -29,24 +27,18 @@ pub fn public_router(state: AppState, access_log: AccessLog) -> Router {
     )
 }
 
-/// Wraps every route (and the fallback) of `router` in the public HTTP stack: telemetry outermost
-/// (so it sees timeouts, 413s and panics of everything inside), then body limit and timeouts.
+/// Wraps every route (and the fallback) of `router` in the public HTTP middleware.
 /// Public so the overhead benchmark measures exactly what production runs.
 pub fn with_http_stack(router: Router, config: &Config, access_log: AccessLog) -> Router {
-    router.layer(
-        ServiceBuilder::new()
-            .layer(TelemetryLayer::new(
-                access_log,
-                TrustedProxies::new(config.trusted_proxies.clone()),
-                config.max_body_bytes,
-            ))
-            .layer(DefaultBodyLimit::max(config.max_body_bytes))
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::GATEWAY_TIMEOUT,
-                config.request_timeout(),
-            ))
-            .layer(RequestBodyTimeoutLayer::new(config.body_read_timeout())),
-    )
+    router.layer(TelemetryLayer::new(
+        access_log,
+        TrustedProxies::new(config.trusted_proxies.clone()),
+        RequestLimits {
+            max_body_bytes: config.max_body_bytes,
+            body_read_timeout: config.body_read_timeout(),
+        },
+        config.request_timeout(),
+    ))
 }
 
 async fn fallback() -> ApiError {

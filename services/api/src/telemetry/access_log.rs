@@ -3,13 +3,14 @@
 //! (the `pr.access` logger). Lines go through the shared non-blocking writer.
 
 use std::{
-    io::Write,
+    cell::RefCell,
     net::IpAddr,
     sync::{Arc, OnceLock},
 };
 
 use serde::Serialize;
-use tracing_appender::non_blocking::NonBlocking;
+
+use super::log_writer::LogWriter;
 
 /// Longest `raw_path` / `user_agent` kept in a log line; longer values are cut (on a char
 /// boundary) so one request cannot write megabytes of log.
@@ -17,7 +18,7 @@ const MAX_FIELD_CHARS: usize = 1024;
 
 #[derive(Clone)]
 pub struct AccessLog {
-    writer: NonBlocking,
+    writer: LogWriter,
 }
 
 /// Filled by the authentication extractor so the access log can name the user of a request.
@@ -49,17 +50,21 @@ pub struct AccessLine<'a> {
 }
 
 impl AccessLog {
-    pub fn new(writer: NonBlocking) -> Self {
+    pub fn new(writer: LogWriter) -> Self {
         Self { writer }
     }
 
     pub fn write(&self, line: &AccessLine<'_>) {
-        let mut buf = Vec::with_capacity(384);
-        if serde_json::to_writer(&mut buf, line).is_ok() {
-            buf.push(b'\n');
-            // The writer is lossy by design: when it falls behind, lines are counted and dropped.
-            let _ = self.writer.clone().write_all(&buf);
+        thread_local! {
+            static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
         }
+        BUF.with_borrow_mut(|buf| {
+            buf.clear();
+            if serde_json::to_writer(&mut *buf, line).is_ok() {
+                buf.push(b'\n');
+                self.writer.write_line(buf);
+            }
+        });
     }
 }
 

@@ -1,12 +1,13 @@
 //! Application logs as JSON lines: `{"ts", "level", "logger", "msg", ...fields}`. The access log
-//! shares the same non-blocking writer (see `access_log`), so lines never interleave and a slow
+//! shares the same non-blocking writer (see `log_writer`), so lines never interleave and a slow
 //! stdout never blocks a request; the writer is flushed when [`Logging`] is dropped.
 
-use std::io::{self, Write};
+use std::io::Write;
 
 use serde_json::{Map, Value};
+
+use super::log_writer::{LogGuard, LogWriter};
 use tracing::{Event, Subscriber, field::Field};
-use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{
     EnvFilter,
     fmt::{FmtContext, FormatEvent, FormatFields, format::Writer},
@@ -16,26 +17,16 @@ use tracing_subscriber::{
 /// Where log lines go: stdout in production, a buffer in tests.
 pub type LogSink = Box<dyn Write + Send + 'static>;
 
-/// Lines buffered between request handlers and the writer thread before lines are dropped
-/// (counted in `pr_log_lines_dropped_total`) rather than blocking a request.
-const BUFFERED_LINES: usize = 256 * 1024;
-
 /// The shared writer and the guard that flushes it on drop.
 pub struct Logging {
-    pub writer: NonBlocking,
-    pub dropped: ErrorCounter,
-    _guard: WorkerGuard,
+    pub writer: LogWriter,
+    _guard: LogGuard,
 }
 
 /// Builds the writer over `sink` and installs the global subscriber (once per process; later
 /// calls, as in tests, keep the first subscriber but still get their own writer).
 pub fn init_logging(filter: &str, sink: LogSink) -> Logging {
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(BUFFERED_LINES)
-        .thread_name("pr-log-writer")
-        .finish(io::BufWriter::with_capacity(64 * 1024, sink));
-    let dropped = writer.error_counter();
+    let (writer, guard) = LogWriter::new(sink);
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
         eprintln!("invalid PR_LOG filter {filter:?} ({e}); using \"info\"");
         EnvFilter::new("info")
@@ -50,7 +41,6 @@ pub fn init_logging(filter: &str, sink: LogSink) -> Logging {
     }
     Logging {
         writer,
-        dropped,
         _guard: guard,
     }
 }

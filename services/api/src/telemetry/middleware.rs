@@ -1,31 +1,36 @@
-//! The HTTP telemetry middleware, applied to every route and to the fallback of the public router
-//! (so it sees the matched route template). Per request it: picks the request id, resolves the
-//! client address, counts the request in flight, catches panics (500), renders every error body
-//! in the OpenAI shape with the request id, counts 5xx exceptions, and — when the response body
-//! has been sent or dropped — records the counter and the duration histogram and writes the one
-//! access-log line.
+//! The HTTP middleware of the public listener, applied to every route and to the fallback (so it
+//! sees the matched route template). Per request it: picks the request id, resolves the client
+//! address, counts the request in flight, refuses declared oversized bodies (413), bounds the
+//! handler's time (504), catches panics (500), renders every error body in the OpenAI shape with
+//! the request id, counts 5xx exceptions, and — when the response body has been sent or dropped —
+//! records the counter and the duration histogram and writes the one access-log line.
+//!
+//! It is deliberately one layer rather than a stack of tower layers: each extra layer per route
+//! costs a boxed clone per request, which showed up as several percent of throughput in
+//! `benches/http_overhead.rs`.
 
 use std::{
     collections::HashMap,
     convert::Infallible,
+    future::Future,
     net::SocketAddr,
     panic::AssertUnwindSafe,
     pin::Pin,
-    sync::{Arc, LazyLock, RwLock},
+    sync::{Arc, LazyLock, OnceLock, RwLock},
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use axum::{
     body::Body,
     extract::{ConnectInfo, MatchedPath},
-    http::{Method, Request, Response, StatusCode, header},
+    http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header},
     response::IntoResponse,
 };
 use bytes::Bytes;
 use futures_util::{FutureExt, future::BoxFuture};
 use http_body::{Frame, SizeHint};
-use metrics::{Gauge, counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use tower::{Layer, Service};
 
 use super::{
@@ -50,16 +55,46 @@ pub struct TelemetryLayer {
 struct Shared {
     access_log: AccessLog,
     proxies: TrustedProxies,
-    max_body_bytes: u64,
+    limits: RequestLimits,
+    request_timeout: Duration,
+}
+
+/// Limits applied where a handler reads its body (see `extract::AppJson`).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestLimits {
+    pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
+}
+
+impl RequestLimits {
+    pub const DEFAULT: Self = Self {
+        max_body_bytes: 1024 * 1024,
+        body_read_timeout: Duration::from_secs(15),
+    };
+}
+
+/// Per-request context, inserted as one request extension: the request id (for error bodies and
+/// logs), the slot the authentication extractor fills with the user id, and the body limits.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    pub request_id: RequestId,
+    pub user: UserSlot,
+    pub limits: RequestLimits,
 }
 
 impl TelemetryLayer {
-    pub fn new(access_log: AccessLog, proxies: TrustedProxies, max_body_bytes: usize) -> Self {
+    pub fn new(
+        access_log: AccessLog,
+        proxies: TrustedProxies,
+        limits: RequestLimits,
+        request_timeout: Duration,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 access_log,
                 proxies,
-                max_body_bytes: max_body_bytes as u64,
+                limits,
+                request_timeout,
             }),
         }
     }
@@ -70,7 +105,11 @@ impl<S> Layer<S> for TelemetryLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Telemetry {
             inner,
-            shared: self.shared.clone(),
+            per_route: Arc::new(PerRoute {
+                shared: self.shared.clone(),
+                route: OnceLock::new(),
+                metrics: Default::default(),
+            }),
         }
     }
 }
@@ -78,7 +117,45 @@ impl<S> Layer<S> for TelemetryLayer {
 #[derive(Clone)]
 pub struct Telemetry<S> {
     inner: S,
+    per_route: Arc<PerRoute>,
+}
+
+/// `Router::layer` creates one service per route (and one for the fallback), so each instance
+/// caches its route label and metric handles: no lock or hash lookup on the hot path. The
+/// cache is keyed by the `MatchedPath` it was filled from, so a mismatch falls back to the
+/// global tables instead of mislabelling.
+struct PerRoute {
     shared: Arc<Shared>,
+    route: OnceLock<(usize, &'static str)>,
+    metrics: [OnceLock<Arc<RouteMetrics>>; METHODS.len()],
+}
+
+impl PerRoute {
+    fn route(&self, matched: Option<&MatchedPath>) -> (&'static str, bool) {
+        let key = matched.map_or(0, |p| p.as_str().as_ptr() as usize);
+        if let Some((cached_key, route)) = self.route.get() {
+            if *cached_key == key {
+                return (route, true);
+            }
+            return (
+                matched.map_or(UNMATCHED_ROUTE, |p| intern_route(p.as_str())),
+                false,
+            );
+        }
+        let route = matched.map_or(UNMATCHED_ROUTE, |p| intern_route(p.as_str()));
+        let _ = self.route.set((key, route));
+        (route, true)
+    }
+
+    fn metrics(&self, method: usize, route: &'static str, cacheable: bool) -> Arc<RouteMetrics> {
+        if cacheable {
+            self.metrics[method]
+                .get_or_init(|| RouteMetrics::get(METHODS[method], route))
+                .clone()
+        } else {
+            RouteMetrics::get(METHODS[method], route)
+        }
+    }
 }
 
 impl<S> Service<Request<Body>> for Telemetry<S>
@@ -100,40 +177,39 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let start = Instant::now();
         let ts = unix_now();
-        let method = method_label(req.method());
-        let route = req
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or(UNMATCHED_ROUTE, |p| intern_route(p.as_str()));
+        let method_index = method_index(req.method());
+        let method = METHODS[method_index];
+        let (route, cacheable) = self.per_route.route(req.extensions().get::<MatchedPath>());
         let request_id = RequestId::from_headers(req.headers());
         let peer = req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
         let user = UserSlot::default();
-        let in_flight = gauge!(HTTP_REQUESTS_IN_FLIGHT, "method" => method, "route" => route);
-        in_flight.increment(1.0);
+        let metrics = self.per_route.metrics(method_index, route, cacheable);
+        metrics.in_flight.increment(1.0);
 
         let record = Record {
-            shared: self.shared.clone(),
+            shared: self.per_route.shared.clone(),
             start,
             ts,
             method,
             route,
-            raw_method: req.method().as_str().chars().take(32).collect(),
-            raw_path: access_log::truncate(req.uri().path()).to_owned(),
-            ip: self.shared.proxies.client_ip(peer, req.headers()),
-            user_agent: req
-                .headers()
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| access_log::truncate(v).to_owned()),
+            // Cheap clones (shared bytes): the strings are only materialised in the log line.
+            raw_method: req.method().clone(),
+            uri: req.uri().clone(),
+            ip: self.per_route.shared.proxies.client_ip(peer, req.headers()),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
             request_id: request_id.clone(),
             user: user.clone(),
-            in_flight,
+            metrics,
         };
-        req.extensions_mut().insert(request_id);
-        req.extensions_mut().insert(user);
+        let limits = self.per_route.shared.limits;
+        req.extensions_mut().insert(RequestContext {
+            request_id,
+            user,
+            limits,
+        });
 
         // A declared body over the limit is refused before any handler runs; bodies without a
         // length are cut by `DefaultBodyLimit` when a handler reads them.
@@ -142,18 +218,27 @@ where
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|len| len > self.shared.max_body_bytes);
+            .is_some_and(|len| len > limits.max_body_bytes as u64);
         let inner_fut = (!too_large).then(|| {
             let clone = self.inner.clone();
             std::mem::replace(&mut self.inner, clone).call(req)
         });
 
+        let request_timeout = self.per_route.shared.request_timeout;
         Box::pin(async move {
             let response = match inner_fut {
                 None => ApiError::PayloadTooLarge.into_response(),
-                Some(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
-                    Ok(Ok(response)) => response,
-                    Err(_panic) => {
+                Some(fut) => match (LazyTimeout {
+                    fut: AssertUnwindSafe(fut).catch_unwind(),
+                    deadline: start + request_timeout,
+                    sleep: None,
+                })
+                .await
+                {
+                    Ok(Ok(Ok(response))) => response,
+                    // Time to the response head; a streaming body is not limited by this.
+                    Err(Elapsed) => StatusCode::GATEWAY_TIMEOUT.into_response(),
+                    Ok(Err(_panic)) => {
                         // The panic hook has already logged message and location.
                         let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
                         response.extensions_mut().insert(ErrorInfo {
@@ -169,6 +254,39 @@ where
     }
 }
 
+/// A timeout whose timer is only armed if the handler does not finish on its first poll: most
+/// requests (health checks, cached reads, errors) complete synchronously and never touch the
+/// timer wheel, which measurably costs throughput when done for every request.
+#[pin_project::pin_project]
+struct LazyTimeout<F> {
+    #[pin]
+    fut: F,
+    deadline: Instant,
+    #[pin]
+    sleep: Option<tokio::time::Sleep>,
+}
+
+struct Elapsed;
+
+impl<F: Future> Future for LazyTimeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(output) = this.fut.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        if this.sleep.is_none() {
+            this.sleep
+                .set(Some(tokio::time::sleep_until((*this.deadline).into())));
+        }
+        match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(Elapsed)),
+            _ => Poll::Pending,
+        }
+    }
+}
+
 /// Everything needed to finish a request once its body is done.
 struct Record {
     shared: Arc<Shared>,
@@ -176,13 +294,13 @@ struct Record {
     ts: f64,
     method: &'static str,
     route: &'static str,
-    raw_method: String,
-    raw_path: String,
+    raw_method: Method,
+    uri: Uri,
     ip: Option<std::net::IpAddr>,
-    user_agent: Option<String>,
+    user_agent: Option<HeaderValue>,
     request_id: RequestId,
     user: UserSlot,
-    in_flight: Gauge,
+    metrics: Arc<RouteMetrics>,
 }
 
 impl Record {
@@ -237,26 +355,25 @@ impl Record {
 
     fn finish(self, status: StatusCode, bytes: u64) {
         let elapsed = self.start.elapsed();
-        let status_label = status_label(status);
-        let labels = [
-            ("method", self.method),
-            ("route", self.route),
-            ("status", status_label),
-        ];
-        counter!(HTTP_REQUESTS_TOTAL, &labels).increment(1);
-        histogram!(HTTP_REQUEST_DURATION_SECONDS, &labels).record(elapsed.as_secs_f64());
-        self.in_flight.decrement(1.0);
+        let (requests, duration) = self.metrics.for_status(self.method, self.route, status);
+        requests.increment(1);
+        duration.record(elapsed.as_secs_f64());
+        self.metrics.in_flight.decrement(1.0);
         self.shared.access_log.write(&AccessLine {
             ts: (self.ts * 1000.0).round() / 1000.0,
             request_id: self.request_id.as_str(),
-            method: &self.raw_method,
+            method: access_log::truncate(self.raw_method.as_str()),
             route: self.route,
-            raw_path: &self.raw_path,
+            raw_path: access_log::truncate(self.uri.path()),
             status: status.as_u16(),
             latency_ms: (elapsed.as_secs_f64() * 100_000.0).round() / 100.0,
             user_id: self.user.get(),
             ip: self.ip,
-            user_agent: self.user_agent.as_deref(),
+            user_agent: self
+                .user_agent
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map(access_log::truncate),
             bytes,
         });
     }
@@ -317,18 +434,88 @@ impl Drop for TelemetryBody {
     }
 }
 
-pub fn method_label(method: &Method) -> &'static str {
+/// Method label values: the standard verbs and `OTHER` for anything else.
+pub const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+];
+
+fn method_index(method: &Method) -> usize {
     match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "OTHER",
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::PATCH => 3,
+        Method::DELETE => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => 9,
+    }
+}
+
+pub fn method_label(method: &Method) -> &'static str {
+    METHODS[method_index(method)]
+}
+
+/// Metric handles of one (method, route) pair, registered once and reused: the recorder's own
+/// lookup (building a label vector, hashing it) would otherwise run three times per request.
+struct RouteMetrics {
+    in_flight: Gauge,
+    by_status: RwLock<Vec<(StatusCode, Counter, Histogram)>>,
+}
+
+impl RouteMetrics {
+    fn get(method: &'static str, route: &'static str) -> Arc<Self> {
+        // Both labels are `&'static str` from closed sets, so their addresses identify them.
+        type Table = HashMap<(usize, usize), Arc<RouteMetrics>>;
+        static TABLE: LazyLock<RwLock<Table>> = LazyLock::new(Default::default);
+        let key = (method.as_ptr() as usize, route.as_ptr() as usize);
+        if let Some(m) = TABLE.read().expect("metrics table lock").get(&key) {
+            return m.clone();
+        }
+        TABLE
+            .write()
+            .expect("metrics table lock")
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Self {
+                    in_flight: gauge!(HTTP_REQUESTS_IN_FLIGHT, "method" => method, "route" => route),
+                    by_status: RwLock::default(),
+                })
+            })
+            .clone()
+    }
+
+    fn for_status(
+        &self,
+        method: &'static str,
+        route: &'static str,
+        status: StatusCode,
+    ) -> (Counter, Histogram) {
+        let find = |v: &Vec<(StatusCode, Counter, Histogram)>| {
+            v.iter()
+                .find(|(s, _, _)| *s == status)
+                .map(|(_, c, h)| (c.clone(), h.clone()))
+        };
+        if let Some(found) = find(&self.by_status.read().expect("metrics lock")) {
+            return found;
+        }
+        let mut by_status = self.by_status.write().expect("metrics lock");
+        if let Some(found) = find(&by_status) {
+            return found;
+        }
+        let labels = [
+            ("method", method),
+            ("route", route),
+            ("status", status_label(status)),
+        ];
+        let handles = (
+            counter!(HTTP_REQUESTS_TOTAL, &labels),
+            histogram!(HTTP_REQUEST_DURATION_SECONDS, &labels),
+        );
+        by_status.push((status, handles.0.clone(), handles.1.clone()));
+        handles
     }
 }
 

@@ -3,12 +3,14 @@
 
 pub mod access_log;
 pub mod client_ip;
+pub mod log_writer;
 pub mod logging;
 pub mod metrics;
 pub mod middleware;
 pub mod request_id;
 
 pub use access_log::{AccessLog, UserSlot};
+pub use log_writer::LogWriter;
 pub use logging::{LogSink, Logging, init_logging};
-pub use middleware::TelemetryLayer;
+pub use middleware::{RequestContext, RequestLimits, TelemetryLayer};
 pub use request_id::RequestId;

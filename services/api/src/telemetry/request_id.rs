@@ -2,43 +2,61 @@
 //! from `[A-Za-z0-9._:-]`; anything else is replaced, so a hostile header cannot forge or break a
 //! log line or a response header.
 
-use std::{fmt, sync::Arc};
+use std::fmt;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// A generated id is kept inline (cloning copies 32 bytes, no allocation); a client's id is kept
+/// as its header value (cloning shares the bytes). Both are ASCII by construction.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestId(Arc<str>);
+pub enum RequestId {
+    Generated([u8; 32]),
+    Client(HeaderValue),
+}
 
 impl RequestId {
     pub fn from_headers(headers: &HeaderMap) -> Self {
         let mut values = headers.get_all(&X_REQUEST_ID).iter();
         match (values.next(), values.next()) {
-            (Some(value), None) if is_valid(value.as_bytes()) => {
-                // Valid bytes are ASCII, so this cannot fail.
-                Self(Arc::from(value.to_str().unwrap_or_default()))
-            }
+            (Some(value), None) if is_valid(value.as_bytes()) => Self::Client(value.clone()),
             _ => Self::generate(),
         }
     }
 
     pub fn generate() -> Self {
-        Self(Arc::from(format!("{:032x}", rand::random::<u128>())))
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut n = rand::random::<u128>();
+        let mut out = [0u8; 32];
+        for byte in out.iter_mut().rev() {
+            *byte = HEX[(n & 0xf) as usize];
+            n >>= 4;
+        }
+        Self::Generated(out)
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only validated or generated ASCII is ever stored.
+        match self {
+            Self::Generated(bytes) => std::str::from_utf8(bytes).unwrap_or_default(),
+            Self::Client(value) => value.to_str().unwrap_or_default(),
+        }
     }
 
     pub fn header_value(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.0).expect("request ids are validated ASCII")
+        match self {
+            Self::Generated(bytes) => {
+                HeaderValue::from_bytes(bytes).expect("hex digits are a valid header value")
+            }
+            Self::Client(value) => value.clone(),
+        }
     }
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
