@@ -8,7 +8,7 @@
 //! `PR_BENCH_SERVE=bare|instrumented`), so both variants run under identical conditions; the
 //! order alternates between rounds. The access log is written to /dev/null.
 //!
-//! Environment: BENCH_SECS (per round, default 8), BENCH_ROUNDS (default 4),
+//! Environment: BENCH_SECS (per round, default 8), BENCH_ROUNDS (default 6),
 //! BENCH_CONNECTIONS (default 32), BENCH_THREADS (wrk threads, default 1). Requires `wrk`.
 
 use std::{
@@ -125,7 +125,7 @@ fn main() {
         return serve(&variant);
     }
     let secs = env_or("BENCH_SECS", 8);
-    let rounds = env_or("BENCH_ROUNDS", 4);
+    let rounds = env_or("BENCH_ROUNDS", 6);
     let connections = env_or("BENCH_CONNECTIONS", 32);
     let threads = env_or("BENCH_THREADS", 1);
     println!(
