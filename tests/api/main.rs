@@ -2,7 +2,11 @@
 //! app on ephemeral loopback ports, real HTTP. One binary, one module per concern.
 
 mod access_log;
+mod billing;
+mod conversations;
 mod errors;
+mod gateway;
+mod keys;
 mod listeners;
 mod metrics;
 mod readiness;

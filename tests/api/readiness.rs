@@ -28,7 +28,7 @@ async fn readyz_follows_the_database_and_recovers_by_itself() {
     let app = spawn_app().await;
     wait_status(&app, "/readyz", 200, Duration::from_secs(5)).await;
 
-    app.db.container.stop().await.expect("stop postgres");
+    app.db.container().stop().await.expect("stop postgres");
     wait_status(&app, "/readyz", 503, Duration::from_secs(15)).await;
     let body: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
     assert_eq!(body["error"]["code"], "service_unavailable");
@@ -36,7 +36,7 @@ async fn readyz_follows_the_database_and_recovers_by_itself() {
     assert_eq!(app.get("/healthz").await.status(), 200);
 
     app.db
-        .container
+        .container()
         .start()
         .await
         .expect("start postgres again");
@@ -60,7 +60,7 @@ async fn readyz_follows_the_database_and_recovers_by_itself() {
 async fn readyz_fails_fast_while_the_database_hangs() {
     let app = spawn_app().await;
     wait_status(&app, "/readyz", 200, Duration::from_secs(5)).await;
-    app.db.container.pause().await.expect("pause postgres");
+    app.db.container().pause().await.expect("pause postgres");
     let started = Instant::now();
     let response = app
         .client
@@ -75,6 +75,10 @@ async fn readyz_fails_fast_while_the_database_hangs() {
         "bounded by the ping timeout: {:?}",
         started.elapsed()
     );
-    app.db.container.unpause().await.expect("unpause postgres");
+    app.db
+        .container()
+        .unpause()
+        .await
+        .expect("unpause postgres");
     wait_status(&app, "/readyz", 200, Duration::from_secs(30)).await;
 }

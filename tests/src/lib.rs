@@ -5,6 +5,7 @@
 //! process: the suite runs under `cargo nextest` (one process per test).
 
 pub mod prom;
+pub mod upstream;
 
 use std::{
     io::Write,
@@ -34,8 +35,31 @@ pub fn random_hex(bytes: usize) -> String {
 }
 
 pub struct TestDb {
-    pub container: ContainerAsync<GenericImage>,
+    /// None for a second app on another app's database.
+    pub container: Option<ContainerAsync<GenericImage>>,
     pub url: String,
+}
+
+impl TestDb {
+    pub fn container(&self) -> &ContainerAsync<GenericImage> {
+        self.container
+            .as_ref()
+            .expect("this app owns its database container")
+    }
+}
+
+/// The API binary built by `scripts/test` (`cargo build -p privaterouter-api`).
+pub fn api_binary() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/privaterouter-api");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p privaterouter-api` (scripts/test does)",
+        bin.display()
+    );
+    bin
 }
 
 /// A fresh Postgres with a random password, published on a fixed free loopback port so that a
@@ -58,7 +82,10 @@ pub async fn postgres() -> TestDb {
             panic!("starting {POSTGRES_IMAGE}:{POSTGRES_TAG} (run scripts/build-images): {e}")
         });
     let url = format!("postgres://postgres:{password}@127.0.0.1:{port}/privaterouter");
-    TestDb { container, url }
+    TestDb {
+        container: Some(container),
+        url,
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -99,6 +126,7 @@ impl Capture {
 
 pub struct TestApp {
     pub public: SocketAddr,
+    pub pool: sqlx::PgPool,
     pub metrics: SocketAddr,
     pub client: reqwest::Client,
     pub logs: Capture,
@@ -122,16 +150,32 @@ pub async fn spawn_app_on(db: TestDb, configure: impl FnOnce(&mut Config)) -> Te
     configure(&mut config);
     let logs = Capture::default();
     let logging = telemetry::init_logging("info", Box::new(logs.clone()));
+    // The app's panic hook logs panics as JSON into the captured log; keep the default hook too,
+    // so a failing assertion still shows on the test's stderr.
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let app_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            app_hook(info);
+            eprintln!("{info}");
+        }));
+    });
     let app = Application::build(config, logging.writer.clone())
         .await
         .expect("app builds");
     let (public, metrics) = (app.public_addr(), app.metrics_addr());
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(5)
+        .connect(&db.url)
+        .await
+        .expect("test pool");
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(app.run_until(async {
         let _ = rx.await;
     }));
     TestApp {
         public,
+        pool,
         metrics,
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -145,7 +189,66 @@ pub async fn spawn_app_on(db: TestDb, configure: impl FnOnce(&mut Config)) -> Te
     }
 }
 
+/// The gateway under test: the app with a model catalog pointing at the upstream stand-in.
+pub struct Gateway {
+    pub app: TestApp,
+    pub upstream: upstream::Upstream,
+    _catalog: tempfile::NamedTempFile,
+}
+
+pub async fn spawn_gateway() -> Gateway {
+    spawn_gateway_with(|_| {}).await
+}
+
+pub async fn spawn_gateway_with(configure: impl FnOnce(&mut Config)) -> Gateway {
+    let upstream = upstream::start().await;
+    // SAFETY: set before the app (or any other thread of this test process) reads it.
+    unsafe { std::env::set_var("PR_TEST_UPSTREAM_KEY", upstream::UPSTREAM_KEY) };
+    let mut catalog = tempfile::NamedTempFile::new().unwrap();
+    catalog
+        .write_all(upstream::catalog_toml(&upstream, "PR_TEST_UPSTREAM_KEY").as_bytes())
+        .unwrap();
+    let path = catalog.path().to_owned();
+    let app = spawn_app_with(|c| {
+        c.models_file = Some(path);
+        configure(c);
+    })
+    .await;
+    Gateway {
+        app,
+        upstream,
+        _catalog: catalog,
+    }
+}
+
 impl TestApp {
+    /// Creates a user with a first API key.
+    pub async fn user(&self, admin: bool) -> (uuid::Uuid, String) {
+        let role = if admin {
+            privaterouter_api::auth::Role::Admin
+        } else {
+            privaterouter_api::auth::Role::User
+        };
+        let email = format!("{}@example.test", random_hex(6));
+        privaterouter_api::users::create_user(&self.pool, &email, role)
+            .await
+            .expect("user created")
+    }
+
+    /// Credits a user through the admin endpoint (an admin is created on first use).
+    pub async fn topup(&self, admin_key: &str, user_id: uuid::Uuid, amount: &str) {
+        let response = self
+            .client
+            .post(self.url(&format!("/api/admin/users/{user_id}/credits")))
+            .bearer_auth(admin_key)
+            .header("idempotency-key", random_hex(8))
+            .json(&serde_json::json!({"kind": "topup", "amount_usd": amount, "reason": "test"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.public, path)
     }

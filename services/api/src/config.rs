@@ -79,6 +79,27 @@ pub struct Config {
     #[arg(long, env = "PR_BODY_READ_TIMEOUT_SECS", default_value_t = 15)]
     pub body_read_timeout_secs: u64,
 
+    /// The model catalog (TOML). Unset: no models (completions answer 404 model_not_found).
+    #[arg(long, env = "PR_MODELS_FILE")]
+    pub models_file: Option<std::path::PathBuf>,
+
+    /// Longest non-streaming upstream call (and time to a stream's response head).
+    #[arg(long, env = "PR_UPSTREAM_TIMEOUT_SECS", default_value_t = 300)]
+    pub upstream_timeout_secs: u64,
+
+    /// Longest silence between two chunks of a streamed completion.
+    #[arg(long, env = "PR_STREAM_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub stream_idle_timeout_secs: u64,
+
+    /// Connect timeout to upstreams; a refused or unreachable upstream answers 502 after at most this.
+    #[arg(long, env = "PR_UPSTREAM_CONNECT_TIMEOUT_SECS", default_value_t = 5)]
+    pub upstream_connect_timeout_secs: u64,
+
+    /// How long a resolved API key is cached: a revoked key stops working on every replica
+    /// within this time (at once on the replica that revoked it).
+    #[arg(long, env = "PR_KEY_CACHE_TTL_MS", default_value_t = 1000)]
+    pub key_cache_ttl_ms: u64,
+
     /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish before exit.
     #[arg(long, env = "PR_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
@@ -117,6 +138,11 @@ impl Config {
             request_timeout_secs: 30,
             body_read_timeout_secs: 15,
             shutdown_grace_secs: 10,
+            models_file: None,
+            upstream_timeout_secs: 300,
+            stream_idle_timeout_secs: 60,
+            upstream_connect_timeout_secs: 5,
+            key_cache_ttl_ms: 1000,
         }
     }
 }

@@ -130,6 +130,18 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("conflict: {0}")]
     Conflict(String),
+    #[error("unprocessable: {0}")]
+    Unprocessable(String),
+    #[error("insufficient credits")]
+    InsufficientCredits,
+    #[error("model not found: {0}")]
+    ModelNotFound(String),
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    #[error("upstream timeout")]
+    UpstreamTimeout,
+    #[error("upstream answered {status}: {message}")]
+    Upstream { status: StatusCode, message: String },
     #[error("shutting down")]
     ShuttingDown,
     #[error("database unavailable")]
@@ -169,6 +181,12 @@ impl ApiError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
+            Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream { status, .. } => *status,
             Self::ShuttingDown | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -189,6 +207,56 @@ impl ApiError {
             Self::Conflict(message) => {
                 ErrorInfo::new(status, "invalid_request_error", "conflict", message.clone())
             }
+            Self::Unprocessable(message) => ErrorInfo::new(
+                status,
+                "invalid_request_error",
+                "unprocessable",
+                message.clone(),
+            ),
+            Self::InsufficientCredits => ErrorInfo::new(
+                status,
+                "insufficient_quota",
+                "insufficient_credits",
+                "Your credit balance is not positive. Add credits to continue.",
+            ),
+            Self::ModelNotFound(name) => ErrorInfo::new(
+                status,
+                "invalid_request_error",
+                "model_not_found",
+                format!("The model `{name}` does not exist or you do not have access to it."),
+            ),
+            Self::UpstreamUnavailable(e) => ErrorInfo {
+                exception_type: Some("upstream_unavailable"),
+                detail: Some(e.clone()),
+                ..ErrorInfo::new(
+                    status,
+                    "server_error",
+                    "upstream_unavailable",
+                    "The model's upstream could not be reached.",
+                )
+            },
+            Self::UpstreamTimeout => ErrorInfo {
+                exception_type: Some("upstream_timeout"),
+                ..ErrorInfo::new(
+                    status,
+                    "server_error",
+                    "upstream_timeout",
+                    "The model's upstream did not answer in time.",
+                )
+            },
+            Self::Upstream { message, .. } => ErrorInfo {
+                exception_type: status.is_server_error().then_some("upstream_error"),
+                ..ErrorInfo::new(
+                    status,
+                    if status.is_server_error() {
+                        "server_error"
+                    } else {
+                        "invalid_request_error"
+                    },
+                    "upstream_error",
+                    message.clone(),
+                )
+            },
             Self::DatabaseUnavailable(e) => ErrorInfo {
                 exception_type: Some("database_unavailable"),
                 detail: Some(e.to_string()),

@@ -54,6 +54,30 @@ where
     }
 }
 
+/// An optional JSON body: absent when the request has neither a body nor a content type.
+impl<T, S> axum::extract::OptionalFromRequest<S> for AppJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        let no_type = !req.headers().contains_key(header::CONTENT_TYPE);
+        let empty = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v.trim() == "0");
+        if no_type && empty {
+            return Ok(None);
+        }
+        <Self as FromRequest<S>>::from_request(req, state)
+            .await
+            .map(Some)
+    }
+}
+
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     let code = match rejection {
         JsonRejection::JsonSyntaxError(_) => "invalid_json",

@@ -1,14 +1,20 @@
 //! PrivateRouter API: an OpenAI-compatible LLM gateway with a public listener and a separate
 //! internal listener for Prometheus metrics.
 
+pub mod auth;
+pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod gateway;
+pub mod ledger;
 pub mod routes;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod users;
 
 pub use config::Config;
 pub use startup::Application;

@@ -43,7 +43,12 @@ impl Application {
             config.metrics_token().map(str::to_owned),
             log_writer.clone(),
         );
-        let state = AppState::new(config, db);
+        let catalog = match &config.models_file {
+            Some(path) => crate::catalog::Catalog::load(path)?,
+            None => crate::catalog::Catalog::default(),
+        };
+        tracing::info!(models = catalog.models().len(), "model catalog loaded");
+        let state = AppState::new(config, db, catalog)?;
         let public_router = routes::public_router(state.clone(), AccessLog::new(log_writer));
         Ok(Self {
             public,

@@ -1,28 +1,48 @@
 //! The state shared by handlers: cheap to clone.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use sqlx::PgPool;
 
-use crate::config::Config;
+use crate::{auth::KeyCache, catalog::Catalog, config::Config, gateway::UpstreamTimeouts};
 
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub db: PgPool,
+    pub catalog: Arc<Catalog>,
+    pub keys: KeyCache,
+    /// One pooled client for every upstream.
+    pub http: reqwest::Client,
+    pub upstream: UpstreamTimeouts,
     shutting_down: Arc<AtomicBool>,
 }
 
 impl AppState {
-    pub fn new(config: Config, db: PgPool) -> Self {
-        Self {
+    pub fn new(config: Config, db: PgPool, catalog: Catalog) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(config.upstream_connect_timeout_secs))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Self {
+            keys: KeyCache::new(Duration::from_millis(config.key_cache_ttl_ms)),
+            upstream: UpstreamTimeouts {
+                request: Duration::from_secs(config.upstream_timeout_secs),
+                stream_idle: Duration::from_secs(config.stream_idle_timeout_secs),
+            },
             config: Arc::new(config),
             db,
+            catalog: Arc::new(catalog),
+            http,
             shutting_down: Arc::default(),
-        }
+        })
     }
 
     /// Once set, `/readyz` answers 503 so load balancers stop sending new work while in-flight

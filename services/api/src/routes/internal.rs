@@ -53,7 +53,11 @@ async fn metrics(State(state): State<MetricsState>, headers: HeaderMap) -> Respo
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.handle.render(),
+        {
+            let mut text = state.handle.render();
+            crate::telemetry::metrics::LLM_COST.render(&mut text);
+            text
+        },
     )
         .into_response()
 }

@@ -1,8 +1,12 @@
 //! Routers: the public API and the internal metrics listener. Each resource module exposes
 //! `router()`; they are merged here, and the telemetry stack is applied once to all of them.
 
+pub mod billing;
+pub mod completions;
+pub mod conversations;
 pub mod health;
 pub mod internal;
+pub mod keys;
 #[cfg(feature = "test-routes")]
 pub mod test_routes;
 
@@ -17,14 +21,27 @@ use crate::{
 
 pub fn public_router(state: AppState, access_log: AccessLog) -> Router {
     let config = state.config.clone();
-    let router = Router::new().merge(health::router());
+    let api = Router::new()
+        .merge(health::router())
+        .merge(keys::router())
+        .merge(billing::router())
+        .merge(conversations::router())
+        .merge(completions::models_router());
     #[cfg(feature = "test-routes")]
-    let router = router.merge(test_routes::router());
-    with_http_stack(
-        router.fallback(fallback).with_state(state),
-        &config,
+    let api = api.merge(test_routes::router());
+    let api = api.fallback(fallback).with_state(state.clone());
+    // Handlers that wait on a model get the upstream's time limit instead of the API's.
+    let llm = Router::new()
+        .merge(completions::router())
+        .merge(conversations::messages_router())
+        .with_state(state);
+    let mut llm_config = (*config).clone();
+    llm_config.request_timeout_secs = config.upstream_timeout_secs + 5;
+    with_http_stack(api, &config, access_log.clone()).merge(with_http_stack(
+        llm,
+        &llm_config,
         access_log,
-    )
+    ))
 }
 
 /// Wraps every route (and the fallback) of `router` in the public HTTP middleware.

@@ -2,7 +2,13 @@
 //! Prometheus recorder is installed here. Label values are always from closed sets (method
 //! verbs, route templates, status codes, error kinds): never raw user input, never a user id.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
+
+use rust_decimal::Decimal;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -12,6 +18,63 @@ pub const HTTP_REQUEST_DURATION_SECONDS: &str = "pr_http_request_duration_second
 pub const HTTP_REQUESTS_IN_FLIGHT: &str = "pr_http_requests_in_flight";
 pub const HTTP_EXCEPTIONS_TOTAL: &str = "pr_http_exceptions_total";
 pub const LOG_LINES_DROPPED_TOTAL: &str = "pr_log_lines_dropped_total";
+
+pub const LLM_CALLS_TOTAL: &str = "pr_llm_calls_total";
+pub const LLM_TOKENS_TOTAL: &str = "pr_llm_tokens_total";
+pub const LLM_COST_USD_TOTAL: &str = "pr_llm_cost_usd_total";
+pub const LLM_UPSTREAM_DURATION_SECONDS: &str = "pr_llm_upstream_duration_seconds";
+pub const LLM_TIME_TO_FIRST_TOKEN_SECONDS: &str = "pr_llm_time_to_first_token_seconds";
+pub const LLM_GATEWAY_OVERHEAD_SECONDS: &str = "pr_llm_gateway_overhead_seconds";
+pub const CHAT_CONVERSATIONS_CREATED_TOTAL: &str = "pr_chat_conversations_created_total";
+pub const CREDIT_TRANSACTIONS_TOTAL: &str = "pr_credit_transactions_total";
+
+/// Upstream calls last from tens of milliseconds to minutes (long non-streaming completions).
+pub const LLM_DURATION_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+];
+/// The gateway's own share of a call: sub-millisecond when healthy.
+pub const OVERHEAD_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// `pr_llm_cost_usd_total{model}`: the `metrics` counter type is an integer, and a cost counter
+/// must be a float that equals the ledger's sum. So the sums are kept here as exact decimals per
+/// model and rendered as a Prometheus counter next to the exporter's output.
+pub struct CostCounter {
+    totals: Mutex<BTreeMap<&'static str, Decimal>>,
+}
+
+pub static LLM_COST: CostCounter = CostCounter {
+    totals: Mutex::new(BTreeMap::new()),
+};
+
+impl CostCounter {
+    pub fn add(&self, model: &'static str, usd: Decimal) {
+        *self
+            .totals
+            .lock()
+            .expect("cost counter lock")
+            .entry(model)
+            .or_default() += usd;
+    }
+
+    pub fn render(&self, out: &mut String) {
+        let totals = self.totals.lock().expect("cost counter lock");
+        if totals.is_empty() {
+            return;
+        }
+        out.push_str(&format!(
+            "# HELP {LLM_COST_USD_TOTAL} Running sum of the cost in USD of billed LLM calls (equals the usage rows of the ledger), by model.\n# TYPE {LLM_COST_USD_TOTAL} counter\n"
+        ));
+        for (model, total) in totals.iter() {
+            let model = model.replace('\\', "\\\\").replace('"', "\\\"");
+            out.push_str(&format!(
+                "{LLM_COST_USD_TOTAL}{{model=\"{model}\"}} {}\n",
+                total.normalize()
+            ));
+        }
+    }
+}
 
 /// From 1 ms (cached reads) to 60 s (long non-streaming completions).
 pub const HTTP_DURATION_BUCKETS: &[f64] = &[
@@ -28,6 +91,21 @@ pub fn install_recorder() -> PrometheusHandle {
                 .set_buckets_for_metric(
                     Matcher::Full(HTTP_REQUEST_DURATION_SECONDS.into()),
                     HTTP_DURATION_BUCKETS,
+                )
+                .expect("bucket list is non-empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(LLM_UPSTREAM_DURATION_SECONDS.into()),
+                    LLM_DURATION_BUCKETS,
+                )
+                .expect("bucket list is non-empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(LLM_TIME_TO_FIRST_TOKEN_SECONDS.into()),
+                    LLM_DURATION_BUCKETS,
+                )
+                .expect("bucket list is non-empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(LLM_GATEWAY_OVERHEAD_SECONDS.into()),
+                    OVERHEAD_BUCKETS,
                 )
                 .expect("bucket list is non-empty")
                 .install_recorder()
@@ -67,6 +145,41 @@ fn describe() {
         HTTP_EXCEPTIONS_TOTAL,
         Unit::Count,
         "Requests that ended in a server error (5xx) or a caught panic, by method, route template and exception type."
+    );
+    describe_counter!(
+        LLM_CALLS_TOTAL,
+        Unit::Count,
+        "LLM calls by catalog model, endpoint (chat_completions, conversation_message) and outcome (success, upstream_error, upstream_unavailable, timeout, client_disconnect, insufficient_credits, invalid_response)."
+    );
+    describe_counter!(
+        LLM_TOKENS_TOTAL,
+        Unit::Count,
+        "Tokens billed, by catalog model and direction (input, output)."
+    );
+    describe_histogram!(
+        LLM_UPSTREAM_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time spent waiting on the upstream per LLM call (whole stream for streaming calls), by model."
+    );
+    describe_histogram!(
+        LLM_TIME_TO_FIRST_TOKEN_SECONDS,
+        Unit::Seconds,
+        "Time from sending a streaming call upstream to its first content token, by model."
+    );
+    describe_histogram!(
+        LLM_GATEWAY_OVERHEAD_SECONDS,
+        Unit::Seconds,
+        "The gateway's own time per LLM call (total minus time waiting on the upstream: auth, credit check, billing write), by endpoint."
+    );
+    describe_counter!(
+        CHAT_CONVERSATIONS_CREATED_TOTAL,
+        Unit::Count,
+        "Chat conversations created."
+    );
+    describe_counter!(
+        CREDIT_TRANSACTIONS_TOTAL,
+        Unit::Count,
+        "Credit ledger transactions written, by kind (topup, usage, admin_adjust, refund)."
     );
     describe_counter!(
         LOG_LINES_DROPPED_TOTAL,

@@ -1,0 +1,225 @@
+//! API keys and authentication. A key is `pr-` + 40 random base62 characters; only its SHA-256
+//! is stored (keys are high-entropy, so a fast hash is the right tool). Lookups sit on the hot
+//! path of every call, so resolved keys are cached for `PR_KEY_CACHE_TTL_MS` (1 s by default):
+//! a revocation evicts the local entry at once and reaches every other replica within the TTL.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::FromRequestParts,
+    http::{header, request::Parts},
+};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{error::ApiError, state::AppState, telemetry::RequestContext};
+
+pub const KEY_PREFIX: &str = "pr-";
+const KEY_RANDOM_CHARS: usize = 40;
+/// Entries kept before expired ones are swept (and, if still full, the cache is cleared).
+const CACHE_CAPACITY: usize = 100_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Admin => "admin",
+        }
+    }
+    fn parse(s: &str) -> Self {
+        if s == "admin" {
+            Self::Admin
+        } else {
+            Self::User
+        }
+    }
+}
+
+/// The authenticated caller.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthUser {
+    pub user_id: Uuid,
+    pub role: Role,
+    pub key_id: Uuid,
+}
+
+/// A caller with the admin role (403 for others).
+#[derive(Clone, Copy, Debug)]
+pub struct AdminUser(pub AuthUser);
+
+pub fn generate_key() -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    let mut key = String::with_capacity(KEY_PREFIX.len() + KEY_RANDOM_CHARS);
+    key.push_str(KEY_PREFIX);
+    for _ in 0..KEY_RANDOM_CHARS {
+        key.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
+    }
+    key
+}
+
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// The part of a key shown in listings: enough to recognise it, useless to an attacker.
+pub fn display_prefix(key: &str) -> String {
+    key.chars().take(KEY_PREFIX.len() + 6).collect()
+}
+
+/// Creates a key for `user_id`; returns (key id, the key itself, shown once).
+pub async fn create_key(
+    db: &PgPool,
+    user_id: Uuid,
+    name: &str,
+) -> Result<(Uuid, String), sqlx::Error> {
+    let key = generate_key();
+    let id: Uuid = sqlx::query_scalar("INSERT INTO api_keys (user_id, name, prefix, key_hash) VALUES ($1, $2, $3, $4) RETURNING id")
+        .bind(user_id)
+        .bind(name)
+        .bind(display_prefix(&key))
+        .bind(&hash_key(&key)[..])
+        .fetch_one(db)
+        .await?;
+    Ok((id, key))
+}
+
+#[derive(Clone)]
+pub struct KeyCache {
+    inner: Arc<RwLock<HashMap<[u8; 32], CacheEntry>>>,
+    ttl: Duration,
+}
+
+#[derive(Clone, Copy)]
+struct CacheEntry {
+    user: Option<AuthUser>,
+    expires: Instant,
+}
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            inner: Arc::default(),
+            ttl,
+        }
+    }
+
+    /// Resolves a presented key: from the cache when fresh, else from the database (valid and
+    /// invalid answers are both cached, so guessing keys cannot hammer the database).
+    pub async fn resolve(&self, db: &PgPool, key: &str) -> Result<Option<AuthUser>, ApiError> {
+        let hash = hash_key(key);
+        let now = Instant::now();
+        if let Some(entry) = self.inner.read().expect("key cache lock").get(&hash)
+            && entry.expires > now
+        {
+            return Ok(entry.user);
+        }
+        let row: Option<(Uuid, Uuid, String)> = sqlx::query_as(
+            "SELECT k.id, k.user_id, u.role FROM api_keys k JOIN users u ON u.id = k.user_id \
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+        )
+        .bind(&hash[..])
+        .fetch_optional(db)
+        .await?;
+        let user = row.map(|(key_id, user_id, role)| AuthUser {
+            user_id,
+            role: Role::parse(&role),
+            key_id,
+        });
+        let mut map = self.inner.write().expect("key cache lock");
+        if map.len() >= CACHE_CAPACITY {
+            map.retain(|_, e| e.expires > now);
+            if map.len() >= CACHE_CAPACITY {
+                map.clear();
+            }
+        }
+        map.insert(
+            hash,
+            CacheEntry {
+                user,
+                expires: now + self.ttl,
+            },
+        );
+        Ok(user)
+    }
+
+    /// Drops every cached entry of a key (called on revocation).
+    pub fn evict_key_id(&self, key_id: Uuid) {
+        self.inner
+            .write()
+            .expect("key cache lock")
+            .retain(|_, e| e.user.is_none_or(|u| u.key_id != key_id));
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| t.starts_with(KEY_PREFIX) && t.len() <= 128)
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let user = state
+            .keys
+            .resolve(&state.db, key)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        if let Some(ctx) = parts.extensions.get::<RequestContext>() {
+            ctx.user.set(user.user_id.to_string());
+        }
+        Ok(user)
+    }
+}
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if user.role != Role::Admin {
+            return Err(ApiError::Forbidden);
+        }
+        Ok(Self(user))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_prefixed_base62_and_unique() {
+        let a = generate_key();
+        assert!(a.starts_with("pr-") && a.len() == 43);
+        assert!(a[3..].bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_ne!(a, generate_key());
+        assert_eq!(hash_key(&a), hash_key(&a));
+        assert_eq!(display_prefix(&a).len(), 9);
+    }
+}

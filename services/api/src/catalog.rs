@@ -1,0 +1,181 @@
+//! The model catalog (`PR_MODELS_FILE`, TOML): which public model names exist, where each is
+//! served, and its prices. Model names are the only client-chosen values that become metric
+//! labels, and only after they matched this closed set.
+
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+use anyhow::Context;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use crate::config::Secret;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    #[serde(default)]
+    models: Vec<ModelEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelEntry {
+    name: String,
+    upstream: String,
+    upstream_model: Option<String>,
+    api_key_env: Option<String>,
+    input_usd_per_mtok: f64,
+    output_usd_per_mtok: f64,
+}
+
+#[derive(Debug)]
+pub struct Model {
+    /// Public name, also the `model` label value (leaked once: the catalog is a closed set).
+    pub name: &'static str,
+    /// OpenAI-compatible base URL, without a trailing slash (`http://litellm:4000/v1`).
+    pub upstream: String,
+    pub upstream_model: String,
+    pub api_key: Option<Secret>,
+    pub input_usd_per_mtok: Decimal,
+    pub output_usd_per_mtok: Decimal,
+}
+
+impl Model {
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> Decimal {
+        let per_token = Decimal::from(1_000_000u32);
+        (Decimal::from(input_tokens) * self.input_usd_per_mtok
+            + Decimal::from(output_tokens) * self.output_usd_per_mtok)
+            / per_token
+    }
+
+    pub fn chat_completions_url(&self) -> String {
+        format!("{}/chat/completions", self.upstream)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Catalog {
+    models: Vec<Arc<Model>>,
+    by_name: HashMap<String, Arc<Model>>,
+}
+
+impl Catalog {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the model catalog {}", path.display()))?;
+        Self::parse(&text, |var| std::env::var(var).ok())
+            .with_context(|| format!("in the model catalog {}", path.display()))
+    }
+
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let file: CatalogFile = toml::from_str(text)?;
+        let mut catalog = Self::default();
+        for entry in file.models {
+            anyhow::ensure!(
+                !entry.name.is_empty()
+                    && entry.name.len() <= 128
+                    && entry.name.chars().all(|c| c.is_ascii_graphic()),
+                "model name {:?} must be 1-128 printable ASCII characters",
+                entry.name
+            );
+            anyhow::ensure!(
+                !catalog.by_name.contains_key(&entry.name),
+                "model {:?} is listed twice",
+                entry.name
+            );
+            let upstream = entry.upstream.trim_end_matches('/').to_owned();
+            anyhow::ensure!(
+                upstream.starts_with("http://") || upstream.starts_with("https://"),
+                "model {:?}: upstream must be an http(s) URL",
+                entry.name
+            );
+            let api_key = match &entry.api_key_env {
+                Some(var) => Some(Secret::new(
+                    env(var).filter(|v| !v.is_empty()).with_context(|| {
+                        format!(
+                            "model {:?}: api_key_env names {var}, which is not set",
+                            entry.name
+                        )
+                    })?,
+                )),
+                None => None,
+            };
+            let price = |v: f64, what: &str| -> anyhow::Result<Decimal> {
+                anyhow::ensure!(
+                    v.is_finite() && v >= 0.0,
+                    "model {:?}: {what} must be a non-negative number",
+                    entry.name
+                );
+                // Via the shortest decimal text of the float, so 0.15 is exactly 0.15.
+                Ok(v.to_string().parse::<Decimal>()?)
+            };
+            let model = Arc::new(Model {
+                name: Box::leak(entry.name.clone().into_boxed_str()),
+                upstream,
+                upstream_model: entry.upstream_model.unwrap_or_else(|| entry.name.clone()),
+                api_key,
+                input_usd_per_mtok: price(entry.input_usd_per_mtok, "input_usd_per_mtok")?,
+                output_usd_per_mtok: price(entry.output_usd_per_mtok, "output_usd_per_mtok")?,
+            });
+            catalog.by_name.insert(entry.name, model.clone());
+            catalog.models.push(model);
+        }
+        Ok(catalog)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
+        self.by_name.get(name)
+    }
+
+    pub fn models(&self) -> &[Arc<Model>] {
+        &self.models
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+        [[models]]
+        name = "gpt-4o-mini"
+        upstream = "http://litellm:4000/v1/"
+        upstream_model = "openai/gpt-4o-mini"
+        api_key_env = "TEST_KEY"
+        input_usd_per_mtok = 0.15
+        output_usd_per_mtok = 0.60
+    "#;
+
+    #[test]
+    fn parses_and_prices_exactly() {
+        let c = Catalog::parse(SAMPLE, |_| Some("k".into())).unwrap();
+        let m = c.get("gpt-4o-mini").unwrap();
+        assert_eq!(
+            m.chat_completions_url(),
+            "http://litellm:4000/v1/chat/completions"
+        );
+        assert_eq!(m.upstream_model, "openai/gpt-4o-mini");
+        assert_eq!(m.api_key.as_ref().unwrap().expose(), "k");
+        // 1,000 input and 500 output tokens: 0.00015 + 0.0003
+        assert_eq!(m.cost(1000, 500), "0.00045".parse::<Decimal>().unwrap());
+        assert_eq!(m.cost(1, 0), "0.00000015".parse::<Decimal>().unwrap());
+        assert!(c.get("unknown").is_none());
+    }
+
+    #[test]
+    fn rejects_bad_catalogs() {
+        assert!(
+            Catalog::parse(SAMPLE, |_| None).is_err(),
+            "missing key variable"
+        );
+        assert!(
+            Catalog::parse(&SAMPLE.replace("http://", "ftp://"), |_| Some("k".into())).is_err()
+        );
+        assert!(
+            Catalog::parse(&format!("{SAMPLE}{SAMPLE}"), |_| Some("k".into())).is_err(),
+            "duplicate"
+        );
+        assert!(Catalog::parse(&SAMPLE.replace("0.15", "-1.0"), |_| Some("k".into())).is_err());
+        assert!(Catalog::parse("[[models]]\nname = \"x\"\nbogus = 1\n", |_| None).is_err());
+    }
+}

@@ -1,0 +1,44 @@
+//! Administrative subcommands, run with the same configuration as the server.
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::{auth::Role, config::Config, db, users};
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the API (the default when no subcommand is given).
+    Serve,
+    /// Administrative tasks against the database.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Create a user and a first API key; prints {"user_id", "api_key"} as one JSON line on stdout.
+    CreateUser(CreateUser),
+}
+
+#[derive(Args, Debug)]
+pub struct CreateUser {
+    #[arg(long)]
+    pub email: String,
+    /// Give the user the admin role.
+    #[arg(long)]
+    pub admin: bool,
+}
+
+pub async fn run_admin(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::CreateUser(args) => {
+            let pool = db::connect(config).await?;
+            let role = if args.admin { Role::Admin } else { Role::User };
+            let (user_id, api_key) = users::create_user(&pool, &args.email, role)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", json!({ "user_id": user_id, "api_key": api_key }));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Chat conversations: stored histories that are sent to the model with each new message, and
+//! billed like completions. Only the owner sees a conversation (others get 404).
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    routing::{get, post},
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::{
+    auth::AuthUser,
+    error::{ApiError, ApiResult},
+    extract::AppJson,
+    gateway::{self, Endpoint},
+    ledger::fmt_usd,
+    state::AppState,
+    telemetry::{RequestContext, metrics::CHAT_CONVERSATIONS_CREATED_TOTAL},
+};
+
+const MAX_CONTENT_CHARS: usize = 100_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/chat/conversations", get(list).post(create))
+        .route("/api/chat/conversations/{id}", get(show))
+}
+
+/// Posting a message waits on the model: it gets the upstream timeout.
+pub fn messages_router() -> Router<AppState> {
+    Router::new().route("/api/chat/conversations/{id}/messages", post(send))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Conversation {
+    id: Uuid,
+    title: String,
+    model: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Message {
+    id: i64,
+    role: String,
+    content: String,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateConversation {
+    model: String,
+    #[serde(default)]
+    title: String,
+    /// Optional system prompt, stored as the first message.
+    system: Option<String>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    AppJson(req): AppJson<CreateConversation>,
+) -> ApiResult<(StatusCode, Json<Conversation>)> {
+    let model = state
+        .catalog
+        .get(&req.model)
+        .ok_or_else(|| ApiError::ModelNotFound(req.model.chars().take(128).collect()))?;
+    if req.title.chars().count() > 200 {
+        return Err(ApiError::bad_request(
+            "invalid_title",
+            "title must be at most 200 characters",
+        ));
+    }
+    let mut tx = state.db.begin().await?;
+    let conversation: Conversation = sqlx::query_as(
+        "INSERT INTO conversations (user_id, title, model) VALUES ($1, $2, $3) RETURNING id, title, model, created_at, updated_at",
+    )
+    .bind(user.user_id)
+    .bind(&req.title)
+    .bind(model.name)
+    .fetch_one(&mut *tx)
+    .await?;
+    if let Some(system) = req.system.filter(|s| !s.is_empty()) {
+        if system.chars().count() > MAX_CONTENT_CHARS {
+            return Err(ApiError::bad_request(
+                "invalid_system",
+                "system prompt is too long",
+            ));
+        }
+        sqlx::query(
+            "INSERT INTO messages (conversation_id, role, content) VALUES ($1, 'system', $2)",
+        )
+        .bind(conversation.id)
+        .bind(system)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    metrics::counter!(CHAT_CONVERSATIONS_CREATED_TOTAL).increment(1);
+    Ok((StatusCode::CREATED, Json(conversation)))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    limit: Option<i64>,
+    /// Cursor: the `next_cursor` of the previous page (a conversation id).
+    before: Option<Uuid>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(page): Query<Page>,
+) -> ApiResult<Json<Value>> {
+    let limit = page.limit.unwrap_or(20).clamp(1, 100);
+    let rows: Vec<Conversation> = sqlx::query_as(
+        "SELECT id, title, model, created_at, updated_at FROM conversations c WHERE user_id = $1 \
+           AND ($2::uuid IS NULL OR (created_at, id) < (SELECT created_at, id FROM conversations WHERE id = $2 AND user_id = $1)) \
+         ORDER BY created_at DESC, id DESC LIMIT $3",
+    )
+    .bind(user.user_id)
+    .bind(page.before)
+    .bind(limit)
+    .fetch_all(&state.db)
+    .await?;
+    let next_cursor = if rows.len() as i64 == limit {
+        rows.last().map(|c| c.id)
+    } else {
+        None
+    };
+    Ok(Json(json!({ "data": rows, "next_cursor": next_cursor })))
+}
+
+async fn owned(state: &AppState, user: &AuthUser, id: &str) -> ApiResult<Conversation> {
+    let id: Uuid = id.parse().map_err(|_| ApiError::NotFound("Conversation"))?;
+    sqlx::query_as("SELECT id, title, model, created_at, updated_at FROM conversations WHERE id = $1 AND user_id = $2")
+        .bind(id)
+        .bind(user.user_id)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or(ApiError::NotFound("Conversation"))
+}
+
+async fn history(state: &AppState, id: Uuid) -> ApiResult<Vec<Message>> {
+    Ok(sqlx::query_as(
+        "SELECT id, role, content, created_at FROM messages WHERE conversation_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&state.db)
+    .await?)
+}
+
+async fn show(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let conversation = owned(&state, &user, &id).await?;
+    let messages = history(&state, conversation.id).await?;
+    Ok(Json(
+        json!({ "conversation": conversation, "messages": messages }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendMessage {
+    content: String,
+}
+
+async fn send(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ctx: RequestContext,
+    Path(id): Path<String>,
+    AppJson(req): AppJson<SendMessage>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if req.content.is_empty() || req.content.chars().count() > MAX_CONTENT_CHARS {
+        return Err(ApiError::bad_request(
+            "invalid_content",
+            "content must be 1-100000 characters",
+        ));
+    }
+    let conversation = owned(&state, &user, &id).await?;
+    let model = state
+        .catalog
+        .get(&conversation.model)
+        .cloned()
+        .ok_or_else(|| ApiError::ModelNotFound(conversation.model.clone()))?;
+    let mut messages: Vec<Value> = history(&state, conversation.id)
+        .await?
+        .into_iter()
+        .map(|m| json!({ "role": m.role, "content": m.content }))
+        .collect();
+    messages.push(json!({ "role": "user", "content": req.content }));
+    let mut body = Map::new();
+    body.insert("messages".into(), Value::Array(messages));
+
+    let result = gateway::complete(
+        &state,
+        user,
+        model,
+        body,
+        Endpoint::ConversationMessage,
+        ctx.request_id.as_str(),
+    )
+    .await?;
+    let reply = result
+        .response
+        .pointer("/choices/0/message/content")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+
+    let mut tx = state.db.begin().await?;
+    let user_message: Message = sqlx::query_as(
+        "INSERT INTO messages (conversation_id, role, content) VALUES ($1, 'user', $2) RETURNING id, role, content, created_at",
+    )
+    .bind(conversation.id)
+    .bind(&req.content)
+    .fetch_one(&mut *tx)
+    .await?;
+    let assistant_message: Message = sqlx::query_as(
+        "INSERT INTO messages (conversation_id, role, content) VALUES ($1, 'assistant', $2) RETURNING id, role, content, created_at",
+    )
+    .bind(conversation.id)
+    .bind(&reply)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE conversations SET updated_at = now() WHERE id = $1")
+        .bind(conversation.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "user_message": user_message,
+            "assistant_message": assistant_message,
+            "usage": {
+                "prompt_tokens": result.input_tokens,
+                "completion_tokens": result.output_tokens,
+                "cost_usd": fmt_usd(result.cost),
+            },
+        })),
+    ))
+}

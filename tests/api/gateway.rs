@@ -1,0 +1,636 @@
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use privaterouter_tests::{
+    Gateway, random_hex, spawn_gateway, spawn_gateway_with,
+    upstream::{COMPLETION_TOKENS, PROMPT_TOKENS, STREAM_WORDS},
+};
+use serde_json::{Value, json};
+
+/// Cost of one stand-in call: 12 input tokens at 1.5 $/Mtok + 34 output tokens at 6 $/Mtok.
+const CALL_COST: &str = "0.000222";
+
+async fn funded(g: &Gateway, amount: &str) -> (uuid::Uuid, String) {
+    let (_, admin) = g.app.user(true).await;
+    let (user_id, key) = g.app.user(false).await;
+    g.app.topup(&admin, user_id, amount).await;
+    (user_id, key)
+}
+
+fn chat(model: &str, stream: bool) -> Value {
+    json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi there"}]})
+}
+
+async fn post(g: &Gateway, key: &str, body: &Value) -> reqwest::Response {
+    g.app
+        .client
+        .post(g.app.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn usage_rows(g: &Gateway, user_id: uuid::Uuid) -> Vec<(String, i64, i64, bool, String)> {
+    sqlx::query_as(
+        "SELECT (-amount_usd)::text, input_tokens, output_tokens, usage_estimated, model FROM credit_transactions \
+         WHERE user_id = $1 AND kind = 'usage' ORDER BY id",
+    )
+    .bind(user_id)
+    .fetch_all(&g.app.pool)
+    .await
+    .unwrap()
+}
+
+fn dec(s: &str) -> f64 {
+    s.parse().unwrap()
+}
+
+#[tokio::test]
+async fn completion_is_proxied_metered_and_billed_once() {
+    let g = spawn_gateway().await;
+    let (user_id, key) = funded(&g, "1.00").await;
+
+    let models: Value = g
+        .app
+        .client
+        .get(g.app.url("/v1/models"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "echo", "nousage", "long", "slow", "fail500", "fail400", "dead"
+        ]
+    );
+    assert_eq!(models["object"], "list");
+
+    let response = post(&g, &key, &chat("echo", false)).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "echo: hi there");
+    assert_eq!(body["model"], "echo", "clients see the public model name");
+    assert_eq!(body["usage"]["prompt_tokens"], PROMPT_TOKENS);
+    assert_eq!(body["usage"]["completion_tokens"], COMPLETION_TOKENS);
+    assert_eq!(body["usage"]["cost_usd"], CALL_COST);
+
+    // The upstream saw its own model name and the catalog's key, never the client's key.
+    let sent = g.upstream.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["model"], "up-echo");
+
+    let rows = usage_rows(&g, user_id).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(dec(&rows[0].0), dec(CALL_COST));
+    assert_eq!(
+        (rows[0].1, rows[0].2, rows[0].3, rows[0].4.as_str()),
+        (12, 34, false, "echo")
+    );
+    let balance: Value = g
+        .app
+        .client
+        .get(g.app.url("/api/billing/balance"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(balance["balance_usd"], "0.999778");
+
+    let s = g.app.samples().await;
+    assert_eq!(
+        s.get(
+            "pr_llm_calls_total",
+            &[
+                ("model", "echo"),
+                ("endpoint", "chat_completions"),
+                ("status", "success")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        s.get(
+            "pr_llm_tokens_total",
+            &[("model", "echo"), ("direction", "input")]
+        ),
+        12.0
+    );
+    assert_eq!(
+        s.get(
+            "pr_llm_tokens_total",
+            &[("model", "echo"), ("direction", "output")]
+        ),
+        34.0
+    );
+    assert_eq!(
+        s.get("pr_llm_cost_usd_total", &[("model", "echo")]),
+        dec(CALL_COST)
+    );
+    assert_eq!(s.types["pr_llm_cost_usd_total"], "counter");
+    assert_eq!(
+        s.get("pr_credit_transactions_total", &[("kind", "usage")]),
+        1.0
+    );
+    assert_eq!(
+        s.get(
+            "pr_llm_upstream_duration_seconds_count",
+            &[("model", "echo")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        s.get(
+            "pr_llm_gateway_overhead_seconds_count",
+            &[("endpoint", "chat_completions")]
+        ),
+        1.0
+    );
+    for name in [
+        "pr_llm_calls_total",
+        "pr_llm_tokens_total",
+        "pr_llm_cost_usd_total",
+        "pr_llm_upstream_duration_seconds",
+        "pr_llm_gateway_overhead_seconds",
+    ] {
+        assert!(s.help.contains_key(name), "HELP for {name}");
+    }
+}
+
+#[tokio::test]
+async fn refusals_errors_and_unknown_models() {
+    let g = spawn_gateway_with(|c| c.upstream_timeout_secs = 1).await;
+    let (_, broke) = g.app.user(false).await;
+    let refused = post(&g, &broke, &chat("echo", false)).await;
+    assert_eq!(refused.status(), 402);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_credits");
+    assert!(
+        g.upstream.requests().is_empty(),
+        "nothing reached the upstream"
+    );
+
+    let (user_id, key) = funded(&g, "1.00").await;
+    let cases = [
+        ("nope-model", 404, "model_not_found"),
+        ("fail500", 500, "upstream_error"),
+        ("fail400", 400, "upstream_error"),
+        ("dead", 502, "upstream_unavailable"),
+        ("slow", 504, "upstream_timeout"),
+    ];
+    for (model, status, code) in cases {
+        let response = post(&g, &key, &chat(model, false)).await;
+        assert_eq!(response.status(), status, "{model}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{model}: {body}");
+        assert!(body["error"]["request_id"].is_string());
+    }
+    let body: Value = post(&g, &key, &chat("fail500", false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["error"]["message"], "upstream exploded",
+        "the upstream's message is passed through"
+    );
+    let body: Value = post(&g, &key, &chat("fail400", false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["error"]["message"], "context length exceeded");
+
+    for (bad, why) in [
+        (
+            json!({"messages": [{"role": "user", "content": "x"}]}),
+            "no model",
+        ),
+        (json!({"model": "echo"}), "no messages"),
+        (json!({"model": "echo", "messages": []}), "empty messages"),
+        (
+            json!({"model": 7, "messages": [{"role": "user", "content": "x"}]}),
+            "model not a string",
+        ),
+        (
+            json!({"model": "echo", "stream": "yes", "messages": [{"role": "user", "content": "x"}]}),
+            "stream not a bool",
+        ),
+    ] {
+        assert_eq!(post(&g, &key, &bad).await.status(), 400, "{why}");
+    }
+    assert!(
+        usage_rows(&g, user_id).await.is_empty(),
+        "failed calls are not billed"
+    );
+
+    let s = g.app.samples().await;
+    let calls = |model: &str, status: &str| {
+        s.get(
+            "pr_llm_calls_total",
+            &[
+                ("model", model),
+                ("endpoint", "chat_completions"),
+                ("status", status),
+            ],
+        )
+    };
+    assert_eq!(calls("echo", "insufficient_credits"), 1.0);
+    assert_eq!(calls("fail500", "upstream_error"), 2.0);
+    assert_eq!(calls("fail400", "upstream_error"), 2.0);
+    assert_eq!(calls("dead", "upstream_unavailable"), 1.0);
+    assert_eq!(calls("slow", "timeout"), 1.0);
+    let ex = |kind: &str| {
+        s.get(
+            "pr_http_exceptions_total",
+            &[
+                ("method", "POST"),
+                ("route", "/v1/chat/completions"),
+                ("exception_type", kind),
+            ],
+        )
+    };
+    assert_eq!(ex("upstream_error"), 2.0);
+    assert_eq!(ex("upstream_unavailable"), 1.0);
+    assert_eq!(ex("upstream_timeout"), 1.0);
+}
+
+#[tokio::test]
+async fn unknown_models_never_become_labels() {
+    let g = spawn_gateway().await;
+    let (_, key) = funded(&g, "1.00").await;
+    assert_eq!(post(&g, &key, &chat("echo", false)).await.status(), 200);
+    assert_eq!(
+        post(&g, &key, &chat("not-a-model", false)).await.status(),
+        404
+    );
+    let before = g
+        .app
+        .wait_for_metrics("warm-up counted", |s| {
+            s.get(
+                "pr_http_requests_total",
+                &[
+                    ("method", "POST"),
+                    ("route", "/v1/chat/completions"),
+                    ("status", "404"),
+                ],
+            ) == 1.0
+        })
+        .await;
+
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let client = g.app.client.clone();
+        let url = g.app.url("/v1/chat/completions");
+        let key = key.clone();
+        let model = format!("m-{}", random_hex(8));
+        tasks.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(key)
+                .json(&chat(&model, false))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+        if tasks.len() == 50 {
+            for t in tasks.drain(..) {
+                assert_eq!(t.await.unwrap(), 404);
+            }
+        }
+    }
+    let after = g
+        .app
+        .wait_for_metrics("all counted", |s| {
+            s.get(
+                "pr_http_requests_total",
+                &[
+                    ("method", "POST"),
+                    ("route", "/v1/chat/completions"),
+                    ("status", "404"),
+                ],
+            ) == 1001.0
+        })
+        .await;
+    assert_eq!(after.samples.len(), before.samples.len(), "no new series");
+    let models: std::collections::BTreeSet<&str> = after
+        .samples
+        .iter()
+        .filter_map(|s| s.labels.get("model").map(String::as_str))
+        .collect();
+    assert_eq!(models.into_iter().collect::<Vec<_>>(), ["echo"]);
+}
+
+/// Reads an SSE response, returning each event's data and when it arrived.
+async fn read_sse(response: reqwest::Response) -> Vec<(Duration, String)> {
+    let start = Instant::now();
+    let mut stream = response.bytes_stream();
+    let mut buf = String::new();
+    let mut events = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            if let Some(data) = event.trim().strip_prefix("data: ") {
+                events.push((start.elapsed(), data.to_owned()));
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn streams_are_forwarded_as_they_arrive_and_billed_from_reported_usage() {
+    let g = spawn_gateway().await;
+    let (user_id, key) = funded(&g, "1.00").await;
+
+    let response = post(&g, &key, &chat("echo", true)).await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let events = read_sse(response).await;
+    // Words, the usage chunk, [DONE].
+    assert_eq!(events.len(), STREAM_WORDS.len() + 2, "{events:?}");
+    let text: String = events
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| {
+            c.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, STREAM_WORDS.concat());
+    // Not buffered: the stand-in spaces chunks 30 ms apart.
+    let first = events[0].0;
+    let last = events.last().unwrap().0;
+    assert!(
+        last - first >= Duration::from_millis(100),
+        "chunks arrived together: {first:?} .. {last:?}"
+    );
+    let usage: Value = serde_json::from_str(&events[events.len() - 2].1).unwrap();
+    assert_eq!(usage["usage"]["prompt_tokens"], PROMPT_TOKENS);
+    assert_eq!(
+        usage["usage"]["cost_usd"], CALL_COST,
+        "the final chunk carries the cost"
+    );
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+
+    let sent = g.upstream.requests();
+    assert_eq!(sent[0]["stream"], true);
+    assert_eq!(
+        sent[0]["stream_options"]["include_usage"], true,
+        "usage is requested from the upstream"
+    );
+
+    let rows = g
+        .app
+        .wait_for_metrics("stream billed", |s| {
+            s.get("pr_credit_transactions_total", &[("kind", "usage")]) == 1.0
+        })
+        .await;
+    assert_eq!(
+        rows.get(
+            "pr_llm_time_to_first_token_seconds_count",
+            &[("model", "echo")]
+        ),
+        1.0
+    );
+    let rows = usage_rows(&g, user_id).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (dec(&rows[0].0), rows[0].1, rows[0].2, rows[0].3),
+        (dec(CALL_COST), 12, 34, false)
+    );
+
+    // An upstream that reports no usage: billed from an estimate, flagged as such.
+    let events = read_sse(post(&g, &key, &chat("nousage", true)).await).await;
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    g.app
+        .wait_for_metrics("estimate billed", |s| {
+            s.get("pr_credit_transactions_total", &[("kind", "usage")]) == 2.0
+        })
+        .await;
+    let rows = usage_rows(&g, user_id).await;
+    assert_eq!(rows.len(), 2);
+    let (_, input, output, estimated, _) = &rows[1];
+    assert!(*estimated);
+    assert_eq!(*output as usize, STREAM_WORDS.concat().len().div_ceil(4));
+    assert!(*input > 0);
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_is_still_billed() {
+    let g = spawn_gateway().await;
+    let (user_id, key) = funded(&g, "1.00").await;
+    let response = post(&g, &key, &chat("long", true)).await;
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("data:"));
+    drop(stream); // the client goes away after the first chunk of a 2 s stream
+
+    let s = g
+        .app
+        .wait_for_metrics("disconnect billed", |s| {
+            s.get(
+                "pr_llm_calls_total",
+                &[
+                    ("model", "long"),
+                    ("endpoint", "chat_completions"),
+                    ("status", "client_disconnect"),
+                ],
+            ) == 1.0
+        })
+        .await;
+    let rows = usage_rows(&g, user_id).await;
+    assert_eq!(rows.len(), 1, "billed exactly once");
+    assert_eq!(
+        (rows[0].1, rows[0].2, rows[0].3),
+        (12, 34, false),
+        "billed from what the upstream reported"
+    );
+    assert_eq!(
+        s.get("pr_llm_cost_usd_total", &[("model", "long")]),
+        dec(CALL_COST)
+    );
+}
+
+#[tokio::test]
+async fn the_ledger_holds_under_concurrency_and_matches_the_metrics() {
+    let g = spawn_gateway().await;
+    // One user with credit for about 50 calls sends 200 at once.
+    let (solo, solo_key) = funded(&g, "0.0111").await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let client = g.app.client.clone();
+        let url = g.app.url("/v1/chat/completions");
+        let key = solo_key.clone();
+        let stream = i % 4 == 0;
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .bearer_auth(key)
+                .json(&chat("echo", stream))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let _ = r.bytes().await;
+            status
+        }));
+    }
+    let statuses: Vec<u16> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 402),
+        "{statuses:?}"
+    );
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+
+    // Many users at once: 20 users × 10 calls.
+    let (_, admin) = g.app.user(true).await;
+    let mut users = Vec::new();
+    for _ in 0..20 {
+        let (id, key) = g.app.user(false).await;
+        g.app.topup(&admin, id, "5").await;
+        users.push((id, key));
+    }
+    let mut tasks = Vec::new();
+    for (_, key) in &users {
+        for i in 0..10 {
+            let client = g.app.client.clone();
+            let url = g.app.url("/v1/chat/completions");
+            let key = key.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = client
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&chat("echo", i % 2 == 0))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let _ = r.bytes().await;
+                status
+            }));
+        }
+    }
+    let many: Vec<u16> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(many.iter().all(|s| *s == 200), "{many:?}");
+    let total_calls = ok + many.len();
+
+    let s = g
+        .app
+        .wait_for_metrics("every call billed", |s| {
+            s.get("pr_credit_transactions_total", &[("kind", "usage")]) == total_calls as f64
+        })
+        .await;
+
+    // balance = sum of transactions, for every user; one usage row per completed call.
+    let mismatched: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM user_balances b WHERE b.balance_usd <> \
+           (SELECT coalesce(sum(amount_usd), 0) FROM credit_transactions t WHERE t.user_id = b.user_id)",
+    )
+    .fetch_one(&g.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        mismatched, 0,
+        "balance equals the sum of transactions for every user"
+    );
+    let usage: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE kind = 'usage'")
+            .fetch_one(&g.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        usage as usize, total_calls,
+        "exactly one usage row per completed call"
+    );
+    let dupes: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM (SELECT call_id FROM credit_transactions WHERE call_id IS NOT NULL GROUP BY call_id HAVING count(*) > 1) d")
+            .fetch_one(&g.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(dupes, 0);
+
+    // Overdraft is bounded by the calls that were in flight: at most all 200 of them.
+    let solo_balance: String =
+        sqlx::query_scalar("SELECT balance_usd::text FROM user_balances WHERE user_id = $1")
+            .bind(solo)
+            .fetch_one(&g.app.pool)
+            .await
+            .unwrap();
+    assert!(
+        dec(&solo_balance) >= -(200.0 * dec(CALL_COST)),
+        "{solo_balance}"
+    );
+    assert!(ok >= 50, "at least the funded calls went through: {ok}");
+
+    // Metrics equal the ledger.
+    let (cost, input, output): (String, i64, i64) = sqlx::query_as(
+        "SELECT (-sum(amount_usd))::text, sum(input_tokens)::bigint, sum(output_tokens)::bigint FROM credit_transactions WHERE kind = 'usage'",
+    )
+    .fetch_one(&g.app.pool)
+    .await
+    .unwrap();
+    assert!(
+        (s.get("pr_llm_cost_usd_total", &[("model", "echo")]) - dec(&cost)).abs() < 1e-12,
+        "cost {cost}"
+    );
+    assert_eq!(
+        s.get(
+            "pr_llm_tokens_total",
+            &[("model", "echo"), ("direction", "input")]
+        ),
+        input as f64
+    );
+    assert_eq!(
+        s.get(
+            "pr_llm_tokens_total",
+            &[("model", "echo"), ("direction", "output")]
+        ),
+        output as f64
+    );
+    let successes: f64 = ["success", "client_disconnect"]
+        .iter()
+        .map(|st| {
+            s.get(
+                "pr_llm_calls_total",
+                &[
+                    ("model", "echo"),
+                    ("endpoint", "chat_completions"),
+                    ("status", st),
+                ],
+            )
+        })
+        .sum();
+    assert_eq!(successes as usize, total_calls);
+}

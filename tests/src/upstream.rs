@@ -1,0 +1,181 @@
+//! An OpenAI-compatible upstream stand-in (the one test double the standards allow: it replaces a
+//! paid LLM service). It serves `/v1/chat/completions` on a loopback port; its behaviour is chosen
+//! by the upstream model name, and it records what it received.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use serde_json::{Value, json};
+
+pub const UPSTREAM_KEY: &str = "sk-upstream-test-key";
+pub const PROMPT_TOKENS: u64 = 12;
+pub const COMPLETION_TOKENS: u64 = 34;
+/// Words streamed by the streaming behaviours.
+pub const STREAM_WORDS: [&str; 5] = ["Hello", ", ", "world", "!", " Bye."];
+
+#[derive(Clone, Default)]
+pub struct Upstream {
+    pub addr: Option<SocketAddr>,
+    pub received: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Upstream {
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr.expect("started"))
+    }
+
+    pub fn requests(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+pub async fn start() -> Upstream {
+    let mut upstream = Upstream::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    upstream.addr = Some(listener.local_addr().unwrap());
+    let app = Router::new()
+        .route("/v1/chat/completions", post(completions))
+        .with_state(upstream.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    upstream
+}
+
+fn completion(model: &str, content: &str) -> Value {
+    json!({
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS, "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS}
+    })
+}
+
+fn chunk(model: &str, content: &str) -> String {
+    let c = json!({"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1, "model": model,
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]});
+    format!("data: {c}\n\n")
+}
+
+fn usage_chunk(model: &str) -> String {
+    let c = json!({"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [],
+        "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS, "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS}});
+    format!("data: {c}\n\n")
+}
+
+fn sse(model: String, gap: Duration, with_usage: bool, words: usize) -> Response {
+    let stream = async_stream(model, gap, with_usage, words);
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+fn async_stream(
+    model: String,
+    gap: Duration,
+    with_usage: bool,
+    words: usize,
+) -> impl futures_util::Stream<Item = Result<String, std::io::Error>> + Send {
+    futures_util::stream::unfold(0usize, move |i| {
+        let model = model.clone();
+        async move {
+            if i > words + 1 {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            let item = if i < words {
+                chunk(&model, STREAM_WORDS[i % STREAM_WORDS.len()])
+            } else if i == words {
+                if with_usage {
+                    usage_chunk(&model)
+                } else {
+                    String::new()
+                }
+            } else {
+                "data: [DONE]\n\n".to_string()
+            };
+            Some((Ok(item), i + 1))
+        }
+    })
+}
+
+async fn completions(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    up.received.lock().unwrap().push(body.clone());
+    if headers.get("authorization").and_then(|v| v.to_str().ok())
+        != Some(&format!("Bearer {UPSTREAM_KEY}"))
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": {"message": "bad upstream key"}})),
+        )
+            .into_response();
+    }
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let streaming = body["stream"].as_bool().unwrap_or(false);
+    let last = body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    match model.as_str() {
+        "up-echo" if streaming => sse(model, Duration::from_millis(30), true, STREAM_WORDS.len()),
+        "up-echo" => Json(completion(&model, &format!("echo: {last}"))).into_response(),
+        "up-nousage" if streaming => sse(model, Duration::from_millis(5), false, STREAM_WORDS.len()),
+        "up-nousage" => {
+            let mut c = completion(&model, "twelve chars");
+            c.as_object_mut().unwrap().remove("usage");
+            Json(c).into_response()
+        }
+        // A long stream: 40 chunks, 50 ms apart (2 s), for disconnect tests.
+        "up-long" => sse(model, Duration::from_millis(50), true, 40),
+        "up-slow" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Json(completion(&model, "late")).into_response()
+        }
+        "up-500" => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": {"message": "upstream exploded", "type": "server_error"}})))
+            .into_response(),
+        "up-400" => (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "context length exceeded", "type": "invalid_request_error"}})))
+            .into_response(),
+        other => (StatusCode::NOT_FOUND, Json(json!({"error": {"message": format!("no model {other}")}}))).into_response(),
+    }
+}
+
+/// A catalog for the stand-in: every behaviour as a public model, plus one whose upstream
+/// refuses connections. Prices: 1.5 $/Mtok input, 6 $/Mtok output.
+pub fn catalog_toml(upstream: &Upstream, key_env: &str) -> String {
+    let dead = format!("http://127.0.0.1:{}/v1", crate::free_port());
+    let mut out = String::new();
+    for (name, up_model, base) in [
+        ("echo", "up-echo", upstream.base_url()),
+        ("nousage", "up-nousage", upstream.base_url()),
+        ("long", "up-long", upstream.base_url()),
+        ("slow", "up-slow", upstream.base_url()),
+        ("fail500", "up-500", upstream.base_url()),
+        ("fail400", "up-400", upstream.base_url()),
+        ("dead", "up-dead", dead),
+    ] {
+        out.push_str(&format!(
+            "[[models]]\nname = \"{name}\"\nupstream = \"{base}\"\nupstream_model = \"{up_model}\"\napi_key_env = \"{key_env}\"\ninput_usd_per_mtok = 1.5\noutput_usd_per_mtok = 6.0\n\n"
+        ));
+    }
+    out
+}
