@@ -46,6 +46,27 @@ impl TestDb {
             .as_ref()
             .expect("this app owns its database container")
     }
+
+    /// The URL through the container's bridge address instead of the published port: no
+    /// userland proxy in the path (benchmarks).
+    pub async fn direct_url(&self) -> String {
+        let out = std::process::Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                self.container().id(),
+            ])
+            .output()
+            .expect("docker inspect");
+        let ip = String::from_utf8(out.stdout)
+            .expect("ip is text")
+            .trim()
+            .to_owned();
+        let (head, tail) = self.url.split_once('@').expect("url has credentials");
+        let db = tail.split_once('/').map_or("", |(_, db)| db);
+        format!("{head}@{ip}:5432/{db}")
+    }
 }
 
 /// The API binary built by `scripts/test` (`cargo build -p privaterouter-api`).

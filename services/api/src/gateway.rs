@@ -194,12 +194,13 @@ impl Call<'_> {
             output_tokens: output,
             cost,
             estimated,
-            request_id: &self.request_id,
+            request_id: self.request_id.clone(),
         };
-        // A transient database error must not lose revenue: retry a few times.
+        // A transient database error must not lose revenue: retry a few times (the call id
+        // makes a retry of a write that did commit a no-op).
         let mut attempt = 0;
         loop {
-            match ledger::record_usage(&self.state.db, &usage).await {
+            match self.state.usage.record(usage.clone()).await {
                 Ok(_) => break,
                 Err(e) if attempt < 5 => {
                     attempt += 1;

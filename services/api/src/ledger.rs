@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::{error::ApiError, telemetry::metrics::CREDIT_TRANSACTIONS_TOTAL};
@@ -72,48 +73,96 @@ pub async fn balance(db: &PgPool, user_id: Uuid) -> Result<Decimal, sqlx::Error>
 
 /// One completed LLM call to bill.
 #[derive(Debug, Clone)]
-pub struct Usage<'a> {
+pub struct Usage {
     pub call_id: Uuid,
     pub user_id: Uuid,
-    pub model: &'a str,
+    pub model: &'static str,
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cost: Decimal,
     pub estimated: bool,
-    pub request_id: &'a str,
+    pub request_id: String,
 }
 
-/// Writes the usage row and debits the balance, once per call id. Returns false when the call
-/// was already billed.
-pub async fn record_usage(db: &PgPool, usage: &Usage<'_>) -> Result<bool, sqlx::Error> {
-    let mut tx = db.begin().await?;
-    let inserted: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO credit_transactions \
-           (user_id, kind, amount_usd, reason, call_id, model, input_tokens, output_tokens, usage_estimated, request_id) \
-         VALUES ($1, 'usage', $2, 'llm call', $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT (call_id) DO NOTHING RETURNING id",
-    )
-    .bind(usage.user_id)
-    .bind(-usage.cost)
-    .bind(usage.call_id)
-    .bind(usage.model)
-    .bind(usage.input_tokens as i64)
-    .bind(usage.output_tokens as i64)
-    .bind(usage.estimated)
-    .bind(usage.request_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if inserted.is_none() {
-        return Ok(false);
+/// Writes usage rows durably, in batches: calls hand their row to one writer task and wait for
+/// the commit that contains it. While one batch commits, the next one collects, so under load
+/// many calls share one round trip and one commit instead of each paying for its own.
+#[derive(Clone)]
+pub struct UsageWriter {
+    tx: mpsc::Sender<(Usage, oneshot::Sender<Result<bool, String>>)>,
+}
+
+/// Most rows written in one statement.
+const MAX_BATCH: usize = 512;
+
+impl UsageWriter {
+    pub fn spawn(db: PgPool) -> Self {
+        let (tx, mut rx) =
+            mpsc::channel::<(Usage, oneshot::Sender<Result<bool, String>>)>(MAX_BATCH * 8);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                let rows: Vec<&Usage> = batch.iter().map(|(u, _)| u).collect();
+                match write_usage_batch(&db, &rows).await {
+                    Ok(written) => {
+                        for (usage, reply) in batch.drain(..) {
+                            let _ = reply.send(Ok(written.contains(&usage.call_id)));
+                        }
+                    }
+                    Err(e) => {
+                        let e = e.to_string();
+                        for (_, reply) in batch.drain(..) {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Self { tx }
     }
-    sqlx::query("UPDATE user_balances SET balance_usd = balance_usd - $2, updated_at = now() WHERE user_id = $1")
-        .bind(usage.user_id)
-        .bind(usage.cost)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    metrics::counter!(CREDIT_TRANSACTIONS_TOTAL, "kind" => "usage").increment(1);
-    Ok(true)
+
+    /// Bills one call and returns once the row is committed: false when the call was already
+    /// billed (same call id). Errors are the database's, as text.
+    pub async fn record(&self, usage: Usage) -> Result<bool, String> {
+        let (reply, done) = oneshot::channel();
+        self.tx
+            .send((usage, reply))
+            .await
+            .map_err(|_| "usage writer stopped".to_owned())?;
+        done.await.map_err(|_| "usage writer stopped".to_owned())?
+    }
+}
+
+/// Inserts the rows (each call id at most once, ever) and debits the balances, in one
+/// statement: atomic, one round trip. Returns the call ids that were written now.
+async fn write_usage_batch(db: &PgPool, rows: &[&Usage]) -> Result<Vec<Uuid>, sqlx::Error> {
+    let written: Vec<Uuid> = sqlx::query_scalar(
+        "WITH input AS ( \
+           SELECT * FROM UNNEST($1::uuid[], $2::numeric[], $3::uuid[], $4::text[], $5::int8[], $6::int8[], $7::bool[], $8::text[]) \
+             AS t(user_id, amount, call_id, model, input_tokens, output_tokens, estimated, request_id)), \
+         inserted AS ( \
+           INSERT INTO credit_transactions \
+             (user_id, kind, amount_usd, reason, call_id, model, input_tokens, output_tokens, usage_estimated, request_id) \
+           SELECT user_id, 'usage', amount, 'llm call', call_id, model, input_tokens, output_tokens, estimated, request_id FROM input \
+           ON CONFLICT (call_id) DO NOTHING RETURNING user_id, amount_usd, call_id), \
+         per_user AS (SELECT user_id, sum(amount_usd) AS total FROM inserted GROUP BY user_id), \
+         debited AS ( \
+           UPDATE user_balances b SET balance_usd = b.balance_usd + per_user.total, updated_at = now() \
+           FROM per_user WHERE b.user_id = per_user.user_id RETURNING b.user_id) \
+         SELECT call_id FROM inserted",
+    )
+    .bind(rows.iter().map(|u| u.user_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|u| -u.cost).collect::<Vec<_>>())
+    .bind(rows.iter().map(|u| u.call_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|u| u.model).collect::<Vec<_>>())
+    .bind(rows.iter().map(|u| u.input_tokens as i64).collect::<Vec<_>>())
+    .bind(rows.iter().map(|u| u.output_tokens as i64).collect::<Vec<_>>())
+    .bind(rows.iter().map(|u| u.estimated).collect::<Vec<_>>())
+    .bind(rows.iter().map(|u| u.request_id.as_str()).collect::<Vec<_>>())
+    .fetch_all(db)
+    .await?;
+    metrics::counter!(CREDIT_TRANSACTIONS_TOTAL, "kind" => "usage").increment(written.len() as u64);
+    Ok(written)
 }
 
 /// Applies an admin credit once per (user, idempotency key). Returns the transaction and whether

@@ -10,7 +10,10 @@ use std::{
 
 use sqlx::PgPool;
 
-use crate::{auth::KeyCache, catalog::Catalog, config::Config, gateway::UpstreamTimeouts};
+use crate::{
+    auth::KeyCache, catalog::Catalog, config::Config, gateway::UpstreamTimeouts,
+    ledger::UsageWriter,
+};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -21,6 +24,8 @@ pub struct AppState {
     /// One pooled client for every upstream.
     pub http: reqwest::Client,
     pub upstream: UpstreamTimeouts,
+    /// Batched, durable writer of usage rows.
+    pub usage: UsageWriter,
     shutting_down: Arc<AtomicBool>,
 }
 
@@ -38,6 +43,7 @@ impl AppState {
                 stream_idle: Duration::from_secs(config.stream_idle_timeout_secs),
             },
             config: Arc::new(config),
+            usage: UsageWriter::spawn(db.clone()),
             db,
             catalog: Arc::new(catalog),
             http,

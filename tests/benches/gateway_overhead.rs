@@ -1,0 +1,240 @@
+//! Gateway overhead: the same OpenAI-compatible upstream stand-in called directly and through
+//! the gateway (the release binary as its own process: key auth, credit check, durable billing
+//! write per call, metrics, access log all on), at fixed request rates, side by side in one run.
+//! Also time to first token of streams, direct vs through the gateway, and the gateway's memory.
+//!
+//!     cargo build --release -p privaterouter-api
+//!     cargo bench -p privaterouter-tests --bench gateway_overhead
+//!
+//! Environment: BENCH_RATES (default "500,1000,2000" req/s), BENCH_SECS (per run, default 10),
+//! BENCH_STREAMS (streams measured, default 200). Needs Docker (Postgres from the local image).
+
+use std::{
+    io::Write,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use privaterouter_tests::{free_port, postgres, upstream};
+use serde_json::json;
+use tokio::time::MissedTickBehavior;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+struct Gateway {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    /// Resident set size now and at its peak, in MiB (from /proc).
+    fn rss_mib(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+                .map_or(0.0, |kb| kb / 1024.0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+struct Run {
+    latencies: Vec<Duration>,
+    errors: usize,
+}
+
+/// Open loop: one request is started every 1/rate seconds whatever the latency of the others.
+async fn load(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    model: &str,
+    rate: u64,
+    secs: u64,
+) -> Run {
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hello"}]});
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let mut tasks = Vec::with_capacity((rate * secs) as usize);
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        tick.tick().await;
+        let request = client.post(url).bearer_auth(key).json(&body);
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let ok = match request.send().await {
+                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                Err(_) => false,
+            };
+            (started.elapsed(), ok)
+        }));
+    }
+    let mut run = Run {
+        latencies: Vec::new(),
+        errors: 0,
+    };
+    for t in tasks {
+        let (latency, ok) = t.await.unwrap();
+        if ok {
+            run.latencies.push(latency);
+        } else {
+            run.errors += 1;
+        }
+    }
+    run.latencies.sort();
+    run
+}
+
+async fn first_token(client: &reqwest::Client, url: &str, key: &str, model: &str) -> Duration {
+    use futures_util::StreamExt;
+    let body =
+        json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hello"}]});
+    let started = Instant::now();
+    let response = client
+        .post(url)
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let mut stream = response.bytes_stream();
+    let mut seen = String::new();
+    let mut ttft = None;
+    while let Some(chunk) = stream.next().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        if ttft.is_none() && seen.contains("\"content\"") {
+            ttft = Some(started.elapsed());
+        }
+    }
+    ttft.expect("a content chunk")
+}
+
+fn main() {
+    let rates: Vec<u64> = env_or("BENCH_RATES", "500,1000,2000")
+        .split(',')
+        .map(|r| r.trim().parse().unwrap())
+        .collect();
+    let secs: u64 = env_or("BENCH_SECS", "10").parse().unwrap();
+    let streams: usize = env_or("BENCH_STREAMS", "200").parse().unwrap();
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/release/privaterouter-api");
+    assert!(
+        bin.exists(),
+        "build the gateway first: cargo build --release -p privaterouter-api"
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let db = postgres().await;
+        let db_url = db.direct_url().await;
+        let stand_in = upstream::start().await;
+        let mut catalog = tempfile::NamedTempFile::new().unwrap();
+        catalog.write_all(upstream::catalog_toml(&stand_in, "BENCH_UPSTREAM_KEY").as_bytes()).unwrap();
+        let port = free_port();
+        let child = Command::new(&bin)
+            .env("DATABASE_URL", &db_url)
+            .env("PR_PUBLIC_ADDR", format!("127.0.0.1:{port}"))
+            .env("PR_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("PR_MODELS_FILE", catalog.path())
+            .env("BENCH_UPSTREAM_KEY", upstream::UPSTREAM_KEY)
+            .env("PR_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting the gateway");
+        let gateway = Gateway { child, url: format!("http://127.0.0.1:{port}") };
+        let client = reqwest::Client::builder().pool_max_idle_per_host(4096).build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while client.get(format!("{}/readyz", gateway.url)).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
+            assert!(Instant::now() < deadline, "gateway did not become ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
+        let (user_id, key) =
+            privaterouter_api::users::create_user(&pool, "bench@example.test", privaterouter_api::auth::Role::User).await.unwrap();
+        privaterouter_api::ledger::admin_credit(
+            &pool,
+            user_id,
+            privaterouter_api::ledger::CreditKind::Topup,
+            "1000000".parse().unwrap(),
+            "bench",
+            "bench",
+        )
+        .await
+        .unwrap();
+
+        let direct_url = format!("{}/chat/completions", stand_in.base_url());
+        let gateway_url = format!("{}/v1/chat/completions", gateway.url);
+        // Warm up both paths (connections, caches).
+        load(&client, &direct_url, upstream::UPSTREAM_KEY, "up-echo", 200, 2).await;
+        load(&client, &gateway_url, &key, "echo", 200, 2).await;
+
+        println!("non-streaming, open loop, {secs} s per run (latency in ms)");
+        println!("{:>6} {:>12} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11} {:>10}", "req/s", "path", "p50", "p90", "p99", "max", "errors", "added p99", "RSS MiB");
+        for &rate in &rates {
+            let direct = load(&client, &direct_url, upstream::UPSTREAM_KEY, "up-echo", rate, secs).await;
+            let through = load(&client, &gateway_url, &key, "echo", rate, secs).await;
+            let (rss, peak) = gateway.rss_mib();
+            for (name, run) in [("direct", &direct), ("gateway", &through)] {
+                let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+                let added = if name == "gateway" {
+                    format!("{:.2}", ms(percentile(&through.latencies, 0.99)) - ms(percentile(&direct.latencies, 0.99)))
+                } else {
+                    String::new()
+                };
+                let mem = if name == "gateway" { format!("{rss:.0} ({peak:.0} peak)") } else { String::new() };
+                println!(
+                    "{rate:>6} {name:>12} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {added:>11} {mem:>10}",
+                    ms(percentile(&run.latencies, 0.5)),
+                    ms(percentile(&run.latencies, 0.9)),
+                    ms(percentile(&run.latencies, 0.99)),
+                    ms(*run.latencies.last().unwrap_or(&Duration::ZERO)),
+                    run.errors,
+                );
+            }
+        }
+        let billed: i64 = sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE kind = 'usage'").fetch_one(&pool).await.unwrap();
+        println!("usage rows written (durable billing, one per call): {billed}");
+
+        let (mut direct, mut through) = (Vec::new(), Vec::new());
+        for _ in 0..streams {
+            direct.push(first_token(&client, &direct_url, upstream::UPSTREAM_KEY, "up-echo").await);
+            through.push(first_token(&client, &gateway_url, &key, "echo").await);
+        }
+        direct.sort();
+        through.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!("\nstreams: time to first token over {streams} sequential streams (ms)");
+        println!("  direct   p50 {:.2}  p99 {:.2}", ms(percentile(&direct, 0.5)), ms(percentile(&direct, 0.99)));
+        println!("  gateway  p50 {:.2}  p99 {:.2}", ms(percentile(&through, 0.5)), ms(percentile(&through, 0.99)));
+        println!(
+            "  added    p50 {:.2}  p99 {:.2}",
+            ms(percentile(&through, 0.5)) - ms(percentile(&direct, 0.5)),
+            ms(percentile(&through, 0.99)) - ms(percentile(&direct, 0.99))
+        );
+        let (rss, peak) = gateway.rss_mib();
+        println!("\ngateway RSS at the end: {rss:.1} MiB (peak {peak:.1} MiB)");
+        drop(gateway);
+        drop(db);
+    });
+}

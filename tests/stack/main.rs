@@ -1,0 +1,11 @@
+//! The deployment kit as a whole: the real stack (postgres, the API, nginx, Prometheus,
+//! Alertmanager; local images, the repository's own configuration) on a private Docker network,
+//! audited from the outside with `pr-hardening`'s library. The committed kit passes every item;
+//! for every item, a deliberately weakened copy of the configuration fails exactly that item.
+//!
+//! Each test brings up its own stack (about 20 s, most of it waiting for Prometheus' first
+//! scrapes), so they run in parallel under nextest.
+
+mod audit;
+mod harness;
+mod promtool;
