@@ -25,18 +25,12 @@ async fn handler() -> &'static str {
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// Child mode: serve one variant on an ephemeral port and print the address.
 fn serve(variant: &str) {
-    let logging = telemetry::init_logging(
-        "warn",
-        Box::new(std::fs::File::create("/dev/null").unwrap()),
-    );
+    let logging = telemetry::init_logging("warn", Box::new(std::fs::File::create("/dev/null").unwrap()));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let app = Router::new().route("/api/ping", get(handler));
@@ -45,22 +39,13 @@ fn serve(variant: &str) {
             "instrumented" => {
                 telemetry::metrics::install_recorder();
                 let config = Config::for_tests("postgres://unused");
-                with_http_stack(
-                    app,
-                    &config,
-                    telemetry::AccessLog::new(logging.writer.clone()),
-                )
+                with_http_stack(app, &config, telemetry::AccessLog::new(logging.writer.clone()))
             }
             other => panic!("unknown variant {other}"),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("{}", listener.local_addr().unwrap());
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
     });
 }
 
@@ -71,25 +56,13 @@ fn spawn_server(variant: &str) -> (Child, SocketAddr) {
         .spawn()
         .expect("re-executing the benchmark as a server");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (
-        child,
-        line.trim().parse().expect("server prints its address"),
-    )
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (child, line.trim().parse().expect("server prints its address"))
 }
 
 fn wrk(addr: SocketAddr, secs: u64, connections: u64, threads: u64) -> f64 {
     let out = Command::new("wrk")
-        .args([
-            "-t",
-            &threads.to_string(),
-            "-c",
-            &connections.to_string(),
-            "-d",
-            &format!("{secs}s"),
-        ])
+        .args(["-t", &threads.to_string(), "-c", &connections.to_string(), "-d", &format!("{secs}s")])
         .arg(format!("http://{addr}/api/ping"))
         .output()
         .expect("wrk is installed (apt-get install wrk)");
@@ -113,11 +86,7 @@ fn measure(variant: &str, secs: u64, connections: u64, threads: u64) -> f64 {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 fn main() {
@@ -128,9 +97,7 @@ fn main() {
     let rounds = env_or("BENCH_ROUNDS", 6);
     let connections = env_or("BENCH_CONNECTIONS", 32);
     let threads = env_or("BENCH_THREADS", 1);
-    println!(
-        "bare vs instrumented: wrk -t{threads} -c{connections} -d{secs}s, {rounds} rounds, order alternating"
-    );
+    println!("bare vs instrumented: wrk -t{threads} -c{connections} -d{secs}s, {rounds} rounds, order alternating");
 
     let (mut bare, mut inst, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
@@ -141,10 +108,7 @@ fn main() {
             let b = measure("bare", secs, connections, threads);
             (b, measure("instrumented", secs, connections, threads))
         };
-        println!(
-            "round {round}: bare {b:>9.0} req/s   instrumented {i:>9.0} req/s   ratio {:.3}",
-            i / b
-        );
+        println!("round {round}: bare {b:>9.0} req/s   instrumented {i:>9.0} req/s   ratio {:.3}", i / b);
         bare.push(b);
         inst.push(i);
         ratios.push(i / b);

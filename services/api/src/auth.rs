@@ -40,11 +40,7 @@ impl Role {
         }
     }
     fn parse(s: &str) -> Self {
-        if s == "admin" {
-            Self::Admin
-        } else {
-            Self::User
-        }
+        if s == "admin" { Self::Admin } else { Self::User }
     }
 }
 
@@ -81,19 +77,17 @@ pub fn display_prefix(key: &str) -> String {
 }
 
 /// Creates a key for `user_id`; returns (key id, the key itself, shown once).
-pub async fn create_key(
-    db: &PgPool,
-    user_id: Uuid,
-    name: &str,
-) -> Result<(Uuid, String), sqlx::Error> {
+pub async fn create_key(db: &PgPool, user_id: Uuid, name: &str) -> Result<(Uuid, String), sqlx::Error> {
     let key = generate_key();
-    let id: Uuid = sqlx::query_scalar("INSERT INTO api_keys (user_id, name, prefix, key_hash) VALUES ($1, $2, $3, $4) RETURNING id")
-        .bind(user_id)
-        .bind(name)
-        .bind(display_prefix(&key))
-        .bind(&hash_key(&key)[..])
-        .fetch_one(db)
-        .await?;
+    let id: Uuid = sqlx::query_scalar(
+        "INSERT INTO api_keys (user_id, name, prefix, key_hash) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(user_id)
+    .bind(name)
+    .bind(display_prefix(&key))
+    .bind(&hash_key(&key)[..])
+    .fetch_one(db)
+    .await?;
     Ok((id, key))
 }
 
@@ -111,10 +105,7 @@ struct CacheEntry {
 
 impl KeyCache {
     pub fn new(ttl: Duration) -> Self {
-        Self {
-            inner: Arc::default(),
-            ttl,
-        }
+        Self { inner: Arc::default(), ttl }
     }
 
     /// Resolves a presented key: from the cache when fresh, else from the database (valid and
@@ -134,11 +125,7 @@ impl KeyCache {
         .bind(&hash[..])
         .fetch_optional(db)
         .await?;
-        let user = row.map(|(key_id, user_id, role)| AuthUser {
-            user_id,
-            role: Role::parse(&role),
-            key_id,
-        });
+        let user = row.map(|(key_id, user_id, role)| AuthUser { user_id, role: Role::parse(&role), key_id });
         let mut map = self.inner.write().expect("key cache lock");
         if map.len() >= CACHE_CAPACITY {
             map.retain(|_, e| e.expires > now);
@@ -146,47 +133,28 @@ impl KeyCache {
                 map.clear();
             }
         }
-        map.insert(
-            hash,
-            CacheEntry {
-                user,
-                expires: now + self.ttl,
-            },
-        );
+        map.insert(hash, CacheEntry { user, expires: now + self.ttl });
         Ok(user)
     }
 
     /// Drops every cached entry of a key (called on revocation).
     pub fn evict_key_id(&self, key_id: Uuid) {
-        self.inner
-            .write()
-            .expect("key cache lock")
-            .retain(|_, e| e.user.is_none_or(|u| u.key_id != key_id));
+        self.inner.write().expect("key cache lock").retain(|_, e| e.user.is_none_or(|u| u.key_id != key_id));
     }
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| t.starts_with(KEY_PREFIX) && t.len() <= 128)
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| t.starts_with(KEY_PREFIX) && t.len() <= 128)
 }
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        let user = state
-            .keys
-            .resolve(&state.db, key)
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
+        let user = state.keys.resolve(&state.db, key).await?.ok_or(ApiError::Unauthorized)?;
         if let Some(ctx) = parts.extensions.get::<RequestContext>() {
             ctx.user.set(user.user_id.to_string());
         }
@@ -197,10 +165,7 @@ impl FromRequestParts<AppState> for AuthUser {
 impl FromRequestParts<AppState> for AdminUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
         if user.role != Role::Admin {
             return Err(ApiError::Forbidden);

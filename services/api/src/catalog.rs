@@ -61,8 +61,8 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the model catalog {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading the model catalog {}", path.display()))?;
         Self::parse(&text, |var| std::env::var(var).ok())
             .with_context(|| format!("in the model catalog {}", path.display()))
     }
@@ -72,34 +72,24 @@ impl Catalog {
         let mut catalog = Self::default();
         for entry in file.models {
             anyhow::ensure!(
-                !entry.name.is_empty()
-                    && entry.name.len() <= 128
-                    && entry.name.chars().all(|c| c.is_ascii_graphic()),
+                !entry.name.is_empty() && entry.name.len() <= 128 && entry.name.chars().all(|c| c.is_ascii_graphic()),
                 "model name {:?} must be 1-128 printable ASCII characters",
                 entry.name
             );
-            anyhow::ensure!(
-                !catalog.by_name.contains_key(&entry.name),
-                "model {:?} is listed twice",
-                entry.name
-            );
+            anyhow::ensure!(!catalog.by_name.contains_key(&entry.name), "model {:?} is listed twice", entry.name);
             let upstream = entry.upstream.trim_end_matches('/').to_owned();
             anyhow::ensure!(
                 upstream.starts_with("http://") || upstream.starts_with("https://"),
                 "model {:?}: upstream must be an http(s) URL",
                 entry.name
             );
-            let api_key = match &entry.api_key_env {
-                Some(var) => Some(Secret::new(
-                    env(var).filter(|v| !v.is_empty()).with_context(|| {
-                        format!(
-                            "model {:?}: api_key_env names {var}, which is not set",
-                            entry.name
-                        )
-                    })?,
-                )),
-                None => None,
-            };
+            let api_key =
+                match &entry.api_key_env {
+                    Some(var) => Some(Secret::new(env(var).filter(|v| !v.is_empty()).with_context(|| {
+                        format!("model {:?}: api_key_env names {var}, which is not set", entry.name)
+                    })?)),
+                    None => None,
+                };
             let price = |v: f64, what: &str| -> anyhow::Result<Decimal> {
                 anyhow::ensure!(
                     v.is_finite() && v >= 0.0,
@@ -150,10 +140,7 @@ mod tests {
     fn parses_and_prices_exactly() {
         let c = Catalog::parse(SAMPLE, |_| Some("k".into())).unwrap();
         let m = c.get("gpt-4o-mini").unwrap();
-        assert_eq!(
-            m.chat_completions_url(),
-            "http://litellm:4000/v1/chat/completions"
-        );
+        assert_eq!(m.chat_completions_url(), "http://litellm:4000/v1/chat/completions");
         assert_eq!(m.upstream_model, "openai/gpt-4o-mini");
         assert_eq!(m.api_key.as_ref().unwrap().expose(), "k");
         // 1,000 input and 500 output tokens: 0.00015 + 0.0003
@@ -164,17 +151,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_catalogs() {
-        assert!(
-            Catalog::parse(SAMPLE, |_| None).is_err(),
-            "missing key variable"
-        );
-        assert!(
-            Catalog::parse(&SAMPLE.replace("http://", "ftp://"), |_| Some("k".into())).is_err()
-        );
-        assert!(
-            Catalog::parse(&format!("{SAMPLE}{SAMPLE}"), |_| Some("k".into())).is_err(),
-            "duplicate"
-        );
+        assert!(Catalog::parse(SAMPLE, |_| None).is_err(), "missing key variable");
+        assert!(Catalog::parse(&SAMPLE.replace("http://", "ftp://"), |_| Some("k".into())).is_err());
+        assert!(Catalog::parse(&format!("{SAMPLE}{SAMPLE}"), |_| Some("k".into())).is_err(), "duplicate");
         assert!(Catalog::parse(&SAMPLE.replace("0.15", "-1.0"), |_| Some("k".into())).is_err());
         assert!(Catalog::parse("[[models]]\nname = \"x\"\nbogus = 1\n", |_| None).is_err());
     }

@@ -34,9 +34,8 @@ pub async fn run_admin(config: &Config, command: AdminCommand) -> anyhow::Result
         AdminCommand::CreateUser(args) => {
             let pool = db::connect(config).await?;
             let role = if args.admin { Role::Admin } else { Role::User };
-            let (user_id, api_key) = users::create_user(&pool, &args.email, role)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (user_id, api_key) =
+                users::create_user(&pool, &args.email, role).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}", json!({ "user_id": user_id, "api_key": api_key }));
             Ok(())
         }

@@ -117,10 +117,7 @@ impl Config {
     }
     /// The metrics token, treating an empty variable as unset.
     pub fn metrics_token(&self) -> Option<&str> {
-        self.metrics_token
-            .as_ref()
-            .map(Secret::expose)
-            .filter(|t| !t.is_empty())
+        self.metrics_token.as_ref().map(Secret::expose).filter(|t| !t.is_empty())
     }
 
     /// A configuration for tests and benchmarks: ephemeral loopback ports, defaults elsewhere.

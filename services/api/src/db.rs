@@ -16,11 +16,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Builds the pool and applies migrations, retrying while the database is not reachable yet
 /// (containers start in any order) for at most `PR_DB_STARTUP_TIMEOUT_SECS`.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = config
-        .database_url
-        .expose()
-        .parse()
-        .context("DATABASE_URL is not a valid Postgres URL")?;
+    let options: PgConnectOptions =
+        config.database_url.expose().parse().context("DATABASE_URL is not a valid Postgres URL")?;
     let pool = PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .acquire_timeout(Duration::from_secs(3))
@@ -48,12 +45,8 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
 fn is_transient(e: &sqlx::migrate::MigrateError) -> bool {
     match e {
         sqlx::migrate::MigrateError::Execute(e) => {
-            matches!(
-                e,
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)
-            ) || e
-                .as_database_error()
-                .is_some_and(|d| d.code().as_deref() == Some("57P03")) // cannot_connect_now
+            matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_))
+                || e.as_database_error().is_some_and(|d| d.code().as_deref() == Some("57P03")) // cannot_connect_now
         }
         _ => false,
     }

@@ -32,69 +32,29 @@ impl ErrorInfo {
         code: &'static str,
         message: impl Into<Cow<'static, str>>,
     ) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            kind,
-            code,
-            exception_type: None,
-            detail: None,
-        }
+        Self { status, message: message.into(), kind, code, exception_type: None, detail: None }
     }
 
     /// The error for a bare error status produced outside our handlers (axum's 405, a timeout
     /// layer, the fallback), so that every error body has the same shape.
     pub fn for_status(status: StatusCode) -> Self {
-        let (kind, code, message): (&'static str, &'static str, &'static str) =
-            match status.as_u16() {
-                400 => (
-                    "invalid_request_error",
-                    "bad_request",
-                    "The request could not be understood.",
-                ),
-                401 => (
-                    "authentication_error",
-                    "unauthorized",
-                    "Authentication is required.",
-                ),
-                403 => (
-                    "permission_error",
-                    "forbidden",
-                    "You do not have access to this resource.",
-                ),
-                404 => ("invalid_request_error", "not_found", "No such route."),
-                405 => (
-                    "invalid_request_error",
-                    "method_not_allowed",
-                    "Method not allowed for this route.",
-                ),
-                408 => (
-                    "invalid_request_error",
-                    "request_timeout",
-                    "The request body was not received in time.",
-                ),
-                413 => (
-                    "invalid_request_error",
-                    "payload_too_large",
-                    "The request body is too large.",
-                ),
-                415 => (
-                    "invalid_request_error",
-                    "unsupported_media_type",
-                    "Expected Content-Type: application/json.",
-                ),
-                429 => ("rate_limit_error", "rate_limited", "Too many requests."),
-                504 => ("server_error", "timeout", "The request timed out."),
-                s if s >= 500 => ("server_error", "internal_error", "Internal server error."),
-                _ => ("invalid_request_error", "error", "The request failed."),
-            };
+        let (kind, code, message): (&'static str, &'static str, &'static str) = match status.as_u16() {
+            400 => ("invalid_request_error", "bad_request", "The request could not be understood."),
+            401 => ("authentication_error", "unauthorized", "Authentication is required."),
+            403 => ("permission_error", "forbidden", "You do not have access to this resource."),
+            404 => ("invalid_request_error", "not_found", "No such route."),
+            405 => ("invalid_request_error", "method_not_allowed", "Method not allowed for this route."),
+            408 => ("invalid_request_error", "request_timeout", "The request body was not received in time."),
+            413 => ("invalid_request_error", "payload_too_large", "The request body is too large."),
+            415 => ("invalid_request_error", "unsupported_media_type", "Expected Content-Type: application/json."),
+            429 => ("rate_limit_error", "rate_limited", "Too many requests."),
+            504 => ("server_error", "timeout", "The request timed out."),
+            s if s >= 500 => ("server_error", "internal_error", "Internal server error."),
+            _ => ("invalid_request_error", "error", "The request failed."),
+        };
         let mut info = Self::new(status, kind, code, message);
         if status.is_server_error() {
-            info.exception_type = Some(if status == StatusCode::GATEWAY_TIMEOUT {
-                "timeout"
-            } else {
-                "internal"
-            });
+            info.exception_type = Some(if status == StatusCode::GATEWAY_TIMEOUT { "timeout" } else { "internal" });
         }
         info
     }
@@ -155,9 +115,7 @@ pub enum ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                Self::DatabaseUnavailable(e)
-            }
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => Self::DatabaseUnavailable(e),
             e => Self::Database(e),
         }
     }
@@ -165,10 +123,7 @@ impl From<sqlx::Error> for ApiError {
 
 impl ApiError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::BadRequest {
-            code,
-            message: message.into(),
-        }
+        Self::BadRequest { code, message: message.into() }
     }
 
     pub fn status_code(&self) -> StatusCode {
@@ -198,21 +153,13 @@ impl ApiError {
             Self::BadRequest { code, message } => {
                 ErrorInfo::new(status, "invalid_request_error", code, message.clone())
             }
-            Self::NotFound(what) => ErrorInfo::new(
-                status,
-                "invalid_request_error",
-                "not_found",
-                format!("{what} not found."),
-            ),
-            Self::Conflict(message) => {
-                ErrorInfo::new(status, "invalid_request_error", "conflict", message.clone())
+            Self::NotFound(what) => {
+                ErrorInfo::new(status, "invalid_request_error", "not_found", format!("{what} not found."))
             }
-            Self::Unprocessable(message) => ErrorInfo::new(
-                status,
-                "invalid_request_error",
-                "unprocessable",
-                message.clone(),
-            ),
+            Self::Conflict(message) => ErrorInfo::new(status, "invalid_request_error", "conflict", message.clone()),
+            Self::Unprocessable(message) => {
+                ErrorInfo::new(status, "invalid_request_error", "unprocessable", message.clone())
+            }
             Self::InsufficientCredits => ErrorInfo::new(
                 status,
                 "insufficient_quota",
@@ -248,11 +195,7 @@ impl ApiError {
                 exception_type: status.is_server_error().then_some("upstream_error"),
                 ..ErrorInfo::new(
                     status,
-                    if status.is_server_error() {
-                        "server_error"
-                    } else {
-                        "invalid_request_error"
-                    },
+                    if status.is_server_error() { "server_error" } else { "invalid_request_error" },
                     "upstream_error",
                     message.clone(),
                 )
@@ -269,12 +212,7 @@ impl ApiError {
             },
             Self::ShuttingDown => ErrorInfo {
                 exception_type: Some("shutting_down"),
-                ..ErrorInfo::new(
-                    status,
-                    "server_error",
-                    "shutting_down",
-                    "The server is shutting down.",
-                )
+                ..ErrorInfo::new(status, "server_error", "shutting_down", "The server is shutting down.")
             },
             Self::Database(e) => ErrorInfo {
                 exception_type: Some("database"),

@@ -29,10 +29,7 @@ where
         if !is_json(req.headers()) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let limits = req
-            .extensions()
-            .get::<RequestContext>()
-            .map_or(RequestLimits::DEFAULT, |c| c.limits);
+        let limits = req.extensions().get::<RequestContext>().map_or(RequestLimits::DEFAULT, |c| c.limits);
         let body = Limited::new(req.into_body(), limits.max_body_bytes);
         let bytes = match tokio::time::timeout(limits.body_read_timeout, body.collect()).await {
             Err(_elapsed) => return Err(ApiError::RequestTimeout),
@@ -40,10 +37,7 @@ where
                 return Err(ApiError::PayloadTooLarge);
             }
             Ok(Err(e)) => {
-                return Err(ApiError::bad_request(
-                    "invalid_body",
-                    format!("Failed to read the request body: {e}"),
-                ));
+                return Err(ApiError::bad_request("invalid_body", format!("Failed to read the request body: {e}")));
             }
             Ok(Ok(collected)) => collected.to_bytes(),
         };
@@ -64,17 +58,12 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
         let no_type = !req.headers().contains_key(header::CONTENT_TYPE);
-        let empty = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|v| v.trim() == "0");
+        let empty =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_none_or(|v| v.trim() == "0");
         if no_type && empty {
             return Ok(None);
         }
-        <Self as FromRequest<S>>::from_request(req, state)
-            .await
-            .map(Some)
+        <Self as FromRequest<S>>::from_request(req, state).await.map(Some)
     }
 }
 
@@ -96,28 +85,15 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
             .extensions
             .get::<RequestContext>()
             .cloned()
-            .ok_or_else(|| {
-                ApiError::Internal(anyhow::anyhow!(
-                    "request context missing: telemetry layer not applied"
-                ))
-            })
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("request context missing: telemetry layer not applied")))
     }
 }
 
 /// `application/json` or any `application/*+json`, parameters (charset) ignored.
 fn is_json(headers: &http::HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }

@@ -106,12 +106,7 @@ struct Call<'a> {
 
 /// Refuses the call (402) when the balance is not positive. Concurrent calls may each pass this
 /// check, so a user can overdraw by at most the cost of the calls already in flight.
-async fn require_credit(
-    state: &AppState,
-    user: &AuthUser,
-    model: &Model,
-    endpoint: Endpoint,
-) -> Result<(), ApiError> {
+async fn require_credit(state: &AppState, user: &AuthUser, model: &Model, endpoint: Endpoint) -> Result<(), ApiError> {
     if ledger::balance(&state.db, user.user_id).await? <= Decimal::ZERO {
         count_call(model, endpoint, CallStatus::InsufficientCredits);
         return Err(ApiError::InsufficientCredits);
@@ -119,11 +114,7 @@ async fn require_credit(
     Ok(())
 }
 
-fn upstream_request(
-    state: &AppState,
-    model: &Model,
-    body: &Map<String, Value>,
-) -> reqwest::RequestBuilder {
+fn upstream_request(state: &AppState, model: &Model, body: &Map<String, Value>) -> reqwest::RequestBuilder {
     let mut request = state.http.post(model.chat_completions_url()).json(body);
     if let Some(key) = &model.api_key {
         request = request.bearer_auth(key.expose());
@@ -135,41 +126,26 @@ fn send_error(e: &reqwest::Error) -> (ApiError, CallStatus) {
     if e.is_timeout() {
         (ApiError::UpstreamTimeout, CallStatus::Timeout)
     } else {
-        (
-            ApiError::UpstreamUnavailable(e.to_string()),
-            CallStatus::UpstreamUnavailable,
-        )
+        (ApiError::UpstreamUnavailable(e.to_string()), CallStatus::UpstreamUnavailable)
     }
 }
 
 /// Turns an upstream error response into ours, keeping its status and its message.
 async fn upstream_failure(response: reqwest::Response) -> ApiError {
-    let status =
-        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let text = response.text().await.unwrap_or_default();
     let message = serde_json::from_str::<Value>(&text)
         .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
+        .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned))
         .unwrap_or_else(|| text.chars().take(500).collect());
     ApiError::Upstream {
         status,
-        message: if message.is_empty() {
-            format!("upstream answered {status}")
-        } else {
-            message
-        },
+        message: if message.is_empty() { format!("upstream answered {status}") } else { message },
     }
 }
 
 fn tokens_from(usage: &Value) -> Option<(u64, u64)> {
-    Some((
-        usage.get("prompt_tokens")?.as_u64()?,
-        usage.get("completion_tokens")?.as_u64()?,
-    ))
+    Some((usage.get("prompt_tokens")?.as_u64()?, usage.get("completion_tokens")?.as_u64()?))
 }
 
 /// Rough token count used only when an upstream reports no usage: about four characters per
@@ -215,10 +191,8 @@ impl Call<'_> {
                 }
             }
         }
-        metrics::counter!(m::LLM_TOKENS_TOTAL, "model" => self.model.name, "direction" => "input")
-            .increment(input);
-        metrics::counter!(m::LLM_TOKENS_TOTAL, "model" => self.model.name, "direction" => "output")
-            .increment(output);
+        metrics::counter!(m::LLM_TOKENS_TOTAL, "model" => self.model.name, "direction" => "input").increment(input);
+        metrics::counter!(m::LLM_TOKENS_TOTAL, "model" => self.model.name, "direction" => "output").increment(output);
         m::LLM_COST.add(self.model.name, cost);
         cost
     }
@@ -242,40 +216,26 @@ pub async fn complete(
     endpoint: Endpoint,
     request_id: &str,
 ) -> Result<CallResult, ApiError> {
-    let call = Call {
-        state,
-        user,
-        model,
-        endpoint,
-        request_id: request_id.to_owned(),
-        started: Instant::now(),
-    };
+    let call = Call { state, user, model, endpoint, request_id: request_id.to_owned(), started: Instant::now() };
     require_credit(state, &user, &call.model, endpoint).await?;
-    body.insert(
-        "model".into(),
-        Value::String(call.model.upstream_model.clone()),
-    );
+    body.insert("model".into(), Value::String(call.model.upstream_model.clone()));
     body.remove("stream");
     body.remove("stream_options");
 
     let sent = Instant::now();
-    let response = match tokio::time::timeout(
-        state.upstream.request,
-        upstream_request(state, &call.model, &body).send(),
-    )
-    .await
-    {
-        Err(_) => {
-            call.observe(sent.elapsed(), CallStatus::Timeout);
-            return Err(ApiError::UpstreamTimeout);
-        }
-        Ok(Err(e)) => {
-            let (error, status) = send_error(&e);
-            call.observe(sent.elapsed(), status);
-            return Err(error);
-        }
-        Ok(Ok(r)) => r,
-    };
+    let response =
+        match tokio::time::timeout(state.upstream.request, upstream_request(state, &call.model, &body).send()).await {
+            Err(_) => {
+                call.observe(sent.elapsed(), CallStatus::Timeout);
+                return Err(ApiError::UpstreamTimeout);
+            }
+            Ok(Err(e)) => {
+                let (error, status) = send_error(&e);
+                call.observe(sent.elapsed(), status);
+                return Err(error);
+            }
+            Ok(Ok(r)) => r,
+        };
     if !response.status().is_success() {
         let error = upstream_failure(response).await;
         call.observe(sent.elapsed(), CallStatus::UpstreamError);
@@ -289,9 +249,7 @@ pub async fn complete(
         }
         Ok(Err(e)) => {
             call.observe(sent.elapsed(), CallStatus::InvalidResponse);
-            return Err(ApiError::UpstreamUnavailable(format!(
-                "invalid upstream response: {e}"
-            )));
+            return Err(ApiError::UpstreamUnavailable(format!("invalid upstream response: {e}")));
         }
         Ok(Ok(v)) => v,
     };
@@ -299,15 +257,8 @@ pub async fn complete(
     let (input, output, estimated) = match json.get("usage").and_then(tokens_from) {
         Some((i, o)) => (i, o, false),
         None => {
-            let text = json
-                .pointer("/choices/0/message/content")
-                .and_then(Value::as_str)
-                .map_or(0, str::len);
-            (
-                estimate_tokens(prompt_chars(&body)),
-                estimate_tokens(text),
-                true,
-            )
+            let text = json.pointer("/choices/0/message/content").and_then(Value::as_str).map_or(0, str::len);
+            (estimate_tokens(prompt_chars(&body)), estimate_tokens(text), true)
         }
     };
     let cost = call.settle(Uuid::new_v4(), input, output, estimated).await;
@@ -325,12 +276,7 @@ pub async fn complete(
         }
     }
     call.observe(upstream_wait, CallStatus::Success);
-    Ok(CallResult {
-        response: json,
-        input_tokens: input,
-        output_tokens: output,
-        cost,
-    })
+    Ok(CallResult { response: json, input_tokens: input, output_tokens: output, cost })
 }
 
 /// A streaming completion: answers with the upstream's SSE stream, chunk by chunk.
@@ -342,19 +288,9 @@ pub async fn stream(
     endpoint: Endpoint,
     request_id: &str,
 ) -> Result<Response, ApiError> {
-    let call = Call {
-        state,
-        user,
-        model,
-        endpoint,
-        request_id: request_id.to_owned(),
-        started: Instant::now(),
-    };
+    let call = Call { state, user, model, endpoint, request_id: request_id.to_owned(), started: Instant::now() };
     require_credit(state, &user, &call.model, endpoint).await?;
-    body.insert(
-        "model".into(),
-        Value::String(call.model.upstream_model.clone()),
-    );
+    body.insert("model".into(), Value::String(call.model.upstream_model.clone()));
     body.insert("stream".into(), Value::Bool(true));
     let options = body.entry("stream_options").or_insert_with(|| json!({}));
     if let Some(o) = options.as_object_mut() {
@@ -362,23 +298,19 @@ pub async fn stream(
     }
 
     let sent = Instant::now();
-    let response = match tokio::time::timeout(
-        state.upstream.request,
-        upstream_request(state, &call.model, &body).send(),
-    )
-    .await
-    {
-        Err(_) => {
-            call.observe(sent.elapsed(), CallStatus::Timeout);
-            return Err(ApiError::UpstreamTimeout);
-        }
-        Ok(Err(e)) => {
-            let (error, status) = send_error(&e);
-            call.observe(sent.elapsed(), status);
-            return Err(error);
-        }
-        Ok(Ok(r)) => r,
-    };
+    let response =
+        match tokio::time::timeout(state.upstream.request, upstream_request(state, &call.model, &body).send()).await {
+            Err(_) => {
+                call.observe(sent.elapsed(), CallStatus::Timeout);
+                return Err(ApiError::UpstreamTimeout);
+            }
+            Ok(Err(e)) => {
+                let (error, status) = send_error(&e);
+                call.observe(sent.elapsed(), status);
+                return Err(error);
+            }
+            Ok(Ok(r)) => r,
+        };
     if !response.status().is_success() {
         let error = upstream_failure(response).await;
         call.observe(sent.elapsed(), CallStatus::UpstreamError);
@@ -400,10 +332,7 @@ pub async fn stream(
     let body = Body::from_stream(tokio_stream_from(rx));
     let mut response = body.into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
@@ -452,35 +381,26 @@ async fn pump(
     let mut status = CallStatus::Success;
 
     'read: loop {
-        let next = match tokio::time::timeout(
-            idle.min(deadline.saturating_duration_since(Instant::now())),
-            upstream.next(),
-        )
-        .await
-        {
-            Err(_) => {
-                status = CallStatus::Timeout;
-                break;
-            }
-            Ok(None) => break,
-            Ok(Some(Err(_))) => {
-                status = CallStatus::UpstreamError;
-                break;
-            }
-            Ok(Some(Ok(bytes))) => bytes,
-        };
+        let next =
+            match tokio::time::timeout(idle.min(deadline.saturating_duration_since(Instant::now())), upstream.next())
+                .await
+            {
+                Err(_) => {
+                    status = CallStatus::Timeout;
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(Err(_))) => {
+                    status = CallStatus::UpstreamError;
+                    break;
+                }
+                Ok(Some(Ok(bytes))) => bytes,
+            };
         buf.extend_from_slice(&next);
         // SSE events end with a blank line; forward whole events only.
         while let Some(end) = find_event_end(&buf) {
             let event = buf.split_to(end.0 + end.1).freeze();
-            let out = inspect_event(
-                &event,
-                &call.model,
-                &mut usage,
-                &mut output_chars,
-                &mut first_token,
-                sent,
-            );
+            let out = inspect_event(&event, &call.model, &mut usage, &mut output_chars, &mut first_token, sent);
             if !client_gone && tx.send(Ok(out)).await.is_err() {
                 // Keep reading: the upstream still reports usage at the end, and the call is billed.
                 client_gone = true;
@@ -497,16 +417,11 @@ async fn pump(
 
     let upstream_wait = sent.elapsed();
     if let Some(ttft) = first_token {
-        metrics::histogram!(m::LLM_TIME_TO_FIRST_TOKEN_SECONDS, "model" => call.model.name)
-            .record(ttft.as_secs_f64());
+        metrics::histogram!(m::LLM_TIME_TO_FIRST_TOKEN_SECONDS, "model" => call.model.name).record(ttft.as_secs_f64());
     }
     let (input, output, estimated) = match usage {
         Some((i, o)) => (i, o, false),
-        None => (
-            estimate_tokens(prompt_chars),
-            estimate_tokens(output_chars),
-            true,
-        ),
+        None => (estimate_tokens(prompt_chars), estimate_tokens(output_chars), true),
     };
     call.settle(Uuid::new_v4(), input, output, estimated).await;
     if client_gone && status == CallStatus::Success {
@@ -518,10 +433,7 @@ async fn pump(
 /// Position and length of the first event terminator (`\n\n` or `\r\n\r\n`).
 fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-    let crlf = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| (p, 4));
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, 4));
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
@@ -545,11 +457,7 @@ fn inspect_event(
     let Ok(text) = std::str::from_utf8(event) else {
         return event.clone();
     };
-    let Some(data) = text
-        .lines()
-        .find_map(|l| l.strip_prefix("data:"))
-        .map(str::trim)
-    else {
+    let Some(data) = text.lines().find_map(|l| l.strip_prefix("data:")).map(str::trim) else {
         return event.clone();
     };
     if data == "[DONE]" {
@@ -558,10 +466,7 @@ fn inspect_event(
     let Ok(mut chunk) = serde_json::from_str::<Value>(data) else {
         return event.clone();
     };
-    if let Some(content) = chunk
-        .pointer("/choices/0/delta/content")
-        .and_then(Value::as_str)
-    {
+    if let Some(content) = chunk.pointer("/choices/0/delta/content").and_then(Value::as_str) {
         if !content.is_empty() && first_token.is_none() {
             *first_token = Some(sent.elapsed());
         }

@@ -60,14 +60,14 @@ fn ser_usd<S: serde::Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&fmt_usd(*d))
 }
 
-const TX_COLUMNS: &str = "id, kind, amount_usd, reason, model, input_tokens, output_tokens, usage_estimated, request_id, created_at";
+const TX_COLUMNS: &str =
+    "id, kind, amount_usd, reason, model, input_tokens, output_tokens, usage_estimated, request_id, created_at";
 
 pub async fn balance(db: &PgPool, user_id: Uuid) -> Result<Decimal, sqlx::Error> {
-    let balance: Option<Decimal> =
-        sqlx::query_scalar("SELECT balance_usd FROM user_balances WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_optional(db)
-            .await?;
+    let balance: Option<Decimal> = sqlx::query_scalar("SELECT balance_usd FROM user_balances WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(db)
+        .await?;
     Ok(balance.unwrap_or_default())
 }
 
@@ -97,8 +97,7 @@ const MAX_BATCH: usize = 512;
 
 impl UsageWriter {
     pub fn spawn(db: PgPool) -> Self {
-        let (tx, mut rx) =
-            mpsc::channel::<(Usage, oneshot::Sender<Result<bool, String>>)>(MAX_BATCH * 8);
+        let (tx, mut rx) = mpsc::channel::<(Usage, oneshot::Sender<Result<bool, String>>)>(MAX_BATCH * 8);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -125,10 +124,7 @@ impl UsageWriter {
     /// billed (same call id). Errors are the database's, as text.
     pub async fn record(&self, usage: Usage) -> Result<bool, String> {
         let (reply, done) = oneshot::channel();
-        self.tx
-            .send((usage, reply))
-            .await
-            .map_err(|_| "usage writer stopped".to_owned())?;
+        self.tx.send((usage, reply)).await.map_err(|_| "usage writer stopped".to_owned())?;
         done.await.map_err(|_| "usage writer stopped".to_owned())?
     }
 }
@@ -176,11 +172,10 @@ pub async fn admin_credit(
     idempotency_key: &str,
 ) -> Result<(Transaction, bool), ApiError> {
     let mut tx = db.begin().await?;
-    let exists: Option<Uuid> =
-        sqlx::query_scalar("SELECT user_id FROM user_balances WHERE user_id = $1 FOR UPDATE")
-            .bind(user_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let exists: Option<Uuid> = sqlx::query_scalar("SELECT user_id FROM user_balances WHERE user_id = $1 FOR UPDATE")
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
     if exists.is_none() {
         return Err(ApiError::NotFound("User"));
     }
@@ -197,11 +192,13 @@ pub async fn admin_credit(
     .await?;
     match inserted {
         Some(row) => {
-            sqlx::query("UPDATE user_balances SET balance_usd = balance_usd + $2, updated_at = now() WHERE user_id = $1")
-                .bind(user_id)
-                .bind(amount)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE user_balances SET balance_usd = balance_usd + $2, updated_at = now() WHERE user_id = $1",
+            )
+            .bind(user_id)
+            .bind(amount)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             metrics::counter!(CREDIT_TRANSACTIONS_TOTAL, "kind" => kind.as_str()).increment(1);
             Ok((row, true))
@@ -214,10 +211,7 @@ pub async fn admin_credit(
             .bind(idempotency_key)
             .fetch_one(&mut *tx)
             .await?;
-            if existing.kind != kind.as_str()
-                || existing.amount_usd != amount
-                || existing.reason != reason
-            {
+            if existing.kind != kind.as_str() || existing.amount_usd != amount || existing.reason != reason {
                 return Err(ApiError::Unprocessable(
                     "this Idempotency-Key was already used for a different request".into(),
                 ));

@@ -9,11 +9,7 @@ use privaterouter_api::{
 };
 
 #[derive(Parser)]
-#[command(
-    name = "privaterouter-api",
-    version,
-    about = "PrivateRouter API server"
-)]
+#[command(name = "privaterouter-api", version, about = "PrivateRouter API server")]
 struct Cli {
     #[command(flatten)]
     config: Config,

@@ -38,11 +38,8 @@ impl Application {
         let internal = TcpListener::bind(config.metrics_addr)
             .await
             .with_context(|| format!("binding the metrics listener on {}", config.metrics_addr))?;
-        let internal_router = routes::internal::router(
-            handle.clone(),
-            config.metrics_token().map(str::to_owned),
-            log_writer.clone(),
-        );
+        let internal_router =
+            routes::internal::router(handle.clone(), config.metrics_token().map(str::to_owned), log_writer.clone());
         let catalog = match &config.models_file {
             Some(path) => crate::catalog::Catalog::load(path)?,
             None => crate::catalog::Catalog::default(),
@@ -50,26 +47,15 @@ impl Application {
         tracing::info!(models = catalog.models().len(), "model catalog loaded");
         let state = AppState::new(config, db, catalog)?;
         let public_router = routes::public_router(state.clone(), AccessLog::new(log_writer));
-        Ok(Self {
-            public,
-            internal,
-            public_router,
-            internal_router,
-            handle,
-            state,
-        })
+        Ok(Self { public, internal, public_router, internal_router, handle, state })
     }
 
     pub fn public_addr(&self) -> SocketAddr {
-        self.public
-            .local_addr()
-            .expect("bound listener has an address")
+        self.public.local_addr().expect("bound listener has an address")
     }
 
     pub fn metrics_addr(&self) -> SocketAddr {
-        self.internal
-            .local_addr()
-            .expect("bound listener has an address")
+        self.internal.local_addr().expect("bound listener has an address")
     }
 
     pub fn state(&self) -> &AppState {
@@ -78,18 +64,8 @@ impl Application {
 
     /// Serves both listeners until `shutdown` resolves, then stops accepting, marks the app not
     /// ready and waits up to `PR_SHUTDOWN_GRACE_SECS` for in-flight requests on both.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let Self {
-            public,
-            internal,
-            public_router,
-            internal_router,
-            handle,
-            state,
-        } = self;
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self { public, internal, public_router, internal_router, handle, state } = self;
         let grace = state.config.shutdown_grace();
         tracing::info!(public = %public.local_addr()?, metrics = %internal.local_addr()?, "listening");
 
@@ -99,12 +75,9 @@ impl Application {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let mut public_task = tokio::spawn(
-            axum::serve(
-                public,
-                public_router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
+            axum::serve(public, public_router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
         );
         let mut internal_task = tokio::spawn(
             axum::serve(internal, internal_router.into_make_service())
@@ -126,9 +99,7 @@ impl Application {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(
-                "shutdown grace period elapsed with requests still in flight; exiting anyway"
-            );
+            tracing::warn!("shutdown grace period elapsed with requests still in flight; exiting anyway");
         }
         upkeep.abort();
         state.db.close().await;

@@ -10,10 +10,7 @@ use std::{
 
 use sqlx::PgPool;
 
-use crate::{
-    auth::KeyCache, catalog::Catalog, config::Config, gateway::UpstreamTimeouts,
-    ledger::UsageWriter,
-};
+use crate::{auth::KeyCache, catalog::Catalog, config::Config, gateway::UpstreamTimeouts, ledger::UsageWriter};
 
 #[derive(Clone)]
 pub struct AppState {

@@ -28,9 +28,7 @@ pub fn router() -> Router<AppState> {
 
 async fn balance(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Value>> {
     let balance = ledger::balance(&state.db, user.user_id).await?;
-    Ok(Json(
-        json!({ "balance_usd": fmt_usd(balance), "currency": "USD", "user_id": user.user_id }),
-    ))
+    Ok(Json(json!({ "balance_usd": fmt_usd(balance), "currency": "USD", "user_id": user.user_id })))
 }
 
 #[derive(Deserialize)]
@@ -47,11 +45,7 @@ async fn transactions(
 ) -> ApiResult<Json<Value>> {
     let limit = page.limit.unwrap_or(50).clamp(1, 200);
     let rows = ledger::transactions(&state.db, user.user_id, limit, page.before).await?;
-    let next_cursor = if rows.len() as i64 == limit {
-        rows.last().map(|t| t.id)
-    } else {
-        None
-    };
+    let next_cursor = if rows.len() as i64 == limit { rows.last().map(|t| t.id) } else { None };
     Ok(Json(json!({ "data": rows, "next_cursor": next_cursor })))
 }
 
@@ -84,10 +78,7 @@ async fn admin_credit(
             )
         })?;
     if req.kind == CreditKind::Usage {
-        return Err(ApiError::bad_request(
-            "invalid_kind",
-            "kind must be one of topup, admin_adjust, refund",
-        ));
+        return Err(ApiError::bad_request("invalid_kind", "kind must be one of topup, admin_adjust, refund"));
     }
     let amount: Decimal = req
         .amount_usd
@@ -96,10 +87,7 @@ async fn admin_credit(
         .ok()
         .filter(|d: &Decimal| d.scale() <= 12 && d.abs() < Decimal::from(1_000_000_000u64))
         .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_amount",
-                "amount_usd must be a decimal string such as \"12.50\"",
-            )
+            ApiError::bad_request("invalid_amount", "amount_usd must be a decimal string such as \"12.50\"")
         })?;
     let valid_sign = match req.kind {
         CreditKind::Topup | CreditKind::Refund => amount > Decimal::ZERO,
@@ -113,23 +101,10 @@ async fn admin_credit(
         ));
     }
     if req.reason.len() > 500 {
-        return Err(ApiError::bad_request(
-            "invalid_reason",
-            "reason must be at most 500 characters",
-        ));
+        return Err(ApiError::bad_request("invalid_reason", "reason must be at most 500 characters"));
     }
-    let (transaction, applied) =
-        ledger::admin_credit(&state.db, user_id, req.kind, amount, &req.reason, key).await?;
+    let (transaction, applied) = ledger::admin_credit(&state.db, user_id, req.kind, amount, &req.reason, key).await?;
     let balance = ledger::balance(&state.db, user_id).await?;
-    let status = if applied {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        Json(
-            json!({ "transaction": transaction, "applied": applied, "balance_usd": fmt_usd(balance) }),
-        ),
-    ))
+    let status = if applied { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(json!({ "transaction": transaction, "applied": applied, "balance_usd": fmt_usd(balance) }))))
 }

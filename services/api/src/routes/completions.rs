@@ -44,16 +44,9 @@ async fn chat_completions(
     AppJson(body): AppJson<Map<String, Value>>,
 ) -> ApiResult<Response> {
     let Some(Value::String(name)) = body.get("model") else {
-        return Err(ApiError::bad_request(
-            "invalid_request_body",
-            "`model` is required and must be a string",
-        ));
+        return Err(ApiError::bad_request("invalid_request_body", "`model` is required and must be a string"));
     };
-    if body
-        .get("messages")
-        .and_then(Value::as_array)
-        .is_none_or(|a| a.is_empty())
-    {
+    if body.get("messages").and_then(Value::as_array).is_none_or(|a| a.is_empty()) {
         return Err(ApiError::bad_request(
             "invalid_request_body",
             "`messages` is required and must be a non-empty array",
@@ -63,38 +56,16 @@ async fn chat_completions(
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_request_body",
-                "`stream` must be a boolean",
-            ));
+            return Err(ApiError::bad_request("invalid_request_body", "`stream` must be a boolean"));
         }
     };
-    let model = state
-        .catalog
-        .get(name)
-        .cloned()
-        .ok_or_else(|| ApiError::ModelNotFound(name.chars().take(128).collect()))?;
+    let model =
+        state.catalog.get(name).cloned().ok_or_else(|| ApiError::ModelNotFound(name.chars().take(128).collect()))?;
     let request_id = ctx.request_id.as_str();
     if streaming {
-        gateway::stream(
-            &state,
-            user,
-            model,
-            body,
-            Endpoint::ChatCompletions,
-            request_id,
-        )
-        .await
+        gateway::stream(&state, user, model, body, Endpoint::ChatCompletions, request_id).await
     } else {
-        let result = gateway::complete(
-            &state,
-            user,
-            model,
-            body,
-            Endpoint::ChatCompletions,
-            request_id,
-        )
-        .await?;
+        let result = gateway::complete(&state, user, model, body, Endpoint::ChatCompletions, request_id).await?;
         Ok(Json(result.response).into_response())
     }
 }

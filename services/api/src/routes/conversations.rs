@@ -67,15 +67,10 @@ async fn create(
     user: AuthUser,
     AppJson(req): AppJson<CreateConversation>,
 ) -> ApiResult<(StatusCode, Json<Conversation>)> {
-    let model = state
-        .catalog
-        .get(&req.model)
-        .ok_or_else(|| ApiError::ModelNotFound(req.model.chars().take(128).collect()))?;
+    let model =
+        state.catalog.get(&req.model).ok_or_else(|| ApiError::ModelNotFound(req.model.chars().take(128).collect()))?;
     if req.title.chars().count() > 200 {
-        return Err(ApiError::bad_request(
-            "invalid_title",
-            "title must be at most 200 characters",
-        ));
+        return Err(ApiError::bad_request("invalid_title", "title must be at most 200 characters"));
     }
     let mut tx = state.db.begin().await?;
     let conversation: Conversation = sqlx::query_as(
@@ -88,18 +83,13 @@ async fn create(
     .await?;
     if let Some(system) = req.system.filter(|s| !s.is_empty()) {
         if system.chars().count() > MAX_CONTENT_CHARS {
-            return Err(ApiError::bad_request(
-                "invalid_system",
-                "system prompt is too long",
-            ));
+            return Err(ApiError::bad_request("invalid_system", "system prompt is too long"));
         }
-        sqlx::query(
-            "INSERT INTO messages (conversation_id, role, content) VALUES ($1, 'system', $2)",
-        )
-        .bind(conversation.id)
-        .bind(system)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("INSERT INTO messages (conversation_id, role, content) VALUES ($1, 'system', $2)")
+            .bind(conversation.id)
+            .bind(system)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     metrics::counter!(CHAT_CONVERSATIONS_CREATED_TOTAL).increment(1);
@@ -113,11 +103,7 @@ struct Page {
     before: Option<Uuid>,
 }
 
-async fn list(
-    State(state): State<AppState>,
-    user: AuthUser,
-    Query(page): Query<Page>,
-) -> ApiResult<Json<Value>> {
+async fn list(State(state): State<AppState>, user: AuthUser, Query(page): Query<Page>) -> ApiResult<Json<Value>> {
     let limit = page.limit.unwrap_or(20).clamp(1, 100);
     let rows: Vec<Conversation> = sqlx::query_as(
         "SELECT id, title, model, created_at, updated_at FROM conversations c WHERE user_id = $1 \
@@ -129,11 +115,7 @@ async fn list(
     .bind(limit)
     .fetch_all(&state.db)
     .await?;
-    let next_cursor = if rows.len() as i64 == limit {
-        rows.last().map(|c| c.id)
-    } else {
-        None
-    };
+    let next_cursor = if rows.len() as i64 == limit { rows.last().map(|c| c.id) } else { None };
     Ok(Json(json!({ "data": rows, "next_cursor": next_cursor })))
 }
 
@@ -148,24 +130,16 @@ async fn owned(state: &AppState, user: &AuthUser, id: &str) -> ApiResult<Convers
 }
 
 async fn history(state: &AppState, id: Uuid) -> ApiResult<Vec<Message>> {
-    Ok(sqlx::query_as(
-        "SELECT id, role, content, created_at FROM messages WHERE conversation_id = $1 ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(&state.db)
-    .await?)
+    Ok(sqlx::query_as("SELECT id, role, content, created_at FROM messages WHERE conversation_id = $1 ORDER BY id")
+        .bind(id)
+        .fetch_all(&state.db)
+        .await?)
 }
 
-async fn show(
-    State(state): State<AppState>,
-    user: AuthUser,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+async fn show(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let conversation = owned(&state, &user, &id).await?;
     let messages = history(&state, conversation.id).await?;
-    Ok(Json(
-        json!({ "conversation": conversation, "messages": messages }),
-    ))
+    Ok(Json(json!({ "conversation": conversation, "messages": messages })))
 }
 
 #[derive(Deserialize)]
@@ -182,10 +156,7 @@ async fn send(
     AppJson(req): AppJson<SendMessage>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     if req.content.is_empty() || req.content.chars().count() > MAX_CONTENT_CHARS {
-        return Err(ApiError::bad_request(
-            "invalid_content",
-            "content must be 1-100000 characters",
-        ));
+        return Err(ApiError::bad_request("invalid_content", "content must be 1-100000 characters"));
     }
     let conversation = owned(&state, &user, &id).await?;
     let model = state
@@ -202,21 +173,10 @@ async fn send(
     let mut body = Map::new();
     body.insert("messages".into(), Value::Array(messages));
 
-    let result = gateway::complete(
-        &state,
-        user,
-        model,
-        body,
-        Endpoint::ConversationMessage,
-        ctx.request_id.as_str(),
-    )
-    .await?;
-    let reply = result
-        .response
-        .pointer("/choices/0/message/content")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    let result =
+        gateway::complete(&state, user, model, body, Endpoint::ConversationMessage, ctx.request_id.as_str()).await?;
+    let reply =
+        result.response.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or_default().to_owned();
 
     let mut tx = state.db.begin().await?;
     let user_message: Message = sqlx::query_as(

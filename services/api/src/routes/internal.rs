@@ -21,14 +21,11 @@ struct MetricsState {
 }
 
 pub fn router(handle: PrometheusHandle, token: Option<String>, log_writer: LogWriter) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .with_state(MetricsState {
-            handle,
-            token,
-            log_writer,
-        })
+    Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(MetricsState {
+        handle,
+        token,
+        log_writer,
+    })
 }
 
 async fn metrics(State(state): State<MetricsState>, headers: HeaderMap) -> Response {
@@ -48,17 +45,11 @@ async fn metrics(State(state): State<MetricsState>, headers: HeaderMap) -> Respo
         }
     }
     metrics::counter!(LOG_LINES_DROPPED_TOTAL).absolute(state.log_writer.dropped_lines());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        {
-            let mut text = state.handle.render();
-            crate::telemetry::metrics::LLM_COST.render(&mut text);
-            text
-        },
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], {
+        let mut text = state.handle.render();
+        crate::telemetry::metrics::LLM_COST.render(&mut text);
+        text
+    })
         .into_response()
 }
 

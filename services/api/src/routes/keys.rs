@@ -19,9 +19,7 @@ use crate::{
 };
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/keys", get(list).post(create))
-        .route("/api/keys/{id}", get(show).delete(revoke))
+    Router::new().route("/api/keys", get(list).post(create)).route("/api/keys/{id}", get(show).delete(revoke))
 }
 
 #[derive(Serialize, sqlx::FromRow)]
@@ -47,16 +45,10 @@ async fn create(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let name = body.map(|AppJson(b)| b.name).unwrap_or_default();
     if name.len() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            "name must be at most 100 printable characters",
-        ));
+        return Err(ApiError::bad_request("invalid_name", "name must be at most 100 printable characters"));
     }
     let (id, key) = auth::create_key(&state.db, user.user_id, &name).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "id": id, "name": name, "key": key, "prefix": auth::display_prefix(&key) })),
-    ))
+    Ok((StatusCode::CREATED, Json(json!({ "id": id, "name": name, "key": key, "prefix": auth::display_prefix(&key) }))))
 }
 
 async fn list(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Value>> {
@@ -79,19 +71,11 @@ async fn find(state: &AppState, user: &AuthUser, id: &str) -> ApiResult<KeyView>
         .ok_or(ApiError::NotFound("API key"))
 }
 
-async fn show(
-    State(state): State<AppState>,
-    user: AuthUser,
-    Path(id): Path<String>,
-) -> ApiResult<Json<KeyView>> {
+async fn show(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<KeyView>> {
     Ok(Json(find(&state, &user, &id).await?))
 }
 
-async fn revoke(
-    State(state): State<AppState>,
-    user: AuthUser,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
+async fn revoke(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let key = find(&state, &user, &id).await?;
     sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
         .bind(key.id)

@@ -31,17 +31,10 @@ pub fn public_router(state: AppState, access_log: AccessLog) -> Router {
     let api = api.merge(test_routes::router());
     let api = api.fallback(fallback).with_state(state.clone());
     // Handlers that wait on a model get the upstream's time limit instead of the API's.
-    let llm = Router::new()
-        .merge(completions::router())
-        .merge(conversations::messages_router())
-        .with_state(state);
+    let llm = Router::new().merge(completions::router()).merge(conversations::messages_router()).with_state(state);
     let mut llm_config = (*config).clone();
     llm_config.request_timeout_secs = config.upstream_timeout_secs + 5;
-    with_http_stack(api, &config, access_log.clone()).merge(with_http_stack(
-        llm,
-        &llm_config,
-        access_log,
-    ))
+    with_http_stack(api, &config, access_log.clone()).merge(with_http_stack(llm, &llm_config, access_log))
 }
 
 /// Wraps every route (and the fallback) of `router` in the public HTTP middleware.
@@ -50,10 +43,7 @@ pub fn with_http_stack(router: Router, config: &Config, access_log: AccessLog) -
     router.layer(TelemetryLayer::new(
         access_log,
         TrustedProxies::new(config.trusted_proxies.clone()),
-        RequestLimits {
-            max_body_bytes: config.max_body_bytes,
-            body_read_timeout: config.body_read_timeout(),
-        },
+        RequestLimits { max_body_bytes: config.max_body_bytes, body_read_timeout: config.body_read_timeout() },
         config.request_timeout(),
     ))
 }

@@ -41,9 +41,7 @@ async fn sleep(Query(q): Query<SleepQuery>) -> Json<Value> {
 }
 
 async fn db_error() -> ApiResult<()> {
-    Err(ApiError::Database(sqlx::Error::Protocol(
-        "deliberate database failure".into(),
-    )))
+    Err(ApiError::Database(sqlx::Error::Protocol("deliberate database failure".into())))
 }
 
 #[derive(Deserialize)]
@@ -52,10 +50,7 @@ struct EchoBody {
     count: u32,
 }
 
-async fn echo(
-    axum::extract::Path(id): axum::extract::Path<String>,
-    AppJson(body): AppJson<EchoBody>,
-) -> Json<Value> {
+async fn echo(axum::extract::Path(id): axum::extract::Path<String>, AppJson(body): AppJson<EchoBody>) -> Json<Value> {
     Json(json!({ "id": id, "name": body.name, "count": body.count }))
 }
 

@@ -73,10 +73,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
+            h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         h
     }
@@ -85,10 +82,7 @@ mod tests {
     fn untrusted_peer_headers_are_ignored() {
         let proxies = TrustedProxies::default();
         let h = headers(&[("x-forwarded-for", "1.2.3.4"), ("x-real-ip", "5.6.7.8")]);
-        assert_eq!(
-            proxies.client_ip(Some("9.9.9.9".parse().unwrap()), &h),
-            Some("9.9.9.9".parse().unwrap())
-        );
+        assert_eq!(proxies.client_ip(Some("9.9.9.9".parse().unwrap()), &h), Some("9.9.9.9".parse().unwrap()));
     }
 
     #[test]
@@ -96,19 +90,10 @@ mod tests {
         let proxies = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
         let peer = Some("10.0.0.5".parse().unwrap());
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.7")]);
-        assert_eq!(
-            proxies.client_ip(peer, &h),
-            Some("1.2.3.4".parse().unwrap())
-        );
+        assert_eq!(proxies.client_ip(peer, &h), Some("1.2.3.4".parse().unwrap()));
         let h = headers(&[("x-real-ip", "1.2.3.4")]);
-        assert_eq!(
-            proxies.client_ip(peer, &h),
-            Some("1.2.3.4".parse().unwrap())
-        );
-        let h = headers(&[
-            ("x-forwarded-for", "\"><script>"),
-            ("x-real-ip", "not an ip"),
-        ]);
+        assert_eq!(proxies.client_ip(peer, &h), Some("1.2.3.4".parse().unwrap()));
+        let h = headers(&[("x-forwarded-for", "\"><script>"), ("x-real-ip", "not an ip")]);
         assert_eq!(proxies.client_ip(peer, &h), peer);
     }
 }

@@ -36,9 +36,7 @@ struct State {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -55,25 +53,14 @@ pub struct LogGuard {
 
 impl LogWriter {
     pub fn new(sink: Box<dyn Write + Send + 'static>) -> (Self, LogGuard) {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            wake: Condvar::new(),
-            dropped: AtomicU64::new(0),
-        });
+        let shared =
+            Arc::new(Shared { state: Mutex::new(State::default()), wake: Condvar::new(), dropped: AtomicU64::new(0) });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("pr-log-writer".into())
             .spawn(move || run(&worker, sink))
             .expect("spawning the log writer thread");
-        (
-            Self {
-                shared: shared.clone(),
-            },
-            LogGuard {
-                shared,
-                thread: Some(thread),
-            },
-        )
+        (Self { shared: shared.clone() }, LogGuard { shared, thread: Some(thread) })
     }
 
     /// Appends one complete line (including its newline).
@@ -182,24 +169,13 @@ mod tests {
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 40_000);
         for t in 0..4 {
-            let seq: Vec<u32> = text
-                .lines()
-                .filter_map(|l| l.strip_prefix(&format!("{t} ")))
-                .map(|n| n.parse().unwrap())
-                .collect();
-            assert_eq!(
-                seq,
-                (0..10_000).collect::<Vec<_>>(),
-                "lines of one thread keep their order"
-            );
+            let seq: Vec<u32> =
+                text.lines().filter_map(|l| l.strip_prefix(&format!("{t} "))).map(|n| n.parse().unwrap()).collect();
+            assert_eq!(seq, (0..10_000).collect::<Vec<_>>(), "lines of one thread keep their order");
         }
         assert_eq!(writer.dropped_lines(), 0);
         writer.write_line(b"after close\n");
-        assert_eq!(
-            writer.dropped_lines(),
-            1,
-            "writes after shutdown are counted, not blocked"
-        );
+        assert_eq!(writer.dropped_lines(), 1, "writes after shutdown are counted, not blocked");
     }
 
     #[test]

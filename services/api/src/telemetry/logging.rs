@@ -31,26 +31,18 @@ pub fn init_logging(filter: &str, sink: LogSink) -> Logging {
         eprintln!("invalid PR_LOG filter {filter:?} ({e}); using \"info\"");
         EnvFilter::new("info")
     });
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .event_format(JsonLines)
-        .with_writer(writer.clone())
-        .finish();
+    let subscriber =
+        tracing_subscriber::fmt().with_env_filter(filter).event_format(JsonLines).with_writer(writer.clone()).finish();
     if tracing::subscriber::set_global_default(subscriber).is_ok() {
         install_panic_hook();
     }
-    Logging {
-        writer,
-        _guard: guard,
-    }
+    Logging { writer, _guard: guard }
 }
 
 /// Panics become one JSON log line (logger `pr.panic`) instead of free text on stderr.
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let location = info
-            .location()
-            .map(|l| format!("{}:{}", l.file(), l.line()));
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
         let payload = info
             .payload()
             .downcast_ref::<&str>()
@@ -62,10 +54,7 @@ fn install_panic_hook() {
 }
 
 pub(crate) fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 struct JsonLines;
@@ -75,18 +64,10 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(
-        &self,
-        _ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> std::fmt::Result {
+    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
         let meta = event.metadata();
         let mut map = Map::with_capacity(8);
-        map.insert(
-            "ts".into(),
-            Value::from((unix_now() * 1000.0).round() / 1000.0),
-        );
+        map.insert("ts".into(), Value::from((unix_now() * 1000.0).round() / 1000.0));
         map.insert("level".into(), Value::from(meta.level().as_str()));
         map.insert("logger".into(), Value::from(meta.target()));
         event.record(&mut Visitor(&mut map));
@@ -99,11 +80,7 @@ struct Visitor<'a>(&'a mut Map<String, Value>);
 
 impl Visitor<'_> {
     fn put(&mut self, field: &Field, value: Value) {
-        let name = if field.name() == "message" {
-            "msg"
-        } else {
-            field.name()
-        };
+        let name = if field.name() == "message" { "msg" } else { field.name() };
         self.0.insert(name.to_owned(), value);
     }
 }

@@ -29,13 +29,10 @@ pub const CHAT_CONVERSATIONS_CREATED_TOTAL: &str = "pr_chat_conversations_create
 pub const CREDIT_TRANSACTIONS_TOTAL: &str = "pr_credit_transactions_total";
 
 /// Upstream calls last from tens of milliseconds to minutes (long non-streaming completions).
-pub const LLM_DURATION_BUCKETS: &[f64] = &[
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
-];
+pub const LLM_DURATION_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
 /// The gateway's own share of a call: sub-millisecond when healthy.
-pub const OVERHEAD_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-];
+pub const OVERHEAD_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
 /// `pr_llm_cost_usd_total{model}`: the `metrics` counter type is an integer, and a cost counter
 /// must be a float that equals the ledger's sum. So the sums are kept here as exact decimals per
@@ -44,18 +41,11 @@ pub struct CostCounter {
     totals: Mutex<BTreeMap<&'static str, Decimal>>,
 }
 
-pub static LLM_COST: CostCounter = CostCounter {
-    totals: Mutex::new(BTreeMap::new()),
-};
+pub static LLM_COST: CostCounter = CostCounter { totals: Mutex::new(BTreeMap::new()) };
 
 impl CostCounter {
     pub fn add(&self, model: &'static str, usd: Decimal) {
-        *self
-            .totals
-            .lock()
-            .expect("cost counter lock")
-            .entry(model)
-            .or_default() += usd;
+        *self.totals.lock().expect("cost counter lock").entry(model).or_default() += usd;
     }
 
     pub fn render(&self, out: &mut String) {
@@ -68,18 +58,14 @@ impl CostCounter {
         ));
         for (model, total) in totals.iter() {
             let model = model.replace('\\', "\\\\").replace('"', "\\\"");
-            out.push_str(&format!(
-                "{LLM_COST_USD_TOTAL}{{model=\"{model}\"}} {}\n",
-                total.normalize()
-            ));
+            out.push_str(&format!("{LLM_COST_USD_TOTAL}{{model=\"{model}\"}} {}\n", total.normalize()));
         }
     }
 }
 
 /// From 1 ms (cached reads) to 60 s (long non-streaming completions).
-pub const HTTP_DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
+pub const HTTP_DURATION_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// Installs the process-wide recorder once and returns its handle (later calls, as in tests that
 /// build several apps in one process, get the same handle).
@@ -88,25 +74,13 @@ pub fn install_recorder() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full(HTTP_REQUEST_DURATION_SECONDS.into()),
-                    HTTP_DURATION_BUCKETS,
-                )
+                .set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_DURATION_SECONDS.into()), HTTP_DURATION_BUCKETS)
                 .expect("bucket list is non-empty")
-                .set_buckets_for_metric(
-                    Matcher::Full(LLM_UPSTREAM_DURATION_SECONDS.into()),
-                    LLM_DURATION_BUCKETS,
-                )
+                .set_buckets_for_metric(Matcher::Full(LLM_UPSTREAM_DURATION_SECONDS.into()), LLM_DURATION_BUCKETS)
                 .expect("bucket list is non-empty")
-                .set_buckets_for_metric(
-                    Matcher::Full(LLM_TIME_TO_FIRST_TOKEN_SECONDS.into()),
-                    LLM_DURATION_BUCKETS,
-                )
+                .set_buckets_for_metric(Matcher::Full(LLM_TIME_TO_FIRST_TOKEN_SECONDS.into()), LLM_DURATION_BUCKETS)
                 .expect("bucket list is non-empty")
-                .set_buckets_for_metric(
-                    Matcher::Full(LLM_GATEWAY_OVERHEAD_SECONDS.into()),
-                    OVERHEAD_BUCKETS,
-                )
+                .set_buckets_for_metric(Matcher::Full(LLM_GATEWAY_OVERHEAD_SECONDS.into()), OVERHEAD_BUCKETS)
                 .expect("bucket list is non-empty")
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
@@ -151,11 +125,7 @@ fn describe() {
         Unit::Count,
         "LLM calls by catalog model, endpoint (chat_completions, conversation_message) and outcome (success, upstream_error, upstream_unavailable, timeout, client_disconnect, insufficient_credits, invalid_response)."
     );
-    describe_counter!(
-        LLM_TOKENS_TOTAL,
-        Unit::Count,
-        "Tokens billed, by catalog model and direction (input, output)."
-    );
+    describe_counter!(LLM_TOKENS_TOTAL, Unit::Count, "Tokens billed, by catalog model and direction (input, output).");
     describe_histogram!(
         LLM_UPSTREAM_DURATION_SECONDS,
         Unit::Seconds,
@@ -171,11 +141,7 @@ fn describe() {
         Unit::Seconds,
         "The gateway's own time per LLM call (total minus time waiting on the upstream: auth, credit check, billing write), by endpoint."
     );
-    describe_counter!(
-        CHAT_CONVERSATIONS_CREATED_TOTAL,
-        Unit::Count,
-        "Chat conversations created."
-    );
+    describe_counter!(CHAT_CONVERSATIONS_CREATED_TOTAL, Unit::Count, "Chat conversations created.");
     describe_counter!(
         CREDIT_TRANSACTIONS_TOTAL,
         Unit::Count,

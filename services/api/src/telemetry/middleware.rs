@@ -37,10 +37,7 @@ use super::{
     access_log::{self, AccessLine, AccessLog, UserSlot},
     client_ip::TrustedProxies,
     logging::unix_now,
-    metrics::{
-        HTTP_EXCEPTIONS_TOTAL, HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_IN_FLIGHT,
-        HTTP_REQUESTS_TOTAL,
-    },
+    metrics::{HTTP_EXCEPTIONS_TOTAL, HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_IN_FLIGHT, HTTP_REQUESTS_TOTAL},
     request_id::{RequestId, X_REQUEST_ID},
 };
 use crate::error::{ApiError, ErrorInfo};
@@ -67,10 +64,7 @@ pub struct RequestLimits {
 }
 
 impl RequestLimits {
-    pub const DEFAULT: Self = Self {
-        max_body_bytes: 1024 * 1024,
-        body_read_timeout: Duration::from_secs(15),
-    };
+    pub const DEFAULT: Self = Self { max_body_bytes: 1024 * 1024, body_read_timeout: Duration::from_secs(15) };
 }
 
 /// Per-request context, inserted as one request extension: the request id (for error bodies and
@@ -89,14 +83,7 @@ impl TelemetryLayer {
         limits: RequestLimits,
         request_timeout: Duration,
     ) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                access_log,
-                proxies,
-                limits,
-                request_timeout,
-            }),
-        }
+        Self { shared: Arc::new(Shared { access_log, proxies, limits, request_timeout }) }
     }
 }
 
@@ -137,10 +124,7 @@ impl PerRoute {
             if *cached_key == key {
                 return (route, true);
             }
-            return (
-                matched.map_or(UNMATCHED_ROUTE, |p| intern_route(p.as_str())),
-                false,
-            );
+            return (matched.map_or(UNMATCHED_ROUTE, |p| intern_route(p.as_str())), false);
         }
         let route = matched.map_or(UNMATCHED_ROUTE, |p| intern_route(p.as_str()));
         let _ = self.route.set((key, route));
@@ -149,9 +133,7 @@ impl PerRoute {
 
     fn metrics(&self, method: usize, route: &'static str, cacheable: bool) -> Arc<RouteMetrics> {
         if cacheable {
-            self.metrics[method]
-                .get_or_init(|| RouteMetrics::get(METHODS[method], route))
-                .clone()
+            self.metrics[method].get_or_init(|| RouteMetrics::get(METHODS[method], route)).clone()
         } else {
             RouteMetrics::get(METHODS[method], route)
         }
@@ -160,10 +142,7 @@ impl PerRoute {
 
 impl<S> Service<Request<Body>> for Telemetry<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
@@ -181,10 +160,7 @@ where
         let method = METHODS[method_index];
         let (route, cacheable) = self.per_route.route(req.extensions().get::<MatchedPath>());
         let request_id = RequestId::from_headers(req.headers());
-        let peer = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         let user = UserSlot::default();
         let metrics = self.per_route.metrics(method_index, route, cacheable);
         metrics.in_flight.increment(1.0);
@@ -205,11 +181,7 @@ where
             metrics,
         };
         let limits = self.per_route.shared.limits;
-        req.extensions_mut().insert(RequestContext {
-            request_id,
-            user,
-            limits,
-        });
+        req.extensions_mut().insert(RequestContext { request_id, user, limits });
 
         // A declared body over the limit is refused before any handler runs; bodies without a
         // length are cut by `DefaultBodyLimit` when a handler reads them.
@@ -277,8 +249,7 @@ impl<F: Future> Future for LazyTimeout<F> {
             return Poll::Ready(Ok(output));
         }
         if this.sleep.is_none() {
-            this.sleep
-                .set(Some(tokio::time::sleep_until((*this.deadline).into())));
+            this.sleep.set(Some(tokio::time::sleep_until((*this.deadline).into())));
         }
         match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
             Some(Poll::Ready(())) => Poll::Ready(Err(Elapsed)),
@@ -318,10 +289,7 @@ impl Record {
                 let mut info = info.unwrap_or_else(|| ErrorInfo::for_status(status));
                 info.status = status;
                 body = Body::from(info.body_json(self.request_id.as_str()));
-                parts.headers.insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("application/json"),
-                );
+                parts.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
                 parts.headers.remove(header::CONTENT_LENGTH);
                 if status.is_server_error() {
                     let exception_type = info.exception_type.unwrap_or("internal");
@@ -342,14 +310,8 @@ impl Record {
                     .increment(1);
             }
         }
-        parts
-            .headers
-            .insert(X_REQUEST_ID.clone(), self.request_id.header_value());
-        let body = Body::new(TelemetryBody {
-            inner: body,
-            bytes: 0,
-            done: Some((self, status)),
-        });
+        parts.headers.insert(X_REQUEST_ID.clone(), self.request_id.header_value());
+        let body = Body::new(TelemetryBody { inner: body, bytes: 0, done: Some((self, status)) });
         Response::from_parts(parts, body)
     }
 
@@ -369,11 +331,7 @@ impl Record {
             latency_ms: (elapsed.as_secs_f64() * 100_000.0).round() / 100.0,
             user_id: self.user.get(),
             ip: self.ip,
-            user_agent: self
-                .user_agent
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .map(access_log::truncate),
+            user_agent: self.user_agent.as_ref().and_then(|v| v.to_str().ok()).map(access_log::truncate),
             bytes,
         });
     }
@@ -399,10 +357,7 @@ impl http_body::Body for TelemetryBody {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -435,9 +390,8 @@ impl Drop for TelemetryBody {
 }
 
 /// Method label values: the standard verbs and `OTHER` for anything else.
-pub const METHODS: [&str; 10] = [
-    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE", "OTHER",
-];
+pub const METHODS: [&str; 10] =
+    ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE", "OTHER"];
 
 fn method_index(method: &Method) -> usize {
     match *method {
@@ -487,16 +441,9 @@ impl RouteMetrics {
             .clone()
     }
 
-    fn for_status(
-        &self,
-        method: &'static str,
-        route: &'static str,
-        status: StatusCode,
-    ) -> (Counter, Histogram) {
+    fn for_status(&self, method: &'static str, route: &'static str, status: StatusCode) -> (Counter, Histogram) {
         let find = |v: &Vec<(StatusCode, Counter, Histogram)>| {
-            v.iter()
-                .find(|(s, _, _)| *s == status)
-                .map(|(_, c, h)| (c.clone(), h.clone()))
+            v.iter().find(|(s, _, _)| *s == status).map(|(_, c, h)| (c.clone(), h.clone()))
         };
         if let Some(found) = find(&self.by_status.read().expect("metrics lock")) {
             return found;
@@ -505,15 +452,8 @@ impl RouteMetrics {
         if let Some(found) = find(&by_status) {
             return found;
         }
-        let labels = [
-            ("method", method),
-            ("route", route),
-            ("status", status_label(status)),
-        ];
-        let handles = (
-            counter!(HTTP_REQUESTS_TOTAL, &labels),
-            histogram!(HTTP_REQUEST_DURATION_SECONDS, &labels),
-        );
+        let labels = [("method", method), ("route", route), ("status", status_label(status))];
+        let handles = (counter!(HTTP_REQUESTS_TOTAL, &labels), histogram!(HTTP_REQUEST_DURATION_SECONDS, &labels));
         by_status.push((status, handles.0.clone(), handles.1.clone()));
         handles
     }
@@ -522,27 +462,18 @@ impl RouteMetrics {
 /// Route templates come from the router's own definitions (a closed set), so interning them as
 /// `&'static str` is bounded and keeps label construction allocation-free on the hot path.
 fn intern_route(template: &str) -> &'static str {
-    static ROUTES: LazyLock<RwLock<HashMap<Box<str>, &'static str>>> =
-        LazyLock::new(Default::default);
+    static ROUTES: LazyLock<RwLock<HashMap<Box<str>, &'static str>>> = LazyLock::new(Default::default);
     if let Some(route) = ROUTES.read().expect("route table lock").get(template) {
         return route;
     }
     let mut routes = ROUTES.write().expect("route table lock");
-    routes
-        .entry(template.into())
-        .or_insert_with(|| Box::leak(template.into()))
+    routes.entry(template.into()).or_insert_with(|| Box::leak(template.into()))
 }
 
 fn status_label(status: StatusCode) -> &'static str {
-    static LABELS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
-        (0..1000u16)
-            .map(|code| &*Box::leak(code.to_string().into_boxed_str()))
-            .collect()
-    });
-    LABELS
-        .get(status.as_u16() as usize)
-        .copied()
-        .unwrap_or("other")
+    static LABELS: LazyLock<Vec<&'static str>> =
+        LazyLock::new(|| (0..1000u16).map(|code| &*Box::leak(code.to_string().into_boxed_str())).collect());
+    LABELS.get(status.as_u16() as usize).copied().unwrap_or("other")
 }
 
 #[cfg(test)]
@@ -554,9 +485,6 @@ mod tests {
         assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "OTHER");
         assert_eq!(method_label(&Method::PATCH), "PATCH");
         assert_eq!(status_label(StatusCode::IM_A_TEAPOT), "418");
-        assert!(std::ptr::eq(
-            intern_route("/a/{id}"),
-            intern_route("/a/{id}")
-        ));
+        assert!(std::ptr::eq(intern_route("/a/{id}"), intern_route("/a/{id}")));
     }
 }

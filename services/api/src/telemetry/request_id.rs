@@ -46,9 +46,7 @@ impl RequestId {
 
     pub fn header_value(&self) -> HeaderValue {
         match self {
-            Self::Generated(bytes) => {
-                HeaderValue::from_bytes(bytes).expect("hex digits are a valid header value")
-            }
+            Self::Generated(bytes) => HeaderValue::from_bytes(bytes).expect("hex digits are a valid header value"),
             Self::Client(value) => value.clone(),
         }
     }
@@ -62,9 +60,7 @@ impl fmt::Display for RequestId {
 
 pub fn is_valid(bytes: &[u8]) -> bool {
     (1..=128).contains(&bytes.len())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 #[cfg(test)]
@@ -80,11 +76,7 @@ mod tests {
     }
 
     fn is_generated(id: &RequestId) -> bool {
-        id.as_str().len() == 32
-            && id
-                .as_str()
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        id.as_str().len() == 32 && id.as_str().bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
     }
 
     #[test]
