@@ -72,7 +72,7 @@ async fn completion_is_proxied_metered_and_billed_once() {
     assert_eq!(
         ids,
         [
-            "echo", "nousage", "long", "slow", "fail500", "fail400", "dead"
+            "echo", "nousage", "long", "slow", "fail500", "fail400", "dead", "pooled"
         ]
     );
     assert_eq!(models["object"], "list");

@@ -6,6 +6,7 @@ mod billing;
 mod conversations;
 mod errors;
 mod gateway;
+mod gpu_nodes;
 mod keys;
 mod listeners;
 mod metrics;

@@ -4,6 +4,7 @@
 //! Metrics use the process-wide recorder, so tests that assert metric values expect one app per
 //! process: the suite runs under `cargo nextest` (one process per test).
 
+pub mod agent;
 pub mod prom;
 pub mod upstream;
 

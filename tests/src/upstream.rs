@@ -1,6 +1,7 @@
 //! An OpenAI-compatible upstream stand-in (the one test double the standards allow: it replaces a
-//! paid LLM service). It serves `/v1/chat/completions` on a loopback port; its behaviour is chosen
-//! by the upstream model name, and it records what it received.
+//! paid LLM service). It serves `/v1/chat/completions` on a loopback port (or, through the
+//! `pr-stubs` binary, in a container on a stack's network); its behaviour is chosen by the
+//! upstream model name, and it records what it received.
 
 use std::{
     net::SocketAddr,
@@ -40,15 +41,26 @@ impl Upstream {
     }
 }
 
+/// The stand-in on an ephemeral loopback port, served by a task of the calling runtime.
 pub async fn start() -> Upstream {
+    start_on("127.0.0.1:0").await
+}
+
+/// The stand-in on `addr` (the `pr-stubs` container binds `0.0.0.0:8080`).
+pub async fn start_on(addr: &str) -> Upstream {
     let mut upstream = Upstream::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     upstream.addr = Some(listener.local_addr().unwrap());
-    let app = Router::new()
-        .route("/v1/chat/completions", post(completions))
-        .with_state(upstream.clone());
+    let app = router(upstream.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     upstream
+}
+
+/// The stand-in's routes, recording into `upstream.received`.
+pub fn router(upstream: Upstream) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(completions))
+        .with_state(upstream)
 }
 
 fn completion(model: &str, content: &str) -> Value {
@@ -163,19 +175,29 @@ async fn completions(
 /// refuses connections. Prices: 1.5 $/Mtok input, 6 $/Mtok output.
 pub fn catalog_toml(upstream: &Upstream, key_env: &str) -> String {
     let dead = format!("http://127.0.0.1:{}/v1", crate::free_port());
+    catalog_toml_for(&upstream.base_url(), &dead, key_env)
+}
+
+/// The same catalog for a stand-in at `base` (an OpenAI base URL ending in `/v1`, for example
+/// the `pr-stubs` container's) and a `dead` URL where nothing listens.
+pub fn catalog_toml_for(base: &str, dead: &str, key_env: &str) -> String {
     let mut out = String::new();
     for (name, up_model, base) in [
-        ("echo", "up-echo", upstream.base_url()),
-        ("nousage", "up-nousage", upstream.base_url()),
-        ("long", "up-long", upstream.base_url()),
-        ("slow", "up-slow", upstream.base_url()),
-        ("fail500", "up-500", upstream.base_url()),
-        ("fail400", "up-400", upstream.base_url()),
+        ("echo", "up-echo", base),
+        ("nousage", "up-nousage", base),
+        ("long", "up-long", base),
+        ("slow", "up-slow", base),
+        ("fail500", "up-500", base),
+        ("fail400", "up-400", base),
         ("dead", "up-dead", dead),
     ] {
         out.push_str(&format!(
             "[[models]]\nname = \"{name}\"\nupstream = \"{base}\"\nupstream_model = \"{up_model}\"\napi_key_env = \"{key_env}\"\ninput_usd_per_mtok = 1.5\noutput_usd_per_mtok = 6.0\n\n"
         ));
     }
+    // Served by the healthy nodes of GPU pool "gpu" (tests register the nodes).
+    out.push_str(&format!(
+        "[[models]]\nname = \"pooled\"\ngpu_pool = \"gpu\"\nupstream_model = \"up-echo\"\napi_key_env = \"{key_env}\"\ninput_usd_per_mtok = 1.5\noutput_usd_per_mtok = 6.0\n\n"
+    ));
     out
 }

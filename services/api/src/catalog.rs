@@ -21,7 +21,10 @@ struct CatalogFile {
 #[serde(deny_unknown_fields)]
 struct ModelEntry {
     name: String,
-    upstream: String,
+    /// An OpenAI-compatible base URL...
+    upstream: Option<String>,
+    /// ...or a pool of registered GPU nodes (exactly one of the two).
+    gpu_pool: Option<String>,
     upstream_model: Option<String>,
     api_key_env: Option<String>,
     input_usd_per_mtok: f64,
@@ -32,8 +35,7 @@ struct ModelEntry {
 pub struct Model {
     /// Public name, also the `model` label value (leaked once: the catalog is a closed set).
     pub name: &'static str,
-    /// OpenAI-compatible base URL, without a trailing slash (`http://litellm:4000/v1`).
-    pub upstream: String,
+    pub target: Target,
     pub upstream_model: String,
     pub api_key: Option<Secret>,
     pub input_usd_per_mtok: Decimal,
@@ -47,10 +49,25 @@ impl Model {
             + Decimal::from(output_tokens) * self.output_usd_per_mtok)
             / per_token
     }
+}
 
-    pub fn chat_completions_url(&self) -> String {
-        format!("{}/chat/completions", self.upstream)
-    }
+/// Where a model is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// OpenAI-compatible base URL, without a trailing slash (`http://litellm:4000/v1`).
+    Url(String),
+    /// The healthy nodes of a GPU pool (least utilized first, ties round-robin).
+    Pool(String),
+}
+
+pub fn chat_completions_url(base: &str) -> String {
+    format!("{}/chat/completions", base.trim_end_matches('/'))
+}
+
+pub fn validate_http_url(url: &str) -> bool {
+    (url.starts_with("http://") || url.starts_with("https://"))
+        && url.len() <= 2048
+        && !url.chars().any(char::is_whitespace)
 }
 
 #[derive(Debug, Default)]
@@ -77,12 +94,17 @@ impl Catalog {
                 entry.name
             );
             anyhow::ensure!(!catalog.by_name.contains_key(&entry.name), "model {:?} is listed twice", entry.name);
-            let upstream = entry.upstream.trim_end_matches('/').to_owned();
-            anyhow::ensure!(
-                upstream.starts_with("http://") || upstream.starts_with("https://"),
-                "model {:?}: upstream must be an http(s) URL",
-                entry.name
-            );
+            let target = match (&entry.upstream, &entry.gpu_pool) {
+                (Some(url), None) => {
+                    anyhow::ensure!(validate_http_url(url), "model {:?}: upstream must be an http(s) URL", entry.name);
+                    Target::Url(url.trim_end_matches('/').to_owned())
+                }
+                (None, Some(pool)) => {
+                    anyhow::ensure!(!pool.is_empty(), "model {:?}: gpu_pool must not be empty", entry.name);
+                    Target::Pool(pool.clone())
+                }
+                _ => anyhow::bail!("model {:?}: set exactly one of `upstream` and `gpu_pool`", entry.name),
+            };
             let api_key =
                 match &entry.api_key_env {
                     Some(var) => Some(Secret::new(env(var).filter(|v| !v.is_empty()).with_context(|| {
@@ -101,7 +123,7 @@ impl Catalog {
             };
             let model = Arc::new(Model {
                 name: Box::leak(entry.name.clone().into_boxed_str()),
-                upstream,
+                target,
                 upstream_model: entry.upstream_model.unwrap_or_else(|| entry.name.clone()),
                 api_key,
                 input_usd_per_mtok: price(entry.input_usd_per_mtok, "input_usd_per_mtok")?,
@@ -140,7 +162,8 @@ mod tests {
     fn parses_and_prices_exactly() {
         let c = Catalog::parse(SAMPLE, |_| Some("k".into())).unwrap();
         let m = c.get("gpt-4o-mini").unwrap();
-        assert_eq!(m.chat_completions_url(), "http://litellm:4000/v1/chat/completions");
+        assert_eq!(m.target, Target::Url("http://litellm:4000/v1".into()));
+        assert_eq!(chat_completions_url("http://litellm:4000/v1"), "http://litellm:4000/v1/chat/completions");
         assert_eq!(m.upstream_model, "openai/gpt-4o-mini");
         assert_eq!(m.api_key.as_ref().unwrap().expose(), "k");
         // 1,000 input and 500 output tokens: 0.00015 + 0.0003
@@ -156,5 +179,10 @@ mod tests {
         assert!(Catalog::parse(&format!("{SAMPLE}{SAMPLE}"), |_| Some("k".into())).is_err(), "duplicate");
         assert!(Catalog::parse(&SAMPLE.replace("0.15", "-1.0"), |_| Some("k".into())).is_err());
         assert!(Catalog::parse("[[models]]\nname = \"x\"\nbogus = 1\n", |_| None).is_err());
+        let both = SAMPLE.replace("upstream_model", "gpu_pool = \"a\"\nupstream_model");
+        assert!(Catalog::parse(&both, |_| Some("k".into())).is_err(), "upstream and gpu_pool");
+        let pool = SAMPLE.replace("upstream = \"http://litellm:4000/v1/\"", "gpu_pool = \"a100\"");
+        let c = Catalog::parse(&pool, |_| Some("k".into())).unwrap();
+        assert_eq!(c.get("gpt-4o-mini").unwrap().target, Target::Pool("a100".into()));
     }
 }

@@ -95,6 +95,14 @@ pub struct Config {
     #[arg(long, env = "PR_UPSTREAM_CONNECT_TIMEOUT_SECS", default_value_t = 5)]
     pub upstream_connect_timeout_secs: u64,
 
+    /// How often every enabled GPU node's agent is polled.
+    #[arg(long, env = "PR_GPU_POLL_INTERVAL_SECS", default_value_t = 15)]
+    pub gpu_poll_interval_secs: u64,
+
+    /// Time limit of one agent poll; a node that does not answer within it is down.
+    #[arg(long, env = "PR_GPU_POLL_TIMEOUT_MS", default_value_t = 3000)]
+    pub gpu_poll_timeout_ms: u64,
+
     /// How long a resolved API key is cached: a revoked key stops working on every replica
     /// within this time (at once on the replica that revoked it).
     #[arg(long, env = "PR_KEY_CACHE_TTL_MS", default_value_t = 1000)]
@@ -140,6 +148,8 @@ impl Config {
             stream_idle_timeout_secs: 60,
             upstream_connect_timeout_secs: 5,
             key_cache_ttl_ms: 1000,
+            gpu_poll_interval_secs: 15,
+            gpu_poll_timeout_ms: 3000,
         }
     }
 }

@@ -100,6 +100,8 @@ pub enum ApiError {
     UpstreamUnavailable(String),
     #[error("upstream timeout")]
     UpstreamTimeout,
+    #[error("no healthy GPU node in pool {0}")]
+    NoHealthyNode(String),
     #[error("upstream answered {status}: {message}")]
     Upstream { status: StatusCode, message: String },
     #[error("shutting down")]
@@ -141,6 +143,7 @@ impl ApiError {
             Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::NoHealthyNode(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream { status, .. } => *status,
             Self::ShuttingDown | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -189,6 +192,15 @@ impl ApiError {
                     "server_error",
                     "upstream_timeout",
                     "The model's upstream did not answer in time.",
+                )
+            },
+            Self::NoHealthyNode(pool) => ErrorInfo {
+                exception_type: Some("no_healthy_node"),
+                ..ErrorInfo::new(
+                    status,
+                    "server_error",
+                    "no_healthy_node",
+                    format!("No healthy GPU node is available in pool `{pool}`. Try again shortly."),
                 )
             },
             Self::Upstream { message, .. } => ErrorInfo {

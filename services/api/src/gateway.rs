@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::{
     auth::AuthUser,
-    catalog::Model,
+    catalog::{Model, Target, chat_completions_url},
     error::ApiError,
     ledger::{self, fmt_usd},
     state::AppState,
@@ -56,6 +56,7 @@ pub enum CallStatus {
     ClientDisconnect,
     InsufficientCredits,
     InvalidResponse,
+    NoHealthyNode,
 }
 
 impl CallStatus {
@@ -68,6 +69,7 @@ impl CallStatus {
             Self::ClientDisconnect => "client_disconnect",
             Self::InsufficientCredits => "insufficient_credits",
             Self::InvalidResponse => "invalid_response",
+            Self::NoHealthyNode => "no_healthy_node",
         }
     }
 }
@@ -114,14 +116,6 @@ async fn require_credit(state: &AppState, user: &AuthUser, model: &Model, endpoi
     Ok(())
 }
 
-fn upstream_request(state: &AppState, model: &Model, body: &Map<String, Value>) -> reqwest::RequestBuilder {
-    let mut request = state.http.post(model.chat_completions_url()).json(body);
-    if let Some(key) = &model.api_key {
-        request = request.bearer_auth(key.expose());
-    }
-    request
-}
-
 fn send_error(e: &reqwest::Error) -> (ApiError, CallStatus) {
     if e.is_timeout() {
         (ApiError::UpstreamTimeout, CallStatus::Timeout)
@@ -159,6 +153,52 @@ fn prompt_chars(body: &Map<String, Value>) -> usize {
 }
 
 impl Call<'_> {
+    /// Sends the call to the model's upstream, or to a healthy node of its GPU pool, and
+    /// returns the successful response head. Failures are counted; a pool node that fails is
+    /// marked down at once, before its next health poll.
+    async fn send(&self, body: &Map<String, Value>, sent: Instant) -> Result<reqwest::Response, ApiError> {
+        let (base, node) = match &self.model.target {
+            Target::Url(url) => (url.clone(), None),
+            Target::Pool(pool) => match self.state.fleet.pick(pool) {
+                Some(pick) => (pick.inference_url, Some(pick.node_id)),
+                None => {
+                    count_call(&self.model, self.endpoint, CallStatus::NoHealthyNode);
+                    return Err(ApiError::NoHealthyNode(pool.clone()));
+                }
+            },
+        };
+        let mut request = self.state.http.post(chat_completions_url(&base)).json(body);
+        if let Some(key) = &self.model.api_key {
+            request = request.bearer_auth(key.expose());
+        }
+        let failed = |error: ApiError, status: CallStatus, reason: &str| {
+            if let Some(node) = node {
+                self.state.fleet.mark_down(node, reason);
+            }
+            self.observe(sent.elapsed(), status);
+            Err(error)
+        };
+        let response = match tokio::time::timeout(self.state.upstream.request, request.send()).await {
+            Err(_) => return failed(ApiError::UpstreamTimeout, CallStatus::Timeout, "inference request timed out"),
+            Ok(Err(e)) => {
+                let (error, status) = send_error(&e);
+                return failed(error, status, &format!("inference request failed: {e}"));
+            }
+            Ok(Ok(r)) => r,
+        };
+        if !response.status().is_success() {
+            let server_error = response.status().is_server_error();
+            let status = response.status();
+            let error = upstream_failure(response).await;
+            if server_error {
+                return failed(error, CallStatus::UpstreamError, &format!("inference answered {status}"));
+            }
+            self.observe(sent.elapsed(), CallStatus::UpstreamError);
+            return Err(error);
+        }
+        Ok(response)
+    }
+
     /// Bills (once), records tokens and cost. Billing errors are logged, never lost silently.
     async fn settle(&self, call_id: Uuid, input: u64, output: u64, estimated: bool) -> Decimal {
         let cost = self.model.cost(input, output);
@@ -223,24 +263,7 @@ pub async fn complete(
     body.remove("stream_options");
 
     let sent = Instant::now();
-    let response =
-        match tokio::time::timeout(state.upstream.request, upstream_request(state, &call.model, &body).send()).await {
-            Err(_) => {
-                call.observe(sent.elapsed(), CallStatus::Timeout);
-                return Err(ApiError::UpstreamTimeout);
-            }
-            Ok(Err(e)) => {
-                let (error, status) = send_error(&e);
-                call.observe(sent.elapsed(), status);
-                return Err(error);
-            }
-            Ok(Ok(r)) => r,
-        };
-    if !response.status().is_success() {
-        let error = upstream_failure(response).await;
-        call.observe(sent.elapsed(), CallStatus::UpstreamError);
-        return Err(error);
-    }
+    let response = call.send(&body, sent).await?;
     let remaining = state.upstream.request.saturating_sub(sent.elapsed());
     let mut json: Value = match tokio::time::timeout(remaining, response.json::<Value>()).await {
         Err(_) => {
@@ -298,24 +321,7 @@ pub async fn stream(
     }
 
     let sent = Instant::now();
-    let response =
-        match tokio::time::timeout(state.upstream.request, upstream_request(state, &call.model, &body).send()).await {
-            Err(_) => {
-                call.observe(sent.elapsed(), CallStatus::Timeout);
-                return Err(ApiError::UpstreamTimeout);
-            }
-            Ok(Err(e)) => {
-                let (error, status) = send_error(&e);
-                call.observe(sent.elapsed(), status);
-                return Err(error);
-            }
-            Ok(Ok(r)) => r,
-        };
-    if !response.status().is_success() {
-        let error = upstream_failure(response).await;
-        call.observe(sent.elapsed(), CallStatus::UpstreamError);
-        return Err(error);
-    }
+    let response = call.send(&body, sent).await?;
 
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let prompt = prompt_chars(&body);

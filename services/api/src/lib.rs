@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod fleet;
 pub mod gateway;
 pub mod ledger;
 pub mod routes;

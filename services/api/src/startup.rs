@@ -38,14 +38,18 @@ impl Application {
         let internal = TcpListener::bind(config.metrics_addr)
             .await
             .with_context(|| format!("binding the metrics listener on {}", config.metrics_addr))?;
-        let internal_router =
-            routes::internal::router(handle.clone(), config.metrics_token().map(str::to_owned), log_writer.clone());
         let catalog = match &config.models_file {
             Some(path) => crate::catalog::Catalog::load(path)?,
             None => crate::catalog::Catalog::default(),
         };
         tracing::info!(models = catalog.models().len(), "model catalog loaded");
         let state = AppState::new(config, db, catalog)?;
+        let internal_router = routes::internal::router(
+            handle.clone(),
+            state.config.metrics_token().map(str::to_owned),
+            log_writer.clone(),
+            state.fleet.clone(),
+        );
         let public_router = routes::public_router(state.clone(), AccessLog::new(log_writer));
         Ok(Self { public, internal, public_router, internal_router, handle, state })
     }
@@ -70,6 +74,13 @@ impl Application {
         tracing::info!(public = %public.local_addr()?, metrics = %internal.local_addr()?, "listening");
 
         let upkeep = tokio::spawn(crate::telemetry::metrics::run_upkeep(handle.clone()));
+        let poller = tokio::spawn(crate::fleet::run_poller(
+            state.fleet.clone(),
+            state.db.clone(),
+            state.http.clone(),
+            std::time::Duration::from_secs(state.config.gpu_poll_interval_secs.max(1)),
+            std::time::Duration::from_millis(state.config.gpu_poll_timeout_ms.max(1)),
+        ));
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
@@ -87,8 +98,16 @@ impl Application {
 
         tokio::select! {
             () = shutdown => tracing::info!(grace_secs = grace.as_secs(), "shutdown requested; draining in-flight requests"),
-            result = &mut public_task => { upkeep.abort(); return result.context("public listener task")?.context("public listener failed") }
-            result = &mut internal_task => { upkeep.abort(); return result.context("metrics listener task")?.context("metrics listener failed") }
+            result = &mut public_task => {
+                upkeep.abort();
+                poller.abort();
+                return result.context("public listener task")?.context("public listener failed");
+            }
+            result = &mut internal_task => {
+                upkeep.abort();
+                poller.abort();
+                return result.context("metrics listener task")?.context("metrics listener failed");
+            }
         }
         state.begin_shutdown();
         let _ = stop_tx.send(true);
@@ -102,6 +121,7 @@ impl Application {
             tracing::warn!("shutdown grace period elapsed with requests still in flight; exiting anyway");
         }
         upkeep.abort();
+        poller.abort();
         state.db.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -10,7 +10,9 @@ use std::{
 
 use sqlx::PgPool;
 
-use crate::{auth::KeyCache, catalog::Catalog, config::Config, gateway::UpstreamTimeouts, ledger::UsageWriter};
+use crate::{
+    auth::KeyCache, catalog::Catalog, config::Config, fleet::Fleet, gateway::UpstreamTimeouts, ledger::UsageWriter,
+};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -23,6 +25,7 @@ pub struct AppState {
     pub upstream: UpstreamTimeouts,
     /// Batched, durable writer of usage rows.
     pub usage: UsageWriter,
+    pub fleet: Arc<Fleet>,
     shutting_down: Arc<AtomicBool>,
 }
 
@@ -41,6 +44,7 @@ impl AppState {
             },
             config: Arc::new(config),
             usage: UsageWriter::spawn(db.clone()),
+            fleet: Arc::default(),
             db,
             catalog: Arc::new(catalog),
             http,

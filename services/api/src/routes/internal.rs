@@ -10,7 +10,10 @@ use axum::{
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use std::sync::Arc;
+
 use super::health::healthz;
+use crate::fleet::Fleet;
 use crate::telemetry::{LogWriter, metrics::LOG_LINES_DROPPED_TOTAL};
 
 #[derive(Clone)]
@@ -18,13 +21,15 @@ struct MetricsState {
     handle: PrometheusHandle,
     token: Option<String>,
     log_writer: LogWriter,
+    fleet: Arc<Fleet>,
 }
 
-pub fn router(handle: PrometheusHandle, token: Option<String>, log_writer: LogWriter) -> Router {
+pub fn router(handle: PrometheusHandle, token: Option<String>, log_writer: LogWriter, fleet: Arc<Fleet>) -> Router {
     Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(MetricsState {
         handle,
         token,
         log_writer,
+        fleet,
     })
 }
 
@@ -48,6 +53,7 @@ async fn metrics(State(state): State<MetricsState>, headers: HeaderMap) -> Respo
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], {
         let mut text = state.handle.render();
         crate::telemetry::metrics::LLM_COST.render(&mut text);
+        state.fleet.render(&mut text);
         text
     })
         .into_response()

@@ -4,6 +4,7 @@
 pub mod billing;
 pub mod completions;
 pub mod conversations;
+pub mod gpu_nodes;
 pub mod health;
 pub mod internal;
 pub mod keys;
@@ -26,6 +27,7 @@ pub fn public_router(state: AppState, access_log: AccessLog) -> Router {
         .merge(keys::router())
         .merge(billing::router())
         .merge(conversations::router())
+        .merge(gpu_nodes::router())
         .merge(completions::models_router());
     #[cfg(feature = "test-routes")]
     let api = api.merge(test_routes::router());

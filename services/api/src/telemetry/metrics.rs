@@ -123,7 +123,7 @@ fn describe() {
     describe_counter!(
         LLM_CALLS_TOTAL,
         Unit::Count,
-        "LLM calls by catalog model, endpoint (chat_completions, conversation_message) and outcome (success, upstream_error, upstream_unavailable, timeout, client_disconnect, insufficient_credits, invalid_response)."
+        "LLM calls by catalog model, endpoint (chat_completions, conversation_message) and outcome (success, upstream_error, upstream_unavailable, timeout, client_disconnect, insufficient_credits, invalid_response, no_healthy_node)."
     );
     describe_counter!(LLM_TOKENS_TOTAL, Unit::Count, "Tokens billed, by catalog model and direction (input, output).");
     describe_histogram!(

@@ -1,0 +1,174 @@
+//! Admin registry of GPU nodes: `/api/admin/gpu-nodes`. The agent's token is never stored or
+//! returned: a node names the API's environment variable that holds it (`agent_token_env`).
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    routing::get,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{
+    auth::AdminUser,
+    catalog::validate_http_url,
+    error::{ApiError, ApiResult},
+    extract::AppJson,
+    fleet::{NODE_COLUMNS, NodeRow},
+    state::AppState,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/admin/gpu-nodes", get(list).post(create))
+        .route("/api/admin/gpu-nodes/{id}", get(show).patch(update).delete(remove))
+}
+
+fn is_label(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateNode {
+    name: String,
+    agent_url: String,
+    inference_url: String,
+    #[serde(default = "default_pool")]
+    pool: String,
+    agent_token_env: Option<String>,
+}
+
+fn default_pool() -> String {
+    "default".into()
+}
+
+fn view(state: &AppState, row: &NodeRow) -> Value {
+    let health = state.fleet.health(row.id).unwrap_or_default();
+    json!({
+        "id": row.id,
+        "name": row.name,
+        "agent_url": row.agent_url,
+        "inference_url": row.inference_url,
+        "pool": row.pool,
+        "enabled": row.enabled,
+        "agent_token_env": row.agent_token_env,
+        "created_at": row.created_at,
+        "health": health,
+    })
+}
+
+async fn create(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    AppJson(req): AppJson<CreateNode>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if !is_label(&req.name) || !is_label(&req.pool) {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "name and pool must be 1-64 characters of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    if !validate_http_url(&req.agent_url) || !validate_http_url(&req.inference_url) {
+        return Err(ApiError::bad_request("invalid_url", "agent_url and inference_url must be http(s) URLs"));
+    }
+    if let Some(var) = &req.agent_token_env {
+        let valid = !var.is_empty() && var.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        if !valid || std::env::var(var).map_or(true, |v| v.is_empty()) {
+            return Err(ApiError::bad_request(
+                "invalid_agent_token_env",
+                "agent_token_env must name an environment variable (A-Z 0-9 _) that is set for the API",
+            ));
+        }
+    }
+    let row: NodeRow = match sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO gpu_nodes (name, agent_url, inference_url, pool, agent_token_env) VALUES ($1, $2, $3, $4, $5) \
+         RETURNING {NODE_COLUMNS}"
+    )))
+    .bind(&req.name)
+    .bind(req.agent_url.trim_end_matches('/'))
+    .bind(req.inference_url.trim_end_matches('/'))
+    .bind(&req.pool)
+    .bind(&req.agent_token_env)
+    .fetch_one(&state.db)
+    .await
+    {
+        Ok(row) => row,
+        Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+            return Err(ApiError::Conflict(format!("a GPU node named {} already exists", req.name)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    state.fleet.upsert(row.clone());
+    poll_soon(&state, row.clone());
+    Ok((StatusCode::CREATED, Json(view(&state, &row))))
+}
+
+/// Polls a node right away instead of at the next round.
+fn poll_soon(state: &AppState, row: NodeRow) {
+    let (fleet, http) = (state.fleet.clone(), state.http.clone());
+    let timeout = std::time::Duration::from_millis(state.config.gpu_poll_timeout_ms.max(1));
+    tokio::spawn(async move { fleet.poll_node(&http, &row, timeout).await });
+}
+
+async fn list(State(state): State<AppState>, _admin: AdminUser) -> ApiResult<Json<Value>> {
+    let rows: Vec<NodeRow> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM gpu_nodes ORDER BY name")))
+            .fetch_all(&state.db)
+            .await?;
+    Ok(Json(json!({ "data": rows.iter().map(|r| view(&state, r)).collect::<Vec<_>>() })))
+}
+
+async fn find(state: &AppState, id: &str) -> ApiResult<NodeRow> {
+    let id: Uuid = id.parse().map_err(|_| ApiError::NotFound("GPU node"))?;
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM gpu_nodes WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or(ApiError::NotFound("GPU node"))
+}
+
+async fn show(State(state): State<AppState>, _admin: AdminUser, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let row = find(&state, &id).await?;
+    Ok(Json(view(&state, &row)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateNode {
+    enabled: bool,
+}
+
+/// Enable or disable a node: a disabled node is neither polled nor routed to, and its series
+/// leave `/metrics`.
+async fn update(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Path(id): Path<String>,
+    AppJson(req): AppJson<UpdateNode>,
+) -> ApiResult<Json<Value>> {
+    let row = find(&state, &id).await?;
+    let row: NodeRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE gpu_nodes SET enabled = $2 WHERE id = $1 RETURNING {NODE_COLUMNS}"
+    )))
+    .bind(row.id)
+    .bind(req.enabled)
+    .fetch_one(&state.db)
+    .await?;
+    if row.enabled {
+        state.fleet.upsert(row.clone());
+        poll_soon(&state, row.clone());
+    } else {
+        state.fleet.remove(row.id);
+    }
+    Ok(Json(view(&state, &row)))
+}
+
+async fn remove(State(state): State<AppState>, _admin: AdminUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let row = find(&state, &id).await?;
+    sqlx::query("DELETE FROM gpu_nodes WHERE id = $1").bind(row.id).execute(&state.db).await?;
+    state.fleet.remove(row.id);
+    Ok(StatusCode::NO_CONTENT)
+}
