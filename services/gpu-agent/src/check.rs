@@ -33,21 +33,13 @@ pub fn run(config: &Config) -> Result<String, String> {
     Ok(report(&node_name, &info, &gpus, first, &mut durations))
 }
 
-fn timed(
-    f: impl FnOnce() -> Result<Vec<Gpu>, ReadError>,
-) -> (Duration, Result<Vec<Gpu>, ReadError>) {
+fn timed(f: impl FnOnce() -> Result<Vec<Gpu>, ReadError>) -> (Duration, Result<Vec<Gpu>, ReadError>) {
     let start = Instant::now();
     let result = f();
     (start.elapsed(), result)
 }
 
-fn report(
-    node_name: &str,
-    info: &DriverInfo,
-    gpus: &[Gpu],
-    first: Duration,
-    durations: &mut [Duration],
-) -> String {
+fn report(node_name: &str, info: &DriverInfo, gpus: &[Gpu], first: Duration, durations: &mut [Duration]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "node: {node_name}");
     let _ = writeln!(
@@ -78,16 +70,9 @@ fn report(
         ms(durations[durations.len() / 2]),
         ms(durations[durations.len() - 1]),
     );
-    let body = GpusResponse {
-        node_name: node_name.to_owned(),
-        gpus: gpus.to_vec(),
-    };
+    let body = GpusResponse { node_name: node_name.to_owned(), gpus: gpus.to_vec() };
     let _ = writeln!(out, "GET /v1/gpus would answer:");
-    let _ = writeln!(
-        out,
-        "{}",
-        serde_json::to_string_pretty(&body).expect("serialisable")
-    );
+    let _ = writeln!(out, "{}", serde_json::to_string_pretty(&body).expect("serialisable"));
     out
 }
 

@@ -1,35 +1,11 @@
 //! Runtime configuration: one clap struct, every field also readable from the environment.
 //! `services/gpu-agent/README.md` and the root `.env.example` document each variable.
 
-use std::{fmt, net::SocketAddr, path::Path, str::FromStr};
+use std::{net::SocketAddr, path::Path};
 
 use clap::Parser;
 
-/// A secret value (the bearer token). Never printed by `Debug`, never logged.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
+pub use privaterouter_common::Secret;
 
 #[derive(Parser, Debug, Clone)]
 pub struct Config {
@@ -64,10 +40,7 @@ impl Config {
 
     /// The NVML library path, treating an empty variable as unset.
     pub fn nvml_lib(&self) -> Option<&Path> {
-        self.nvml_lib
-            .as_deref()
-            .filter(|p| !p.trim().is_empty())
-            .map(Path::new)
+        self.nvml_lib.as_deref().filter(|p| !p.trim().is_empty()).map(Path::new)
     }
 
     /// `PR_AGENT_NODE_NAME` when non-empty, else the host name.
@@ -77,10 +50,7 @@ impl Config {
         {
             return Ok(name.to_owned());
         }
-        let host = gethostname::gethostname()
-            .to_string_lossy()
-            .trim()
-            .to_owned();
+        let host = gethostname::gethostname().to_string_lossy().trim().to_owned();
         if host.is_empty() {
             return Err("the host name is empty; set PR_AGENT_NODE_NAME".into());
         }

@@ -79,10 +79,7 @@ pub struct CacheSettings {
 
 impl Default for CacheSettings {
     fn default() -> Self {
-        Self {
-            max_age: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(5),
-        }
+        Self { max_age: Duration::from_secs(1), read_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -109,13 +106,7 @@ struct State {
 
 impl GpuSource {
     pub fn new(reader: Arc<dyn GpuReader>, settings: CacheSettings) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                reader,
-                settings,
-                state: Mutex::new(State::default()),
-            }),
-        }
+        Self { inner: Arc::new(Inner { reader, settings, state: Mutex::new(State::default()) }) }
     }
 
     /// The current reading: the cached one while it is younger than `max_age`, else a fresh

@@ -34,26 +34,19 @@ impl NvmlReader {
             None => Nvml::init(),
         }
         .map_err(|e| describe_init_error(&lib_name, &e))?;
-        nvml.device_count().map_err(|e| {
-            format!("NVML is not available: NVML started but cannot count the GPUs: {e}")
-        })?;
+        nvml.device_count()
+            .map_err(|e| format!("NVML is not available: NVML started but cannot count the GPUs: {e}"))?;
         Ok(Self { nvml })
     }
 
     pub fn driver_info(&self) -> DriverInfo {
-        let cuda_version = self.nvml.sys_cuda_driver_version().map_or_else(
-            |e| format!("unknown ({e})"),
-            |v| format!("{}.{}", v / 1000, (v % 1000) / 10),
-        );
+        let cuda_version = self
+            .nvml
+            .sys_cuda_driver_version()
+            .map_or_else(|e| format!("unknown ({e})"), |v| format!("{}.{}", v / 1000, (v % 1000) / 10));
         DriverInfo {
-            driver_version: self
-                .nvml
-                .sys_driver_version()
-                .unwrap_or_else(|e| format!("unknown ({e})")),
-            nvml_version: self
-                .nvml
-                .sys_nvml_version()
-                .unwrap_or_else(|e| format!("unknown ({e})")),
+            driver_version: self.nvml.sys_driver_version().unwrap_or_else(|e| format!("unknown ({e})")),
+            nvml_version: self.nvml.sys_nvml_version().unwrap_or_else(|e| format!("unknown ({e})")),
             cuda_version,
             gpu_count: self.nvml.device_count().unwrap_or(0),
         }
@@ -63,18 +56,14 @@ impl NvmlReader {
         let failed = |what: &'static str| {
             move |e: NvmlError| ReadError::Nvml(format!("GPU {index}: reading {what} failed: {e}"))
         };
-        let device = self
-            .nvml
-            .device_by_index(index)
-            .map_err(failed("the device handle"))?;
+        let device = self.nvml.device_by_index(index).map_err(failed("the device handle"))?;
         let uuid = device.uuid().map_err(failed("the UUID"))?;
         let name = device.name().map_err(failed("the name"))?;
         let memory = device.memory_info().map_err(failed("memory"))?;
-        let utilization = unsupported_as_none(device.utilization_rates())
-            .map_err(failed("utilization"))?
-            .map(|u| u.gpu);
-        let temperature = unsupported_as_none(device.temperature(TemperatureSensor::Gpu))
-            .map_err(failed("temperature"))?;
+        let utilization =
+            unsupported_as_none(device.utilization_rates()).map_err(failed("utilization"))?.map(|u| u.gpu);
+        let temperature =
+            unsupported_as_none(device.temperature(TemperatureSensor::Gpu)).map_err(failed("temperature"))?;
         let power_mw = unsupported_as_none(device.power_usage()).map_err(failed("power"))?;
         Ok(Gpu {
             index,
@@ -91,10 +80,7 @@ impl NvmlReader {
 
 impl GpuReader for NvmlReader {
     fn read(&self) -> Result<Vec<Gpu>, ReadError> {
-        let count = self
-            .nvml
-            .device_count()
-            .map_err(|e| ReadError::Nvml(format!("counting GPUs failed: {e}")))?;
+        let count = self.nvml.device_count().map_err(|e| ReadError::Nvml(format!("counting GPUs failed: {e}")))?;
         (0..count).map(|i| self.read_device(i)).collect()
     }
 }
@@ -121,12 +107,10 @@ pub fn describe_init_error(lib_name: &str, error: &NvmlError) -> String {
              driver older than R510?"
         ),
         NvmlError::DriverNotLoaded => {
-            "the NVIDIA kernel driver is not loaded (check `nvidia-smi` and `lsmod | grep nvidia`)"
-                .into()
+            "the NVIDIA kernel driver is not loaded (check `nvidia-smi` and `lsmod | grep nvidia`)".into()
         }
         NvmlError::NoPermission => {
-            "no permission to talk to the NVIDIA driver (check access to /dev/nvidiactl and /dev/nvidia*)"
-                .into()
+            "no permission to talk to the NVIDIA driver (check access to /dev/nvidiactl and /dev/nvidia*)".into()
         }
         NvmlError::LibRmVersionMismatch => format!(
             "{lib_name} and the loaded NVIDIA kernel driver have different versions (reboot or \
@@ -145,18 +129,9 @@ mod tests {
     #[test]
     fn not_supported_becomes_none_other_errors_stay_errors() {
         assert_eq!(unsupported_as_none(Ok::<u32, _>(7)).unwrap(), Some(7));
-        assert_eq!(
-            unsupported_as_none::<u32>(Err(NvmlError::NotSupported)).unwrap(),
-            None
-        );
-        assert!(matches!(
-            unsupported_as_none::<u32>(Err(NvmlError::GpuLost)),
-            Err(NvmlError::GpuLost)
-        ));
-        assert!(matches!(
-            unsupported_as_none::<u32>(Err(NvmlError::Unknown)),
-            Err(NvmlError::Unknown)
-        ));
+        assert_eq!(unsupported_as_none::<u32>(Err(NvmlError::NotSupported)).unwrap(), None);
+        assert!(matches!(unsupported_as_none::<u32>(Err(NvmlError::GpuLost)), Err(NvmlError::GpuLost)));
+        assert!(matches!(unsupported_as_none::<u32>(Err(NvmlError::Unknown)), Err(NvmlError::Unknown)));
     }
 
     #[test]
@@ -165,10 +140,7 @@ mod tests {
             (NvmlError::DriverNotLoaded, "kernel driver is not loaded"),
             (NvmlError::NoPermission, "no permission"),
             (NvmlError::LibRmVersionMismatch, "different versions"),
-            (
-                NvmlError::FailedToLoadSymbol("nvmlInit_v2".into()),
-                "lacks a required function (nvmlInit_v2)",
-            ),
+            (NvmlError::FailedToLoadSymbol("nvmlInit_v2".into()), "lacks a required function (nvmlInit_v2)"),
             (NvmlError::Unknown, "NVML initialisation failed"),
         ];
         for (error, expected) in cases {

@@ -25,41 +25,26 @@ impl Application {
         if token.is_none() && !config.addr.ip().is_loopback() {
             tracing::warn!(addr = %config.addr, "PR_AGENT_TOKEN is not set and the agent listens on a non-loopback address: anyone who can reach it can read the GPU figures");
         }
-        let listener = TcpListener::bind(config.addr)
-            .await
-            .with_context(|| format!("binding {}", config.addr))?;
+        let listener = TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
         tracing::info!(addr = %listener.local_addr()?, node_name = %node_name, token_required = token.is_some(), "listening");
-        let router = http::router(http::AppState {
-            node_name: node_name.into(),
-            token,
-            gpus,
-        });
+        let router = http::router(http::AppState { node_name: node_name.into(), token, gpus });
         Ok(Self { listener, router })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     /// Serves until `shutdown` resolves, then stops accepting and waits up to
     /// [`SHUTDOWN_GRACE`] for in-flight requests.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let mut server = tokio::spawn(
-            axum::serve(
-                self.listener,
-                self.router
-                    .into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            })
-            .into_future(),
+            axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.wait_for(|stop| *stop).await;
+                })
+                .into_future(),
         );
         tokio::select! {
             () = shutdown => tracing::info!("shutdown requested; draining in-flight requests"),

@@ -22,24 +22,18 @@ impl FromRequestParts<AppState> for Authorized {
             return Ok(Self);
         };
         let presented = bearer_token(&parts.headers);
-        let valid = presented
-            .is_some_and(|token| bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes())));
+        let valid = presented.is_some_and(|token| bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes())));
         if valid {
             return Ok(Self);
         }
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.to_string());
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.to_string());
         tracing::warn!(
             peer = peer.as_deref().unwrap_or("unknown"),
             path = parts.uri.path(),
             token_presented = presented.is_some(),
             "rejected a request without a valid bearer token"
         );
-        Err(AgentError::Unauthorized {
-            invalid_token: presented.is_some(),
-        })
+        Err(AgentError::Unauthorized { invalid_token: presented.is_some() })
     }
 }
 

@@ -55,10 +55,7 @@ impl IntoResponse for AgentError {
             } else {
                 "Bearer realm=\"privaterouter-gpu-agent\""
             };
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
-            );
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         response
     }

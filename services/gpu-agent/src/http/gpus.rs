@@ -9,13 +9,7 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/gpus", get(list_gpus))
 }
 
-async fn list_gpus(
-    _: Authorized,
-    State(state): State<AppState>,
-) -> Result<Json<GpusResponse>, AgentError> {
+async fn list_gpus(_: Authorized, State(state): State<AppState>) -> Result<Json<GpusResponse>, AgentError> {
     let gpus = state.gpus.read().await?;
-    Ok(Json(GpusResponse {
-        node_name: state.node_name.to_string(),
-        gpus: gpus.to_vec(),
-    }))
+    Ok(Json(GpusResponse { node_name: state.node_name.to_string(), gpus: gpus.to_vec() }))
 }

@@ -18,11 +18,7 @@ pub fn router() -> Router<AppState> {
 
 async fn healthz(State(state): State<AppState>) -> Response {
     match state.gpus.read().await {
-        Ok(gpus) => (
-            StatusCode::OK,
-            Json(json!({"status": "ok", "gpu_count": gpus.len()})),
-        )
-            .into_response(),
+        Ok(gpus) => (StatusCode::OK, Json(json!({"status": "ok", "gpu_count": gpus.len()}))).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "unavailable", "code": e.code(), "reason": e.to_string()})),

@@ -20,8 +20,7 @@ const TOKEN: &str = "fake-nvml-token";
 
 /// Compiles the stand-in library into a folder of this test process's own.
 fn build_fake_nvml() -> PathBuf {
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fake-nvml-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fake-nvml-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let lib = dir.join("libnvidia-ml.so.1");
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-nvml/fake_nvml.c");
@@ -54,11 +53,7 @@ fn command(lib: &Path, args: &[&str]) -> Command {
 async fn wait_for_log(lines: &mut Lines<BufReader<ChildStdout>>, msg: &str) -> Value {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("agent still running");
+            let line = lines.next_line().await.unwrap().expect("agent still running");
             let value: Value = serde_json::from_str(&line).expect("log lines are JSON");
             if value["msg"] == msg {
                 return value;
@@ -71,10 +66,7 @@ async fn wait_for_log(lines: &mut Lines<BufReader<ChildStdout>>, msg: &str) -> V
 
 fn sigterm(child: &Child) {
     let pid = child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());
 }
 
@@ -82,11 +74,7 @@ fn sigterm(child: &Child) {
 async fn serves_what_nvml_reports_fails_closed_and_stops_on_sigterm() {
     let lib = build_fake_nvml();
     let state_file = lib.with_file_name("gpu-lost");
-    let mut child = command(&lib, &[])
-        .env("FAKE_NVML_STATE_FILE", &state_file)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = command(&lib, &[]).env("FAKE_NVML_STATE_FILE", &state_file).stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let started = wait_for_log(&mut lines, "NVML started").await;
     assert_eq!(started["driver_version"], "999.99.99");
@@ -95,12 +83,7 @@ async fn serves_what_nvml_reports_fails_closed_and_stops_on_sigterm() {
     let listening = wait_for_log(&mut lines, "listening").await;
     let addr = listening["addr"].as_str().unwrap().to_owned();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let gpus = || {
-        client
-            .get(format!("http://{addr}/v1/gpus"))
-            .bearer_auth(TOKEN)
-            .send()
-    };
+    let gpus = || client.get(format!("http://{addr}/v1/gpus")).bearer_auth(TOKEN).send();
 
     assert_eq!(
         json(gpus().await.unwrap()).await,
@@ -120,27 +103,13 @@ async fn serves_what_nvml_reports_fails_closed_and_stops_on_sigterm() {
     // GPU 0 falls off the bus: once the 1 s cache has expired, 503 with the reason, no figures.
     std::fs::write(&state_file, "lost").unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let lost =
-        "GPU 0: reading memory failed: device fell off the bus or has otherwise become inacessible";
+    let lost = "GPU 0: reading memory failed: device fell off the bus or has otherwise become inacessible";
     assert_eq!(
         json(gpus().await.unwrap()).await,
-        (
-            503,
-            json!({"error": {"message": format!("no GPU reading available: {lost}"), "code": "nvml_error"}})
-        )
+        (503, json!({"error": {"message": format!("no GPU reading available: {lost}"), "code": "nvml_error"}}))
     );
-    let health = client
-        .get(format!("http://{addr}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        json(health).await,
-        (
-            503,
-            json!({"status": "unavailable", "code": "nvml_error", "reason": lost})
-        )
-    );
+    let health = client.get(format!("http://{addr}/healthz")).send().await.unwrap();
+    assert_eq!(json(health).await, (503, json!({"status": "unavailable", "code": "nvml_error", "reason": lost})));
     let failed = wait_for_log(&mut lines, "GPU reading failed").await;
     assert_eq!(failed["level"], "WARN");
 
@@ -175,21 +144,14 @@ async fn check_prints_what_nvml_reports() {
         "GET /v1/gpus would answer:",
         "\"power_w\": 123.456",
     ] {
-        assert!(
-            stdout.contains(expected),
-            "missing {expected:?} in:\n{stdout}"
-        );
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }
 }
 
 #[tokio::test]
 async fn a_driver_that_is_not_loaded_is_one_clear_line() {
     let lib = build_fake_nvml();
-    let output = command(&lib, &[])
-        .env("FAKE_NVML_INIT", "driver_not_loaded")
-        .output()
-        .await
-        .unwrap();
+    let output = command(&lib, &[]).env("FAKE_NVML_INIT", "driver_not_loaded").output().await.unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(output.stdout.is_empty());
     assert_eq!(

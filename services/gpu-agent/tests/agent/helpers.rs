@@ -23,11 +23,7 @@ pub struct FixedReader {
 
 impl FixedReader {
     pub fn new(reading: Result<Vec<Gpu>, ReadError>) -> Arc<Self> {
-        Arc::new(Self {
-            reading: Mutex::new(reading),
-            delay: Mutex::new(Duration::ZERO),
-            calls: AtomicUsize::new(0),
-        })
+        Arc::new(Self { reading: Mutex::new(reading), delay: Mutex::new(Duration::ZERO), calls: AtomicUsize::new(0) })
     }
     pub fn set(&self, reading: Result<Vec<Gpu>, ReadError>) {
         *self.reading.lock().unwrap() = reading;
@@ -77,10 +73,8 @@ pub fn sample_gpus() -> Vec<Gpu> {
     ]
 }
 
-pub const FAST: CacheSettings = CacheSettings {
-    max_age: Duration::from_millis(100),
-    read_timeout: Duration::from_secs(5),
-};
+pub const FAST: CacheSettings =
+    CacheSettings { max_age: Duration::from_millis(100), read_timeout: Duration::from_secs(5) };
 
 pub struct TestAgent {
     pub addr: SocketAddr,
@@ -90,34 +84,16 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
-    pub async fn spawn(
-        reader: Arc<FixedReader>,
-        token: Option<&str>,
-        settings: CacheSettings,
-    ) -> Self {
-        let config = Config {
-            token: token.map(Secret::new),
-            ..Config::for_tests()
-        };
-        let app = Application::build(config, GpuSource::new(reader, settings))
-            .await
-            .expect("agent starts");
+    pub async fn spawn(reader: Arc<FixedReader>, token: Option<&str>, settings: CacheSettings) -> Self {
+        let config = Config { token: token.map(Secret::new), ..Config::for_tests() };
+        let app = Application::build(config, GpuSource::new(reader, settings)).await.expect("agent starts");
         let addr = app.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until(async move {
             let _ = stopped.await;
         }));
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
-        Self {
-            addr,
-            client,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().unwrap();
+        Self { addr, client, stop: Some(stop), task: Some(task) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -129,12 +105,7 @@ impl TestAgent {
     }
 
     pub async fn get_with_token(&self, path: &str, authorization: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .header("authorization", authorization)
-            .send()
-            .await
-            .unwrap()
+        self.client.get(self.url(path)).header("authorization", authorization).send().await.unwrap()
     }
 
     /// Triggers the graceful shutdown and waits for `run_until` to return.
@@ -147,12 +118,8 @@ impl TestAgent {
 /// Status and parsed JSON body (asserting a JSON content type).
 pub async fn json(response: reqwest::Response) -> (u16, serde_json::Value) {
     let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type =
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     assert_eq!(content_type, "application/json", "status {status}");
     let body = response.json().await.unwrap();
     (status, body)

@@ -53,16 +53,10 @@ async fn token_is_required_rejected_when_wrong_and_accepted_when_right() {
     let agent = TestAgent::spawn(FixedReader::new(Ok(sample_gpus())), Some(TOKEN), FAST).await;
 
     let missing = agent.get("/v1/gpus").await;
-    assert_eq!(
-        missing.headers()["www-authenticate"],
-        "Bearer realm=\"privaterouter-gpu-agent\""
-    );
+    assert_eq!(missing.headers()["www-authenticate"], "Bearer realm=\"privaterouter-gpu-agent\"");
     assert_eq!(
         json(missing).await,
-        (
-            401,
-            json!({"error": {"message": "a valid bearer token is required", "code": "unauthorized"}})
-        )
+        (401, json!({"error": {"message": "a valid bearer token is required", "code": "unauthorized"}}))
     );
 
     for wrong in [
@@ -126,37 +120,20 @@ async fn the_token_is_never_logged() {
     telemetry::init_logging("debug", Box::new(capture.clone()));
 
     let agent = TestAgent::spawn(FixedReader::new(Ok(sample_gpus())), Some(TOKEN), FAST).await;
-    agent
-        .get_with_token("/v1/gpus", &format!("Bearer {TOKEN}"))
-        .await;
-    agent
-        .get_with_token("/v1/gpus", &format!("Bearer {TOKEN}-wrong"))
-        .await;
+    agent.get_with_token("/v1/gpus", &format!("Bearer {TOKEN}")).await;
+    agent.get_with_token("/v1/gpus", &format!("Bearer {TOKEN}-wrong")).await;
     agent.get("/v1/gpus").await;
     agent.stop().await.unwrap();
 
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
-    let lines: Vec<serde_json::Value> = logs
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every log line is JSON"))
-        .collect();
-    assert!(
-        lines
-            .iter()
-            .any(|l| l["msg"] == "listening" && l["token_required"] == true),
-        "{logs}"
-    );
-    let rejected: Vec<_> = lines
-        .iter()
-        .filter(|l| l["msg"] == "rejected a request without a valid bearer token")
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        logs.lines().map(|l| serde_json::from_str(l).expect("every log line is JSON")).collect();
+    assert!(lines.iter().any(|l| l["msg"] == "listening" && l["token_required"] == true), "{logs}");
+    let rejected: Vec<_> =
+        lines.iter().filter(|l| l["msg"] == "rejected a request without a valid bearer token").collect();
     // At least: under `cargo test` other tests of this process log their rejections here too.
     assert!(rejected.len() >= 2, "{logs}");
-    assert!(
-        rejected
-            .iter()
-            .all(|l| l["level"] == "WARN" && l["peer"].is_string())
-    );
+    assert!(rejected.iter().all(|l| l["level"] == "WARN" && l["peer"].is_string()));
     assert!(!logs.contains(TOKEN), "{logs}");
 }
 
@@ -164,14 +141,10 @@ async fn the_token_is_never_logged() {
 async fn healthz_reports_ok_unavailable_and_no_gpus() {
     let reader = FixedReader::new(Ok(sample_gpus()));
     let agent = TestAgent::spawn(reader.clone(), Some(TOKEN), FAST).await;
-    assert_eq!(
-        json(agent.get("/healthz").await).await,
-        (200, json!({"status": "ok", "gpu_count": 2}))
-    );
+    assert_eq!(json(agent.get("/healthz").await).await, (200, json!({"status": "ok", "gpu_count": 2})));
 
     reader.set(Err(ReadError::Nvml(
-        "GPU 1: reading memory failed: device fell off the bus or has otherwise become inacessible"
-            .into(),
+        "GPU 1: reading memory failed: device fell off the bus or has otherwise become inacessible".into(),
     )));
     tokio::time::sleep(FAST.max_age + Duration::from_millis(50)).await;
     assert_eq!(
@@ -186,17 +159,9 @@ async fn healthz_reports_ok_unavailable_and_no_gpus() {
     tokio::time::sleep(FAST.max_age + Duration::from_millis(50)).await;
     assert_eq!(
         json(agent.get("/healthz").await).await,
-        (
-            503,
-            json!({"status": "unavailable", "code": "no_gpus", "reason": "NVML reports no GPUs on this node"})
-        )
+        (503, json!({"status": "unavailable", "code": "no_gpus", "reason": "NVML reports no GPUs on this node"}))
     );
-    let (status, body) = json(
-        agent
-            .get_with_token("/v1/gpus", &format!("Bearer {TOKEN}"))
-            .await,
-    )
-    .await;
+    let (status, body) = json(agent.get_with_token("/v1/gpus", &format!("Bearer {TOKEN}")).await).await;
     assert_eq!((status, &body["error"]["code"]), (503, &json!("no_gpus")));
 
     reader.set(Ok(sample_gpus()));
@@ -213,9 +178,7 @@ async fn a_reader_error_gives_503_never_the_last_good_figures() {
     assert_eq!(status, 200);
     assert_eq!(before["gpus"][0]["utilization_gpu_pct"], 87);
 
-    reader.set(Err(ReadError::Nvml(
-        "GPU 0: reading utilization failed: an internal driver error occurred".into(),
-    )));
+    reader.set(Err(ReadError::Nvml("GPU 0: reading utilization failed: an internal driver error occurred".into())));
     tokio::time::sleep(FAST.max_age + Duration::from_millis(50)).await;
     let response = agent.get("/v1/gpus").await;
     assert_eq!(response.status(), 503);
@@ -242,10 +205,7 @@ async fn a_reader_error_gives_503_never_the_last_good_figures() {
 async fn a_burst_of_requests_reads_nvml_once_and_readings_expire() {
     let reader = FixedReader::new(Ok(sample_gpus()));
     reader.set_delay(Duration::from_millis(50));
-    let settings = CacheSettings {
-        max_age: Duration::from_secs(1),
-        read_timeout: Duration::from_secs(5),
-    };
+    let settings = CacheSettings { max_age: Duration::from_secs(1), read_timeout: Duration::from_secs(5) };
     let agent = TestAgent::spawn(reader.clone(), None, settings).await;
 
     let burst: Vec<_> = (0..20)
@@ -270,10 +230,7 @@ async fn a_burst_of_requests_reads_nvml_once_and_readings_expire() {
 async fn a_stuck_driver_gives_503_and_is_not_called_again_while_stuck() {
     let reader = FixedReader::new(Ok(sample_gpus()));
     reader.set_delay(Duration::from_millis(1500));
-    let settings = CacheSettings {
-        max_age: Duration::from_millis(50),
-        read_timeout: Duration::from_millis(200),
-    };
+    let settings = CacheSettings { max_age: Duration::from_millis(50), read_timeout: Duration::from_millis(200) };
     let agent = TestAgent::spawn(reader.clone(), None, settings).await;
 
     let (status, body) = json(agent.get("/v1/gpus").await).await;
@@ -301,24 +258,13 @@ async fn unknown_routes_and_wrong_methods_are_json_errors() {
     let agent = TestAgent::spawn(FixedReader::new(Ok(sample_gpus())), Some(TOKEN), FAST).await;
     assert_eq!(
         json(agent.get("/v1/nope").await).await,
-        (
-            404,
-            json!({"error": {"message": "no such route", "code": "not_found"}})
-        )
+        (404, json!({"error": {"message": "no such route", "code": "not_found"}}))
     );
     assert_eq!(json(agent.get("/metrics").await).await.0, 404);
-    let post = agent
-        .client
-        .post(agent.url("/v1/gpus"))
-        .send()
-        .await
-        .unwrap();
+    let post = agent.client.post(agent.url("/v1/gpus")).send().await.unwrap();
     assert_eq!(
         json(post).await,
-        (
-            405,
-            json!({"error": {"message": "method not allowed for this route", "code": "method_not_allowed"}})
-        )
+        (405, json!({"error": {"message": "method not allowed for this route", "code": "method_not_allowed"}}))
     );
     agent.stop().await.unwrap();
 }
@@ -343,18 +289,8 @@ async fn graceful_shutdown_finishes_in_flight_requests_then_stops_serving() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     agent.stop().await.expect("run_until returns Ok");
-    assert_eq!(
-        in_flight.await.unwrap(),
-        200,
-        "the in-flight request was answered"
-    );
+    assert_eq!(in_flight.await.unwrap(), 200, "the in-flight request was answered");
 
-    let after = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(&url)
-        .send()
-        .await;
+    let after = reqwest::Client::builder().no_proxy().build().unwrap().get(&url).send().await;
     assert!(after.is_err(), "listener closed after shutdown");
 }

@@ -10,13 +10,7 @@ const MISSING_LIB: &str = "/nonexistent/libnvidia-ml.so.1";
 fn agent(args: &[&str], nvml_lib: Option<&str>) -> Output {
     let mut command = Command::new(BIN);
     command.args(args);
-    for var in [
-        "PR_AGENT_ADDR",
-        "PR_AGENT_TOKEN",
-        "PR_AGENT_NODE_NAME",
-        "PR_AGENT_NVML_LIB",
-        "PR_LOG",
-    ] {
+    for var in ["PR_AGENT_ADDR", "PR_AGENT_TOKEN", "PR_AGENT_NODE_NAME", "PR_AGENT_NVML_LIB", "PR_LOG"] {
         command.env_remove(var);
     }
     // Should NVML load after all, the agent must not take a real port.
@@ -31,11 +25,7 @@ fn agent(args: &[&str], nvml_lib: Option<&str>) -> Output {
 fn assert_one_line_failure(output: &Output, prefix: &str) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "stdout: {stdout}\nstderr: {stderr}"
-    );
+    assert_eq!(output.status.code(), Some(1), "stdout: {stdout}\nstderr: {stderr}");
     assert_eq!(stdout, "", "nothing on stdout");
     assert!(stderr.ends_with('\n'), "{stderr:?}");
     let lines: Vec<&str> = stderr.lines().collect();
@@ -73,10 +63,7 @@ fn the_default_library_on_a_machine_without_nvml() {
     }
     // No library gives "libnvidia-ml.so.1 could not be loaded"; a library without a working
     // driver gives another reason: either way one line, exit 1.
-    let line = assert_one_line_failure(
-        &agent(&[], None),
-        "privaterouter-gpu-agent: NVML is not available: ",
-    );
+    let line = assert_one_line_failure(&agent(&[], None), "privaterouter-gpu-agent: NVML is not available: ");
     eprintln!("{line}");
 }
 
@@ -90,30 +77,16 @@ fn empty_variables_mean_the_defaults() {
         .env("PR_AGENT_NODE_NAME", "")
         .output()
         .unwrap();
-    assert_one_line_failure(
-        &output,
-        "privaterouter-gpu-agent: NVML is not available: /nonexistent/",
-    );
+    assert_one_line_failure(&output, "privaterouter-gpu-agent: NVML is not available: /nonexistent/");
     if NvmlReader::open(None).is_err() {
-        let output = Command::new(BIN)
-            .arg("--check")
-            .env("PR_AGENT_NVML_LIB", "")
-            .output()
-            .unwrap();
-        assert_one_line_failure(
-            &output,
-            "privaterouter-gpu-agent: NVML is not available: libnvidia-ml.so.1 ",
-        );
+        let output = Command::new(BIN).arg("--check").env("PR_AGENT_NVML_LIB", "").output().unwrap();
+        assert_one_line_failure(&output, "privaterouter-gpu-agent: NVML is not available: libnvidia-ml.so.1 ");
     }
 }
 
 #[test]
 fn help_never_shows_the_token() {
-    let output = Command::new(BIN)
-        .arg("--help")
-        .env("PR_AGENT_TOKEN", "help-must-not-print-this")
-        .output()
-        .unwrap();
+    let output = Command::new(BIN).arg("--help").env("PR_AGENT_TOKEN", "help-must-not-print-this").output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(help.contains("PR_AGENT_TOKEN"), "{help}");
