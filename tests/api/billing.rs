@@ -30,19 +30,8 @@ async fn admin_credits_are_idempotent_validated_and_admin_only() {
     assert_eq!(balance().await, "0.00");
 
     let topup = json!({"kind": "topup", "amount_usd": "12.50", "reason": "invoice 7"});
-    assert_eq!(
-        credit(&user, Some("k1"), topup.clone())
-            .await
-            .unwrap()
-            .status(),
-        403,
-        "users cannot credit"
-    );
-    assert_eq!(
-        credit(&admin, None, topup.clone()).await.unwrap().status(),
-        400,
-        "Idempotency-Key is required"
-    );
+    assert_eq!(credit(&user, Some("k1"), topup.clone()).await.unwrap().status(), 403, "users cannot credit");
+    assert_eq!(credit(&admin, None, topup.clone()).await.unwrap().status(), 400, "Idempotency-Key is required");
 
     let first = credit(&admin, Some("k1"), topup.clone()).await.unwrap();
     assert_eq!(first.status(), 201);
@@ -57,88 +46,44 @@ async fn admin_credits_are_idempotent_validated_and_admin_only() {
         assert_eq!(retry["transaction"]["id"], first["transaction"]["id"]);
     }
     assert_eq!(balance().await, "12.50");
-    let reuse = credit(
-        &admin,
-        Some("k1"),
-        json!({"kind": "topup", "amount_usd": "99", "reason": "invoice 7"}),
-    )
-    .await
-    .unwrap();
+    let reuse =
+        credit(&admin, Some("k1"), json!({"kind": "topup", "amount_usd": "99", "reason": "invoice 7"})).await.unwrap();
     assert_eq!(reuse.status(), 422, "same key, different request");
 
     // Concurrent retries of one key apply once.
     let mut tasks = Vec::new();
     for _ in 0..20 {
-        tasks.push(credit(
-            &admin,
-            Some("k2"),
-            json!({"kind": "refund", "amount_usd": "0.000001", "reason": "r"}),
-        ));
+        tasks.push(credit(&admin, Some("k2"), json!({"kind": "refund", "amount_usd": "0.000001", "reason": "r"})));
     }
-    let statuses: Vec<u16> = futures_util::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap().status().as_u16())
-        .collect();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 201).count(),
-        1,
-        "{statuses:?}"
-    );
+    let statuses: Vec<u16> =
+        futures_util::future::join_all(tasks).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
     assert_eq!(balance().await, "12.500001");
 
     assert_eq!(
-        credit(
-            &admin,
-            Some("k3"),
-            json!({"kind": "admin_adjust", "amount_usd": "-2.5", "reason": "correction"})
-        )
-        .await
-        .unwrap()
-        .status(),
+        credit(&admin, Some("k3"), json!({"kind": "admin_adjust", "amount_usd": "-2.5", "reason": "correction"}))
+            .await
+            .unwrap()
+            .status(),
         201
     );
     assert_eq!(balance().await, "10.000001");
 
     for (body, why) in [
-        (
-            json!({"kind": "usage", "amount_usd": "1", "reason": ""}),
-            "usage is not an admin kind",
-        ),
-        (
-            json!({"kind": "bonus", "amount_usd": "1", "reason": ""}),
-            "unknown kind",
-        ),
-        (
-            json!({"kind": "topup", "amount_usd": "-1", "reason": ""}),
-            "negative topup",
-        ),
-        (
-            json!({"kind": "topup", "amount_usd": "ten", "reason": ""}),
-            "not a number",
-        ),
-        (
-            json!({"kind": "topup", "amount_usd": 10, "reason": ""}),
-            "a JSON number, not a decimal string",
-        ),
-        (
-            json!({"kind": "topup", "amount_usd": "1.0000000000001", "reason": ""}),
-            "beyond 12 decimals",
-        ),
-        (
-            json!({"kind": "admin_adjust", "amount_usd": "0", "reason": ""}),
-            "zero adjustment",
-        ),
+        (json!({"kind": "usage", "amount_usd": "1", "reason": ""}), "usage is not an admin kind"),
+        (json!({"kind": "bonus", "amount_usd": "1", "reason": ""}), "unknown kind"),
+        (json!({"kind": "topup", "amount_usd": "-1", "reason": ""}), "negative topup"),
+        (json!({"kind": "topup", "amount_usd": "ten", "reason": ""}), "not a number"),
+        (json!({"kind": "topup", "amount_usd": 10, "reason": ""}), "a JSON number, not a decimal string"),
+        (json!({"kind": "topup", "amount_usd": "1.0000000000001", "reason": ""}), "beyond 12 decimals"),
+        (json!({"kind": "admin_adjust", "amount_usd": "0", "reason": ""}), "zero adjustment"),
     ] {
         let response = credit(&admin, Some(&random_hex(8)), body).await.unwrap();
         assert_eq!(response.status(), 400, "{why}");
     }
     let missing = app
         .client
-        .post(app.url(&format!(
-            "/api/admin/users/{}/credits",
-            uuid::Uuid::new_v4()
-        )))
+        .post(app.url(&format!("/api/admin/users/{}/credits", uuid::Uuid::new_v4())))
         .bearer_auth(&admin)
         .header("idempotency-key", "x")
         .json(&topup)
@@ -160,18 +105,9 @@ async fn admin_credits_are_idempotent_validated_and_admin_only() {
 
     // Counted by kind.
     let s = app.samples().await;
-    assert_eq!(
-        s.get("pr_credit_transactions_total", &[("kind", "topup")]),
-        1.0
-    );
-    assert_eq!(
-        s.get("pr_credit_transactions_total", &[("kind", "refund")]),
-        1.0
-    );
-    assert_eq!(
-        s.get("pr_credit_transactions_total", &[("kind", "admin_adjust")]),
-        1.0
-    );
+    assert_eq!(s.get("pr_credit_transactions_total", &[("kind", "topup")]), 1.0);
+    assert_eq!(s.get("pr_credit_transactions_total", &[("kind", "refund")]), 1.0);
+    assert_eq!(s.get("pr_credit_transactions_total", &[("kind", "admin_adjust")]), 1.0);
 }
 
 #[tokio::test]
@@ -189,16 +125,7 @@ async fn transactions_are_paginated_newest_first() {
         if let Some(c) = cursor {
             url.push_str(&format!("&before={c}"));
         }
-        let page: Value = app
-            .client
-            .get(url)
-            .bearer_auth(&user)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = app.client.get(url).bearer_auth(&user).send().await.unwrap().json().await.unwrap();
         for t in page["data"].as_array().unwrap() {
             assert_eq!(t["kind"], "topup");
             seen.push(t["amount_usd"].as_str().unwrap().to_owned());
@@ -208,10 +135,7 @@ async fn transactions_are_paginated_newest_first() {
             None => break,
         }
     }
-    assert_eq!(
-        seen,
-        ["7.00", "6.00", "5.00", "4.00", "3.00", "2.00", "1.00"]
-    );
+    assert_eq!(seen, ["7.00", "6.00", "5.00", "4.00", "3.00", "2.00", "1.00"]);
     // Another user's ledger is separate.
     let other: Value = app
         .client

@@ -19,10 +19,7 @@ async fn conversations_keep_history_bill_each_message_and_stay_private() {
         .await
         .unwrap();
     assert_eq!(unknown.status(), 404);
-    assert_eq!(
-        unknown.json::<Value>().await.unwrap()["error"]["code"],
-        "model_not_found"
-    );
+    assert_eq!(unknown.json::<Value>().await.unwrap()["error"]["code"], "model_not_found");
 
     let created = app
         .client
@@ -47,18 +44,11 @@ async fn conversations_keep_history_bill_each_message_and_stay_private() {
             .unwrap();
         assert_eq!(sent.status(), 201);
         let sent: Value = sent.json().await.unwrap();
-        assert_eq!(
-            sent["assistant_message"]["content"],
-            format!("echo: {text}")
-        );
+        assert_eq!(sent["assistant_message"]["content"], format!("echo: {text}"));
         assert_eq!(sent["usage"]["cost_usd"], "0.000222");
         // The whole history went to the model: system + previous turns + this message.
         let request = &g.upstream.requests()[i];
-        assert_eq!(
-            request["messages"].as_array().unwrap().len(),
-            2 + 2 * i,
-            "{request}"
-        );
+        assert_eq!(request["messages"].as_array().unwrap().len(), 2 + 2 * i, "{request}");
         assert_eq!(request["messages"][0]["role"], "system");
     }
 
@@ -72,22 +62,12 @@ async fn conversations_keep_history_bill_each_message_and_stay_private() {
         .json()
         .await
         .unwrap();
-    let roles: Vec<&str> = shown["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["role"].as_str().unwrap())
-        .collect();
+    let roles: Vec<&str> = shown["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["system", "user", "assistant", "user", "assistant"]);
 
     // Only the owner sees or writes to it.
     for response in [
-        app.client
-            .get(app.url(&format!("/api/chat/conversations/{id}")))
-            .bearer_auth(&stranger)
-            .send()
-            .await
-            .unwrap(),
+        app.client.get(app.url(&format!("/api/chat/conversations/{id}"))).bearer_auth(&stranger).send().await.unwrap(),
         app.client
             .post(app.url(&format!("/api/chat/conversations/{id}/messages")))
             .bearer_auth(&stranger)
@@ -129,23 +109,8 @@ async fn conversations_keep_history_bill_each_message_and_stay_private() {
             Some(c) => app.url(&format!("/api/chat/conversations?limit=2&before={c}")),
             None => app.url("/api/chat/conversations?limit=2"),
         };
-        let page: Value = app
-            .client
-            .get(url)
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        titles.extend(
-            page["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| c["title"].as_str().unwrap().to_owned()),
-        );
+        let page: Value = app.client.get(url).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+        titles.extend(page["data"].as_array().unwrap().iter().map(|c| c["title"].as_str().unwrap().to_owned()));
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
             None => break,
@@ -153,25 +118,17 @@ async fn conversations_keep_history_bill_each_message_and_stay_private() {
     }
     assert_eq!(titles, ["c5", "c4", "c3", "c2", "first"]);
 
-    let usage: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM credit_transactions WHERE user_id = $1 AND kind = 'usage'",
-    )
-    .bind(user_id)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let usage: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE user_id = $1 AND kind = 'usage'")
+            .bind(user_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(usage, 2);
     let s = app.samples().await;
     assert_eq!(s.get("pr_chat_conversations_created_total", &[]), 5.0);
     assert_eq!(
-        s.get(
-            "pr_llm_calls_total",
-            &[
-                ("model", "echo"),
-                ("endpoint", "conversation_message"),
-                ("status", "success")
-            ]
-        ),
+        s.get("pr_llm_calls_total", &[("model", "echo"), ("endpoint", "conversation_message"), ("status", "success")]),
         2.0
     );
 }

@@ -22,14 +22,7 @@ fn chat(model: &str, stream: bool) -> Value {
 }
 
 async fn post(g: &Gateway, key: &str, body: &Value) -> reqwest::Response {
-    g.app
-        .client
-        .post(g.app.url("/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    g.app.client.post(g.app.url("/v1/chat/completions")).bearer_auth(key).json(body).send().await.unwrap()
 }
 
 async fn usage_rows(g: &Gateway, user_id: uuid::Uuid) -> Vec<(String, i64, i64, bool, String)> {
@@ -52,29 +45,10 @@ async fn completion_is_proxied_metered_and_billed_once() {
     let g = spawn_gateway().await;
     let (user_id, key) = funded(&g, "1.00").await;
 
-    let models: Value = g
-        .app
-        .client
-        .get(g.app.url("/v1/models"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<&str> = models["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        ids,
-        [
-            "echo", "nousage", "long", "slow", "fail500", "fail400", "dead", "pooled"
-        ]
-    );
+    let models: Value =
+        g.app.client.get(g.app.url("/v1/models")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["echo", "nousage", "long", "slow", "fail500", "fail400", "dead", "pooled"]);
     assert_eq!(models["object"], "list");
 
     let response = post(&g, &key, &chat("echo", false)).await;
@@ -94,10 +68,7 @@ async fn completion_is_proxied_metered_and_billed_once() {
     let rows = usage_rows(&g, user_id).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(dec(&rows[0].0), dec(CALL_COST));
-    assert_eq!(
-        (rows[0].1, rows[0].2, rows[0].3, rows[0].4.as_str()),
-        (12, 34, false, "echo")
-    );
+    assert_eq!((rows[0].1, rows[0].2, rows[0].3, rows[0].4.as_str()), (12, 34, false, "echo"));
     let balance: Value = g
         .app
         .client
@@ -113,53 +84,16 @@ async fn completion_is_proxied_metered_and_billed_once() {
 
     let s = g.app.samples().await;
     assert_eq!(
-        s.get(
-            "pr_llm_calls_total",
-            &[
-                ("model", "echo"),
-                ("endpoint", "chat_completions"),
-                ("status", "success")
-            ]
-        ),
+        s.get("pr_llm_calls_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("status", "success")]),
         1.0
     );
-    assert_eq!(
-        s.get(
-            "pr_llm_tokens_total",
-            &[("model", "echo"), ("direction", "input")]
-        ),
-        12.0
-    );
-    assert_eq!(
-        s.get(
-            "pr_llm_tokens_total",
-            &[("model", "echo"), ("direction", "output")]
-        ),
-        34.0
-    );
-    assert_eq!(
-        s.get("pr_llm_cost_usd_total", &[("model", "echo")]),
-        dec(CALL_COST)
-    );
+    assert_eq!(s.get("pr_llm_tokens_total", &[("model", "echo"), ("direction", "input")]), 12.0);
+    assert_eq!(s.get("pr_llm_tokens_total", &[("model", "echo"), ("direction", "output")]), 34.0);
+    assert_eq!(s.get("pr_llm_cost_usd_total", &[("model", "echo")]), dec(CALL_COST));
     assert_eq!(s.types["pr_llm_cost_usd_total"], "counter");
-    assert_eq!(
-        s.get("pr_credit_transactions_total", &[("kind", "usage")]),
-        1.0
-    );
-    assert_eq!(
-        s.get(
-            "pr_llm_upstream_duration_seconds_count",
-            &[("model", "echo")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        s.get(
-            "pr_llm_gateway_overhead_seconds_count",
-            &[("endpoint", "chat_completions")]
-        ),
-        1.0
-    );
+    assert_eq!(s.get("pr_credit_transactions_total", &[("kind", "usage")]), 1.0);
+    assert_eq!(s.get("pr_llm_upstream_duration_seconds_count", &[("model", "echo")]), 1.0);
+    assert_eq!(s.get("pr_llm_gateway_overhead_seconds_count", &[("endpoint", "chat_completions")]), 1.0);
     for name in [
         "pr_llm_calls_total",
         "pr_llm_tokens_total",
@@ -179,10 +113,7 @@ async fn refusals_errors_and_unknown_models() {
     assert_eq!(refused.status(), 402);
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "insufficient_credits");
-    assert!(
-        g.upstream.requests().is_empty(),
-        "nothing reached the upstream"
-    );
+    assert!(g.upstream.requests().is_empty(), "nothing reached the upstream");
 
     let (user_id, key) = funded(&g, "1.00").await;
     let cases = [
@@ -199,33 +130,16 @@ async fn refusals_errors_and_unknown_models() {
         assert_eq!(body["error"]["code"], code, "{model}: {body}");
         assert!(body["error"]["request_id"].is_string());
     }
-    let body: Value = post(&g, &key, &chat("fail500", false))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        body["error"]["message"], "upstream exploded",
-        "the upstream's message is passed through"
-    );
-    let body: Value = post(&g, &key, &chat("fail400", false))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: Value = post(&g, &key, &chat("fail500", false)).await.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "upstream exploded", "the upstream's message is passed through");
+    let body: Value = post(&g, &key, &chat("fail400", false)).await.json().await.unwrap();
     assert_eq!(body["error"]["message"], "context length exceeded");
 
     for (bad, why) in [
-        (
-            json!({"messages": [{"role": "user", "content": "x"}]}),
-            "no model",
-        ),
+        (json!({"messages": [{"role": "user", "content": "x"}]}), "no model"),
         (json!({"model": "echo"}), "no messages"),
         (json!({"model": "echo", "messages": []}), "empty messages"),
-        (
-            json!({"model": 7, "messages": [{"role": "user", "content": "x"}]}),
-            "model not a string",
-        ),
+        (json!({"model": 7, "messages": [{"role": "user", "content": "x"}]}), "model not a string"),
         (
             json!({"model": "echo", "stream": "yes", "messages": [{"role": "user", "content": "x"}]}),
             "stream not a bool",
@@ -233,21 +147,11 @@ async fn refusals_errors_and_unknown_models() {
     ] {
         assert_eq!(post(&g, &key, &bad).await.status(), 400, "{why}");
     }
-    assert!(
-        usage_rows(&g, user_id).await.is_empty(),
-        "failed calls are not billed"
-    );
+    assert!(usage_rows(&g, user_id).await.is_empty(), "failed calls are not billed");
 
     let s = g.app.samples().await;
     let calls = |model: &str, status: &str| {
-        s.get(
-            "pr_llm_calls_total",
-            &[
-                ("model", model),
-                ("endpoint", "chat_completions"),
-                ("status", status),
-            ],
-        )
+        s.get("pr_llm_calls_total", &[("model", model), ("endpoint", "chat_completions"), ("status", status)])
     };
     assert_eq!(calls("echo", "insufficient_credits"), 1.0);
     assert_eq!(calls("fail500", "upstream_error"), 2.0);
@@ -257,11 +161,7 @@ async fn refusals_errors_and_unknown_models() {
     let ex = |kind: &str| {
         s.get(
             "pr_http_exceptions_total",
-            &[
-                ("method", "POST"),
-                ("route", "/v1/chat/completions"),
-                ("exception_type", kind),
-            ],
+            &[("method", "POST"), ("route", "/v1/chat/completions"), ("exception_type", kind)],
         )
     };
     assert_eq!(ex("upstream_error"), 2.0);
@@ -274,21 +174,12 @@ async fn unknown_models_never_become_labels() {
     let g = spawn_gateway().await;
     let (_, key) = funded(&g, "1.00").await;
     assert_eq!(post(&g, &key, &chat("echo", false)).await.status(), 200);
-    assert_eq!(
-        post(&g, &key, &chat("not-a-model", false)).await.status(),
-        404
-    );
+    assert_eq!(post(&g, &key, &chat("not-a-model", false)).await.status(), 404);
     let before = g
         .app
         .wait_for_metrics("warm-up counted", |s| {
-            s.get(
-                "pr_http_requests_total",
-                &[
-                    ("method", "POST"),
-                    ("route", "/v1/chat/completions"),
-                    ("status", "404"),
-                ],
-            ) == 1.0
+            s.get("pr_http_requests_total", &[("method", "POST"), ("route", "/v1/chat/completions"), ("status", "404")])
+                == 1.0
         })
         .await;
 
@@ -299,14 +190,7 @@ async fn unknown_models_never_become_labels() {
         let key = key.clone();
         let model = format!("m-{}", random_hex(8));
         tasks.push(tokio::spawn(async move {
-            client
-                .post(url)
-                .bearer_auth(key)
-                .json(&chat(&model, false))
-                .send()
-                .await
-                .unwrap()
-                .status()
+            client.post(url).bearer_auth(key).json(&chat(&model, false)).send().await.unwrap().status()
         }));
         if tasks.len() == 50 {
             for t in tasks.drain(..) {
@@ -317,22 +201,13 @@ async fn unknown_models_never_become_labels() {
     let after = g
         .app
         .wait_for_metrics("all counted", |s| {
-            s.get(
-                "pr_http_requests_total",
-                &[
-                    ("method", "POST"),
-                    ("route", "/v1/chat/completions"),
-                    ("status", "404"),
-                ],
-            ) == 1001.0
+            s.get("pr_http_requests_total", &[("method", "POST"), ("route", "/v1/chat/completions"), ("status", "404")])
+                == 1001.0
         })
         .await;
     assert_eq!(after.samples.len(), before.samples.len(), "no new series");
-    let models: std::collections::BTreeSet<&str> = after
-        .samples
-        .iter()
-        .filter_map(|s| s.labels.get("model").map(String::as_str))
-        .collect();
+    let models: std::collections::BTreeSet<&str> =
+        after.samples.iter().filter_map(|s| s.labels.get("model").map(String::as_str)).collect();
     assert_eq!(models.into_iter().collect::<Vec<_>>(), ["echo"]);
 }
 
@@ -361,74 +236,43 @@ async fn streams_are_forwarded_as_they_arrive_and_billed_from_reported_usage() {
 
     let response = post(&g, &key, &chat("echo", true)).await;
     assert_eq!(response.status(), 200);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     let events = read_sse(response).await;
     // Words, the usage chunk, [DONE].
     assert_eq!(events.len(), STREAM_WORDS.len() + 2, "{events:?}");
     let text: String = events
         .iter()
         .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|c| {
-            c.pointer("/choices/0/delta/content")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
+        .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str).map(str::to_owned))
         .collect();
     assert_eq!(text, STREAM_WORDS.concat());
     // Not buffered: the stand-in spaces chunks 30 ms apart.
     let first = events[0].0;
     let last = events.last().unwrap().0;
-    assert!(
-        last - first >= Duration::from_millis(100),
-        "chunks arrived together: {first:?} .. {last:?}"
-    );
+    assert!(last - first >= Duration::from_millis(100), "chunks arrived together: {first:?} .. {last:?}");
     let usage: Value = serde_json::from_str(&events[events.len() - 2].1).unwrap();
     assert_eq!(usage["usage"]["prompt_tokens"], PROMPT_TOKENS);
-    assert_eq!(
-        usage["usage"]["cost_usd"], CALL_COST,
-        "the final chunk carries the cost"
-    );
+    assert_eq!(usage["usage"]["cost_usd"], CALL_COST, "the final chunk carries the cost");
     assert_eq!(events.last().unwrap().1, "[DONE]");
 
     let sent = g.upstream.requests();
     assert_eq!(sent[0]["stream"], true);
-    assert_eq!(
-        sent[0]["stream_options"]["include_usage"], true,
-        "usage is requested from the upstream"
-    );
+    assert_eq!(sent[0]["stream_options"]["include_usage"], true, "usage is requested from the upstream");
 
     let rows = g
         .app
-        .wait_for_metrics("stream billed", |s| {
-            s.get("pr_credit_transactions_total", &[("kind", "usage")]) == 1.0
-        })
+        .wait_for_metrics("stream billed", |s| s.get("pr_credit_transactions_total", &[("kind", "usage")]) == 1.0)
         .await;
-    assert_eq!(
-        rows.get(
-            "pr_llm_time_to_first_token_seconds_count",
-            &[("model", "echo")]
-        ),
-        1.0
-    );
+    assert_eq!(rows.get("pr_llm_time_to_first_token_seconds_count", &[("model", "echo")]), 1.0);
     let rows = usage_rows(&g, user_id).await;
     assert_eq!(rows.len(), 1);
-    assert_eq!(
-        (dec(&rows[0].0), rows[0].1, rows[0].2, rows[0].3),
-        (dec(CALL_COST), 12, 34, false)
-    );
+    assert_eq!((dec(&rows[0].0), rows[0].1, rows[0].2, rows[0].3), (dec(CALL_COST), 12, 34, false));
 
     // An upstream that reports no usage: billed from an estimate, flagged as such.
     let events = read_sse(post(&g, &key, &chat("nousage", true)).await).await;
     assert_eq!(events.last().unwrap().1, "[DONE]");
     g.app
-        .wait_for_metrics("estimate billed", |s| {
-            s.get("pr_credit_transactions_total", &[("kind", "usage")]) == 2.0
-        })
+        .wait_for_metrics("estimate billed", |s| s.get("pr_credit_transactions_total", &[("kind", "usage")]) == 2.0)
         .await;
     let rows = usage_rows(&g, user_id).await;
     assert_eq!(rows.len(), 2);
@@ -454,25 +298,14 @@ async fn a_client_that_disconnects_mid_stream_is_still_billed() {
         .wait_for_metrics("disconnect billed", |s| {
             s.get(
                 "pr_llm_calls_total",
-                &[
-                    ("model", "long"),
-                    ("endpoint", "chat_completions"),
-                    ("status", "client_disconnect"),
-                ],
+                &[("model", "long"), ("endpoint", "chat_completions"), ("status", "client_disconnect")],
             ) == 1.0
         })
         .await;
     let rows = usage_rows(&g, user_id).await;
     assert_eq!(rows.len(), 1, "billed exactly once");
-    assert_eq!(
-        (rows[0].1, rows[0].2, rows[0].3),
-        (12, 34, false),
-        "billed from what the upstream reported"
-    );
-    assert_eq!(
-        s.get("pr_llm_cost_usd_total", &[("model", "long")]),
-        dec(CALL_COST)
-    );
+    assert_eq!((rows[0].1, rows[0].2, rows[0].3), (12, 34, false), "billed from what the upstream reported");
+    assert_eq!(s.get("pr_llm_cost_usd_total", &[("model", "long")]), dec(CALL_COST));
 }
 
 #[tokio::test]
@@ -487,27 +320,14 @@ async fn the_ledger_holds_under_concurrency_and_matches_the_metrics() {
         let key = solo_key.clone();
         let stream = i % 4 == 0;
         tasks.push(tokio::spawn(async move {
-            let r = client
-                .post(url)
-                .bearer_auth(key)
-                .json(&chat("echo", stream))
-                .send()
-                .await
-                .unwrap();
+            let r = client.post(url).bearer_auth(key).json(&chat("echo", stream)).send().await.unwrap();
             let status = r.status().as_u16();
             let _ = r.bytes().await;
             status
         }));
     }
-    let statuses: Vec<u16> = futures_util::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 402),
-        "{statuses:?}"
-    );
+    let statuses: Vec<u16> = futures_util::future::join_all(tasks).await.into_iter().map(Result::unwrap).collect();
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 402), "{statuses:?}");
     let ok = statuses.iter().filter(|s| **s == 200).count();
 
     // Many users at once: 20 users × 10 calls.
@@ -525,24 +345,14 @@ async fn the_ledger_holds_under_concurrency_and_matches_the_metrics() {
             let url = g.app.url("/v1/chat/completions");
             let key = key.clone();
             tasks.push(tokio::spawn(async move {
-                let r = client
-                    .post(url)
-                    .bearer_auth(key)
-                    .json(&chat("echo", i % 2 == 0))
-                    .send()
-                    .await
-                    .unwrap();
+                let r = client.post(url).bearer_auth(key).json(&chat("echo", i % 2 == 0)).send().await.unwrap();
                 let status = r.status().as_u16();
                 let _ = r.bytes().await;
                 status
             }));
         }
     }
-    let many: Vec<u16> = futures_util::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let many: Vec<u16> = futures_util::future::join_all(tasks).await.into_iter().map(Result::unwrap).collect();
     assert!(many.iter().all(|s| *s == 200), "{many:?}");
     let total_calls = ok + many.len();
 
@@ -561,19 +371,12 @@ async fn the_ledger_holds_under_concurrency_and_matches_the_metrics() {
     .fetch_one(&g.app.pool)
     .await
     .unwrap();
-    assert_eq!(
-        mismatched, 0,
-        "balance equals the sum of transactions for every user"
-    );
-    let usage: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE kind = 'usage'")
-            .fetch_one(&g.app.pool)
-            .await
-            .unwrap();
-    assert_eq!(
-        usage as usize, total_calls,
-        "exactly one usage row per completed call"
-    );
+    assert_eq!(mismatched, 0, "balance equals the sum of transactions for every user");
+    let usage: i64 = sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE kind = 'usage'")
+        .fetch_one(&g.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(usage as usize, total_calls, "exactly one usage row per completed call");
     let dupes: i64 =
         sqlx::query_scalar("SELECT count(*) FROM (SELECT call_id FROM credit_transactions WHERE call_id IS NOT NULL GROUP BY call_id HAVING count(*) > 1) d")
             .fetch_one(&g.app.pool)
@@ -582,16 +385,12 @@ async fn the_ledger_holds_under_concurrency_and_matches_the_metrics() {
     assert_eq!(dupes, 0);
 
     // Overdraft is bounded by the calls that were in flight: at most all 200 of them.
-    let solo_balance: String =
-        sqlx::query_scalar("SELECT balance_usd::text FROM user_balances WHERE user_id = $1")
-            .bind(solo)
-            .fetch_one(&g.app.pool)
-            .await
-            .unwrap();
-    assert!(
-        dec(&solo_balance) >= -(200.0 * dec(CALL_COST)),
-        "{solo_balance}"
-    );
+    let solo_balance: String = sqlx::query_scalar("SELECT balance_usd::text FROM user_balances WHERE user_id = $1")
+        .bind(solo)
+        .fetch_one(&g.app.pool)
+        .await
+        .unwrap();
+    assert!(dec(&solo_balance) >= -(200.0 * dec(CALL_COST)), "{solo_balance}");
     assert!(ok >= 50, "at least the funded calls went through: {ok}");
 
     // Metrics equal the ledger.
@@ -601,36 +400,12 @@ async fn the_ledger_holds_under_concurrency_and_matches_the_metrics() {
     .fetch_one(&g.app.pool)
     .await
     .unwrap();
-    assert!(
-        (s.get("pr_llm_cost_usd_total", &[("model", "echo")]) - dec(&cost)).abs() < 1e-12,
-        "cost {cost}"
-    );
-    assert_eq!(
-        s.get(
-            "pr_llm_tokens_total",
-            &[("model", "echo"), ("direction", "input")]
-        ),
-        input as f64
-    );
-    assert_eq!(
-        s.get(
-            "pr_llm_tokens_total",
-            &[("model", "echo"), ("direction", "output")]
-        ),
-        output as f64
-    );
+    assert!((s.get("pr_llm_cost_usd_total", &[("model", "echo")]) - dec(&cost)).abs() < 1e-12, "cost {cost}");
+    assert_eq!(s.get("pr_llm_tokens_total", &[("model", "echo"), ("direction", "input")]), input as f64);
+    assert_eq!(s.get("pr_llm_tokens_total", &[("model", "echo"), ("direction", "output")]), output as f64);
     let successes: f64 = ["success", "client_disconnect"]
         .iter()
-        .map(|st| {
-            s.get(
-                "pr_llm_calls_total",
-                &[
-                    ("model", "echo"),
-                    ("endpoint", "chat_completions"),
-                    ("status", st),
-                ],
-            )
-        })
+        .map(|st| s.get("pr_llm_calls_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("status", st)]))
         .sum();
     assert_eq!(successes as usize, total_calls);
 }

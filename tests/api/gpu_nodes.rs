@@ -42,7 +42,8 @@ async fn the_poller_follows_each_node_and_a_slow_node_delays_no_one() {
     let a = add_node(&app, &admin, "node-a", &agent_a.url(), "http://127.0.0.1:9/v1", "p").await;
     let b = add_node(&app, &admin, "node-b", &agent_b.url(), "http://127.0.0.1:9/v1", "p").await;
 
-    let s = app.wait_for_metrics("both up", |s| up(s, &a, "node-a") == Some(1.0) && up(s, &b, "node-b") == Some(1.0)).await;
+    let s =
+        app.wait_for_metrics("both up", |s| up(s, &a, "node-a") == Some(1.0) && up(s, &b, "node-b") == Some(1.0)).await;
     assert_eq!(util(&s, &a, "node-a"), Some(30.0), "mean over the node's GPUs");
     assert_eq!(util(&s, &b, "node-b"), Some(70.0));
     assert_eq!(s.types["pr_gpu_node_up"], "gauge");
@@ -59,9 +60,21 @@ async fn the_poller_follows_each_node_and_a_slow_node_delays_no_one() {
     agent_b.set(Behaviour::Healthy(10.0));
     let started = Instant::now();
     app.wait_for_metrics("b polled while a hangs", |s| util(s, &b, "node-b") == Some(10.0)).await;
-    assert!(started.elapsed() < Duration::from_millis(2500), "a hanging node delayed the others: {:?}", started.elapsed());
-    let shown: Value =
-        app.client.get(app.url(&format!("/api/admin/gpu-nodes/{a}"))).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "a hanging node delayed the others: {:?}",
+        started.elapsed()
+    );
+    let shown: Value = app
+        .client
+        .get(app.url(&format!("/api/admin/gpu-nodes/{a}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(shown["health"]["up"], false);
     assert!(shown["health"]["last_error"].as_str().unwrap().contains("timed out"), "{shown}");
 
@@ -84,14 +97,16 @@ async fn the_poller_follows_each_node_and_a_slow_node_delays_no_one() {
     assert_eq!(disabled.status(), 200);
     let text = app.metrics_text().await;
     assert!(!text.contains(&b), "a disabled node has no series");
-    let deleted = app.client.delete(app.url(&format!("/api/admin/gpu-nodes/{a}"))).bearer_auth(&admin).send().await.unwrap();
+    let deleted =
+        app.client.delete(app.url(&format!("/api/admin/gpu-nodes/{a}"))).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(deleted.status(), 204);
     let text = app.metrics_text().await;
     assert!(!text.contains(&a), "a deleted node's series are gone at once");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let text = app.metrics_text().await;
     assert!(!text.contains(&a) && !text.contains(&b), "and stay gone after the next poll");
-    let list: Value = app.client.get(app.url("/api/admin/gpu-nodes")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    let list: Value =
+        app.client.get(app.url("/api/admin/gpu-nodes")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
 }
 
@@ -105,11 +120,13 @@ async fn the_registry_is_admin_only_validated_and_never_returns_a_token() {
     let agent = Agent::start(Behaviour::Healthy(5.0)).await;
     let body = json!({"name": "n1", "agent_url": agent.url(), "inference_url": "http://127.0.0.1:9/v1", "agent_token_env": "PR_TEST_AGENT_TOKEN"});
 
-    let forbidden = app.client.post(app.url("/api/admin/gpu-nodes")).bearer_auth(&user).json(&body).send().await.unwrap();
+    let forbidden =
+        app.client.post(app.url("/api/admin/gpu-nodes")).bearer_auth(&user).json(&body).send().await.unwrap();
     assert_eq!(forbidden.status(), 403);
     assert_eq!(app.client.get(app.url("/api/admin/gpu-nodes")).bearer_auth(&user).send().await.unwrap().status(), 403);
 
-    let created = app.client.post(app.url("/api/admin/gpu-nodes")).bearer_auth(&admin).json(&body).send().await.unwrap();
+    let created =
+        app.client.post(app.url("/api/admin/gpu-nodes")).bearer_auth(&admin).json(&body).send().await.unwrap();
     assert_eq!(created.status(), 201);
     let text = created.text().await.unwrap();
     assert!(!text.contains("agent-secret-token-123"), "the token is never returned: {text}");
@@ -119,20 +136,30 @@ async fn the_registry_is_admin_only_validated_and_never_returns_a_token() {
     for (bad, why) in [
         (json!({"name": "bad name!", "agent_url": agent.url(), "inference_url": "http://x/v1"}), "name"),
         (json!({"name": "n2", "agent_url": "ftp://x", "inference_url": "http://x/v1"}), "agent url"),
-        (json!({"name": "n3", "agent_url": agent.url(), "inference_url": "http://x/v1", "agent_token_env": "NOT_SET_ANYWHERE_42"}), "token variable unset"),
+        (
+            json!({"name": "n3", "agent_url": agent.url(), "inference_url": "http://x/v1", "agent_token_env": "NOT_SET_ANYWHERE_42"}),
+            "token variable unset",
+        ),
         (json!({"name": "n4", "agent_url": agent.url()}), "missing inference_url"),
     ] {
         let r = app.client.post(app.url("/api/admin/gpu-nodes")).bearer_auth(&admin).json(&bad).send().await.unwrap();
         assert_eq!(r.status(), 400, "{why}");
     }
-    let list = app.client.get(app.url("/api/admin/gpu-nodes")).bearer_auth(&admin).send().await.unwrap().text().await.unwrap();
+    let list =
+        app.client.get(app.url("/api/admin/gpu-nodes")).bearer_auth(&admin).send().await.unwrap().text().await.unwrap();
     assert!(!list.contains("agent-secret-token-123"));
-    let rows: Vec<(String,)> = sqlx::query_as("SELECT row_to_json(g)::text FROM gpu_nodes g").fetch_all(&app.pool).await.unwrap();
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT row_to_json(g)::text FROM gpu_nodes g").fetch_all(&app.pool).await.unwrap();
     assert!(rows.iter().all(|(r,)| !r.contains("agent-secret-token-123")), "the token is not stored");
-    app.wait_for_metrics("node with token polled up", |s| s.series("pr_gpu_node_up").iter().any(|x| x.value == 1.0)).await;
+    app.wait_for_metrics("node with token polled up", |s| s.series("pr_gpu_node_up").iter().any(|x| x.value == 1.0))
+        .await;
 }
 
-async fn served_by(g: &privaterouter_tests::Gateway, key: &str, inference: &[&upstream::Upstream]) -> (u16, Vec<usize>) {
+async fn served_by(
+    g: &privaterouter_tests::Gateway,
+    key: &str,
+    inference: &[&upstream::Upstream],
+) -> (u16, Vec<usize>) {
     let before: Vec<usize> = inference.iter().map(|u| u.requests().len()).collect();
     let r = g
         .app
@@ -209,7 +236,13 @@ async fn pools_route_to_healthy_nodes_least_utilized_first() {
     assert_eq!(r.status(), 503);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "no_healthy_node");
     let s = g.app.samples().await;
-    assert_eq!(s.get("pr_llm_calls_total", &[("model", "pooled"), ("endpoint", "chat_completions"), ("status", "no_healthy_node")]), 1.0);
+    assert_eq!(
+        s.get(
+            "pr_llm_calls_total",
+            &[("model", "pooled"), ("endpoint", "chat_completions"), ("status", "no_healthy_node")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]

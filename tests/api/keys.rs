@@ -17,32 +17,20 @@ async fn protected_routes_require_a_valid_key() {
         ("POST", "/v1/chat/completions"),
     ] {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        for auth in [
-            None,
-            Some("Bearer pr-notarealkey0000000000000000000000000000"),
-            Some("Basic abc"),
-            Some("Bearer "),
-        ] {
+        for auth in
+            [None, Some("Bearer pr-notarealkey0000000000000000000000000000"), Some("Basic abc"), Some("Bearer ")]
+        {
             let mut request = app.client.request(method.clone(), app.url(path));
             if let Some(a) = auth {
                 request = request.header("authorization", a);
             }
             let response = request.send().await.unwrap();
             assert_eq!(response.status(), 401, "{method} {path} with {auth:?}");
-            assert_eq!(
-                response.headers()["www-authenticate"],
-                "Bearer realm=\"privaterouter\""
-            );
+            assert_eq!(response.headers()["www-authenticate"], "Bearer realm=\"privaterouter\"");
             let body: Value = response.json().await.unwrap();
             assert_eq!(body["error"]["type"], "authentication_error");
         }
-        let ok = app
-            .client
-            .request(method.clone(), app.url(path))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
+        let ok = app.client.request(method.clone(), app.url(path)).bearer_auth(&key).send().await.unwrap();
         assert_ne!(ok.status(), 401, "{method} {path} with a valid key");
     }
     // Health stays open.
@@ -67,26 +55,14 @@ async fn keys_are_shown_once_stored_hashed_and_scoped_to_their_owner() {
     let created: Value = created.json().await.unwrap();
     let new_key = created["key"].as_str().unwrap().to_owned();
     assert!(new_key.starts_with("pr-") && new_key.len() >= 35);
-    assert!(
-        new_key[3..].bytes().all(|b| b.is_ascii_alphanumeric()),
-        "base62: {new_key}"
-    );
+    assert!(new_key[3..].bytes().all(|b| b.is_ascii_alphanumeric()), "base62: {new_key}");
     let id = created["id"].as_str().unwrap().to_owned();
 
     // The new key works; listings never show a key again.
-    let list = app
-        .client
-        .get(app.url("/api/keys"))
-        .bearer_auth(&new_key)
-        .send()
-        .await
-        .unwrap();
+    let list = app.client.get(app.url("/api/keys")).bearer_auth(&new_key).send().await.unwrap();
     assert_eq!(list.status(), 200);
     let text = list.text().await.unwrap();
-    assert!(
-        !text.contains(&new_key) && !text.contains(&key),
-        "no key in listings"
-    );
+    assert!(!text.contains(&new_key) && !text.contains(&key), "no key in listings");
     let list: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(list["data"].as_array().unwrap().len(), 2);
     let one: Value = app
@@ -104,35 +80,19 @@ async fn keys_are_shown_once_stored_hashed_and_scoped_to_their_owner() {
 
     // Another user cannot see or revoke it.
     for response in [
-        app.client
-            .get(app.url(&format!("/api/keys/{id}")))
-            .bearer_auth(&other_key)
-            .send()
-            .await
-            .unwrap(),
-        app.client
-            .delete(app.url(&format!("/api/keys/{id}")))
-            .bearer_auth(&other_key)
-            .send()
-            .await
-            .unwrap(),
-        app.client
-            .get(app.url("/api/keys/not-a-uuid"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap(),
+        app.client.get(app.url(&format!("/api/keys/{id}"))).bearer_auth(&other_key).send().await.unwrap(),
+        app.client.delete(app.url(&format!("/api/keys/{id}"))).bearer_auth(&other_key).send().await.unwrap(),
+        app.client.get(app.url("/api/keys/not-a-uuid")).bearer_auth(&key).send().await.unwrap(),
     ] {
         assert_eq!(response.status(), 404);
     }
 
     // Only a hash is stored.
-    let rows: Vec<(Vec<u8>, String)> =
-        sqlx::query_as("SELECT key_hash, prefix FROM api_keys WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let rows: Vec<(Vec<u8>, String)> = sqlx::query_as("SELECT key_hash, prefix FROM api_keys WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 2);
     for (hash, prefix) in &rows {
         assert_eq!(hash.len(), 32);
@@ -142,16 +102,9 @@ async fn keys_are_shown_once_stored_hashed_and_scoped_to_their_owner() {
 
     // The access log names the user of authenticated requests, and only those.
     let lines = app.access_lines(6).await;
+    assert!(lines.iter().any(|l| l["route"] == "/api/keys" && l["user_id"] == user_id.to_string()));
     assert!(
-        lines
-            .iter()
-            .any(|l| l["route"] == "/api/keys" && l["user_id"] == user_id.to_string())
-    );
-    assert!(
-        lines
-            .iter()
-            .filter(|l| l["status"] == 404 && l["route"] == "/api/keys/{id}")
-            .all(|l| !l["user_id"].is_null())
+        lines.iter().filter(|l| l["status"] == 404 && l["route"] == "/api/keys/{id}").all(|l| !l["user_id"].is_null())
     );
 }
 
@@ -160,98 +113,33 @@ async fn a_revoked_key_stops_working_on_every_replica_within_a_second() {
     let gateway = spawn_gateway().await;
     let app = &gateway.app;
     let (_, key) = app.user(false).await;
-    let created: Value = app
-        .client
-        .post(app.url("/api/keys"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created: Value =
+        app.client.post(app.url("/api/keys")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
     let doomed = created["key"].as_str().unwrap().to_owned();
     let id = created["id"].as_str().unwrap().to_owned();
 
     // A second replica on the same database, which has the key cached.
-    let db2 = privaterouter_tests::TestDb {
-        container: None,
-        url: app.db.url.clone(),
-    };
+    let db2 = privaterouter_tests::TestDb { container: None, url: app.db.url.clone() };
     let replica = spawn_app_on(db2, |_| {}).await;
-    assert_eq!(
-        replica
-            .client
-            .get(replica.url("/v1/models"))
-            .bearer_auth(&doomed)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        app.client
-            .get(app.url("/v1/models"))
-            .bearer_auth(&doomed)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(replica.client.get(replica.url("/v1/models")).bearer_auth(&doomed).send().await.unwrap().status(), 200);
+    assert_eq!(app.client.get(app.url("/v1/models")).bearer_auth(&doomed).send().await.unwrap().status(), 200);
 
-    let revoked = app
-        .client
-        .delete(app.url(&format!("/api/keys/{id}")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let revoked = app.client.delete(app.url(&format!("/api/keys/{id}"))).bearer_auth(&key).send().await.unwrap();
     assert_eq!(revoked.status(), 204);
     let at = Instant::now();
     // At once on the replica that revoked it.
-    assert_eq!(
-        app.client
-            .get(app.url("/v1/models"))
-            .bearer_auth(&doomed)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(app.client.get(app.url("/v1/models")).bearer_auth(&doomed).send().await.unwrap().status(), 401);
     // Within one second on the other.
     loop {
-        let status = replica
-            .client
-            .get(replica.url("/v1/models"))
-            .bearer_auth(&doomed)
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = replica.client.get(replica.url("/v1/models")).bearer_auth(&doomed).send().await.unwrap().status();
         if status == 401 {
             break;
         }
-        assert!(
-            at.elapsed() < Duration::from_millis(1100),
-            "still accepted after {:?}",
-            at.elapsed()
-        );
+        assert!(at.elapsed() < Duration::from_millis(1100), "still accepted after {:?}", at.elapsed());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The owner's other key is unaffected.
-    assert_eq!(
-        app.client
-            .get(app.url("/v1/models"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.client.get(app.url("/v1/models")).bearer_auth(&key).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -259,36 +147,19 @@ async fn the_cli_creates_the_first_admin_without_any_default_credential() {
     let app = spawn_app().await;
     let bin = privaterouter_tests::api_binary();
     let output = tokio::process::Command::new(&bin)
-        .args([
-            "admin",
-            "create-user",
-            "--email",
-            "root@example.test",
-            "--admin",
-        ])
+        .args(["admin", "create-user", "--email", "root@example.test", "--admin"])
         .env("DATABASE_URL", &app.db.url)
         .output()
         .await
         .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(
-        stdout.lines().count(),
-        1,
-        "exactly one line on stdout: {stdout}"
-    );
+    assert_eq!(stdout.lines().count(), 1, "exactly one line on stdout: {stdout}");
     let created: Value = serde_json::from_str(&stdout).unwrap();
     let key = created["api_key"].as_str().unwrap();
     let user_id = created["user_id"].as_str().unwrap();
     assert!(key.starts_with("pr-"));
-    assert!(
-        !String::from_utf8_lossy(&output.stderr).contains(key),
-        "the key is not logged"
-    );
+    assert!(!String::from_utf8_lossy(&output.stderr).contains(key), "the key is not logged");
 
     // It is an admin: it may credit itself.
     let response = app
@@ -311,9 +182,6 @@ async fn the_cli_creates_the_first_admin_without_any_default_credential() {
         .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
-    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&app.pool).await.unwrap();
     assert_eq!(users, 1, "no default users exist besides the one created");
 }

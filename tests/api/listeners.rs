@@ -13,13 +13,7 @@ async fn public_listener_serves_health_and_never_metrics() {
     assert_eq!(ready.status(), 200);
     assert_eq!(ready.json::<Value>().await.unwrap()["status"], "ready");
 
-    for path in [
-        "/metrics",
-        "/metrics/",
-        "/METRICS",
-        "/metrics?x=1",
-        "//metrics",
-    ] {
+    for path in ["/metrics", "/metrics/", "/METRICS", "/metrics?x=1", "//metrics"] {
         let response = app.get(path).await;
         assert_eq!(response.status(), 404, "{path} on the public listener");
         let body: Value = response.json().await.unwrap();
@@ -33,114 +27,48 @@ async fn internal_listener_serves_only_metrics_and_healthz() {
     // Produce at least one sample so the text is not empty.
     app.get("/healthz").await;
 
-    let metrics = app
-        .client
-        .get(app.metrics_url("/metrics"))
-        .send()
-        .await
-        .unwrap();
+    let metrics = app.client.get(app.metrics_url("/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 200);
-    let content_type = metrics.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
-        "{content_type}"
-    );
-    assert!(
-        metrics
-            .text()
-            .await
-            .unwrap()
-            .contains("pr_http_requests_total")
-    );
+    let content_type = metrics.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    assert!(metrics.text().await.unwrap().contains("pr_http_requests_total"));
 
-    let health = app
-        .client
-        .get(app.metrics_url("/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let health = app.client.get(app.metrics_url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 
     for path in ["/readyz", "/", "/v1/models", "/api/keys", "/__test/panic"] {
         let response = app.client.get(app.metrics_url(path)).send().await.unwrap();
         assert_eq!(response.status(), 404, "{path} on the internal listener");
     }
-    let post = app
-        .client
-        .post(app.metrics_url("/metrics"))
-        .send()
-        .await
-        .unwrap();
+    let post = app.client.post(app.metrics_url("/metrics")).send().await.unwrap();
     assert_eq!(post.status(), 405);
 }
 
 #[tokio::test]
 async fn metrics_token_is_required_when_configured() {
     let token = "s3cret-metrics-token-0123456789";
-    let app =
-        spawn_app_with(|c| c.metrics_token = Some(privaterouter_api::config::Secret::new(token)))
-            .await;
+    let app = spawn_app_with(|c| c.metrics_token = Some(privaterouter_api::config::Secret::new(token))).await;
 
-    let bare = app
-        .client
-        .get(app.metrics_url("/metrics"))
-        .send()
-        .await
-        .unwrap();
+    let bare = app.client.get(app.metrics_url("/metrics")).send().await.unwrap();
     assert_eq!(bare.status(), 401);
     assert!(bare.headers().contains_key("www-authenticate"));
-    assert!(
-        !bare.text().await.unwrap().contains("pr_"),
-        "no metrics leak on 401"
-    );
+    assert!(!bare.text().await.unwrap().contains("pr_"), "no metrics leak on 401");
 
-    for wrong in [
-        "Bearer nope",
-        "Bearer s3cret-metrics-token-012345678",
-        "Basic czNjcmV0",
-        token,
-    ] {
-        let response = app
-            .client
-            .get(app.metrics_url("/metrics"))
-            .header("authorization", wrong)
-            .send()
-            .await
-            .unwrap();
+    for wrong in ["Bearer nope", "Bearer s3cret-metrics-token-012345678", "Basic czNjcmV0", token] {
+        let response = app.client.get(app.metrics_url("/metrics")).header("authorization", wrong).send().await.unwrap();
         assert_eq!(response.status(), 401, "{wrong}");
     }
 
-    let ok = app
-        .client
-        .get(app.metrics_url("/metrics"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let ok = app.client.get(app.metrics_url("/metrics")).bearer_auth(token).send().await.unwrap();
     assert_eq!(ok.status(), 200);
     // Liveness of the internal listener stays open for container health checks.
-    let health = app
-        .client
-        .get(app.metrics_url("/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let health = app.client.get(app.metrics_url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 }
 
 #[tokio::test]
 async fn empty_metrics_token_means_no_token() {
-    let app =
-        spawn_app_with(|c| c.metrics_token = Some(privaterouter_api::config::Secret::new("")))
-            .await;
-    let response = app
-        .client
-        .get(app.metrics_url("/metrics"))
-        .send()
-        .await
-        .unwrap();
+    let app = spawn_app_with(|c| c.metrics_token = Some(privaterouter_api::config::Secret::new(""))).await;
+    let response = app.client.get(app.metrics_url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 }

@@ -17,15 +17,7 @@ async fn every_request_is_counted_with_exact_labels() {
         assert_eq!(app.get("/healthz").await.status(), 200);
     }
     assert_eq!(app.get("/no/such/path-123").await.status(), 404);
-    assert_eq!(
-        app.client
-            .post(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        405
-    );
+    assert_eq!(app.client.post(app.url("/healthz")).send().await.unwrap().status(), 405);
     assert_eq!(app.get("/__test/unauthorized").await.status(), 401);
     let big = app
         .client
@@ -40,20 +32,10 @@ async fn every_request_is_counted_with_exact_labels() {
     assert_eq!(app.get("/__test/db-error").await.status(), 500);
     assert_eq!(app.get("/__test/sleep?ms=3000").await.status(), 504);
     let custom = reqwest::Method::from_bytes(b"BREW").unwrap();
-    assert_eq!(
-        app.client
-            .request(custom, app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        405
-    );
+    assert_eq!(app.client.request(custom, app.url("/healthz")).send().await.unwrap().status(), 405);
 
     let s = app
-        .wait_for_metrics("ten requests counted", |s| {
-            s.series(REQS).iter().map(|x| x.value).sum::<f64>() >= 10.0
-        })
+        .wait_for_metrics("ten requests counted", |s| s.series(REQS).iter().map(|x| x.value).sum::<f64>() >= 10.0)
         .await;
 
     let expect = [
@@ -70,67 +52,23 @@ async fn every_request_is_counted_with_exact_labels() {
     for ((method, route, status), n) in expect {
         let labels = [("method", method), ("route", route), ("status", status)];
         assert_eq!(s.get(REQS, &labels), n, "{REQS} {labels:?}");
-        assert_eq!(
-            s.get(&format!("{DURATION}_count"), &labels),
-            n,
-            "{DURATION}_count {labels:?}"
-        );
-        let inf = [
-            ("method", method),
-            ("route", route),
-            ("status", status),
-            ("le", "+Inf"),
-        ];
-        assert_eq!(
-            s.get(&format!("{DURATION}_bucket"), &inf),
-            n,
-            "+Inf bucket {labels:?}"
-        );
+        assert_eq!(s.get(&format!("{DURATION}_count"), &labels), n, "{DURATION}_count {labels:?}");
+        let inf = [("method", method), ("route", route), ("status", status), ("le", "+Inf")];
+        assert_eq!(s.get(&format!("{DURATION}_bucket"), &inf), n, "+Inf bucket {labels:?}");
     }
-    assert_eq!(
-        s.series(REQS).len(),
-        expect.len(),
-        "no other series: {:?}",
-        s.series(REQS)
-    );
+    assert_eq!(s.series(REQS).len(), expect.len(), "no other series: {:?}", s.series(REQS));
 
     // A real histogram with API-sized buckets from 1 ms to 60 s, not a summary.
     assert_eq!(s.types[DURATION], "histogram");
     for le in ["0.001", "0.005", "0.1", "1", "10", "60"] {
-        let labels = [
-            ("method", "GET"),
-            ("route", "/healthz"),
-            ("status", "200"),
-            ("le", le),
-        ];
-        assert!(
-            s.value(&format!("{DURATION}_bucket"), &labels).is_some(),
-            "bucket le={le}"
-        );
+        let labels = [("method", "GET"), ("route", "/healthz"), ("status", "200"), ("le", le)];
+        assert!(s.value(&format!("{DURATION}_bucket"), &labels).is_some(), "bucket le={le}");
     }
-    let slow = [
-        ("method", "GET"),
-        ("route", "/__test/sleep"),
-        ("status", "504"),
-        ("le", "0.5"),
-    ];
-    assert_eq!(
-        s.get(&format!("{DURATION}_bucket"), &slow),
-        0.0,
-        "the 1 s timeout is not under 0.5 s"
-    );
-    let slow_sum = s.get(
-        &format!("{DURATION}_sum"),
-        &[
-            ("method", "GET"),
-            ("route", "/__test/sleep"),
-            ("status", "504"),
-        ],
-    );
-    assert!(
-        (0.9..3.0).contains(&slow_sum),
-        "timeout duration {slow_sum}"
-    );
+    let slow = [("method", "GET"), ("route", "/__test/sleep"), ("status", "504"), ("le", "0.5")];
+    assert_eq!(s.get(&format!("{DURATION}_bucket"), &slow), 0.0, "the 1 s timeout is not under 0.5 s");
+    let slow_sum =
+        s.get(&format!("{DURATION}_sum"), &[("method", "GET"), ("route", "/__test/sleep"), ("status", "504")]);
+    assert!((0.9..3.0).contains(&slow_sum), "timeout duration {slow_sum}");
 
     let exceptions = [
         (("GET", "/__test/panic", "panic"), 1.0),
@@ -138,34 +76,19 @@ async fn every_request_is_counted_with_exact_labels() {
         (("GET", "/__test/sleep", "timeout"), 1.0),
     ];
     for ((method, route, kind), n) in exceptions {
-        let labels = [
-            ("method", method),
-            ("route", route),
-            ("exception_type", kind),
-        ];
+        let labels = [("method", method), ("route", route), ("exception_type", kind)];
         assert_eq!(s.get(EXCEPTIONS, &labels), n, "{EXCEPTIONS} {labels:?}");
     }
-    assert_eq!(
-        s.series(EXCEPTIONS).len(),
-        exceptions.len(),
-        "4xx are not exceptions: {:?}",
-        s.series(EXCEPTIONS)
-    );
+    assert_eq!(s.series(EXCEPTIONS).len(), exceptions.len(), "4xx are not exceptions: {:?}", s.series(EXCEPTIONS));
 
     for name in [REQS, DURATION, IN_FLIGHT, EXCEPTIONS] {
-        assert!(
-            s.help.get(name).is_some_and(|h| h.len() > 20),
-            "HELP for {name}"
-        );
+        assert!(s.help.get(name).is_some_and(|h| h.len() > 20), "HELP for {name}");
     }
     for series in s.series(IN_FLIGHT) {
         assert_eq!(series.value, 0.0, "nothing in flight at rest: {series:?}");
     }
     for series in &s.samples {
-        assert!(
-            !series.labels.contains_key("user_id"),
-            "user_id is never a label"
-        );
+        assert!(!series.labels.contains_key("user_id"), "user_id is never a label");
     }
 }
 
@@ -183,36 +106,20 @@ async fn in_flight_gauge_follows_open_requests() {
         let url = app.url("/__test/sleep?ms=1500");
         tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
     };
-    app.wait_for_metrics("two in flight", |s| s.get(IN_FLIGHT, &labels) == 2.0)
-        .await;
+    app.wait_for_metrics("two in flight", |s| s.get(IN_FLIGHT, &labels) == 2.0).await;
     assert_eq!(slow.await.unwrap(), 200);
     assert_eq!(second.await.unwrap(), 200);
-    app.wait_for_metrics("none in flight", |s| s.get(IN_FLIGHT, &labels) == 0.0)
-        .await;
+    app.wait_for_metrics("none in flight", |s| s.get(IN_FLIGHT, &labels) == 0.0).await;
 }
 
 #[tokio::test]
 async fn random_paths_and_methods_do_not_grow_label_sets() {
     let app = spawn_app().await;
     app.get("/warm/up").await;
-    app.client
-        .request(
-            reqwest::Method::from_bytes(b"WARMUP").unwrap(),
-            app.url("/warm/up"),
-        )
-        .send()
-        .await
-        .unwrap();
+    app.client.request(reqwest::Method::from_bytes(b"WARMUP").unwrap(), app.url("/warm/up")).send().await.unwrap();
     let before = app
         .wait_for_metrics("warm-up counted", |s| {
-            s.get(
-                REQS,
-                &[
-                    ("method", "OTHER"),
-                    ("route", "unmatched"),
-                    ("status", "404"),
-                ],
-            ) == 1.0
+            s.get(REQS, &[("method", "OTHER"), ("route", "unmatched"), ("status", "404")]) == 1.0
         })
         .await;
     let series_before = before.samples.len();
@@ -220,24 +127,16 @@ async fn random_paths_and_methods_do_not_grow_label_sets() {
     let mut tasks = Vec::new();
     for i in 0..1000 {
         let client = app.client.clone();
-        let url = app.url(&format!(
-            "/{}/{}?q={}",
-            privaterouter_tests::random_hex(8),
-            i,
-            privaterouter_tests::random_hex(4)
-        ));
+        let url =
+            app.url(&format!("/{}/{}?q={}", privaterouter_tests::random_hex(8), i, privaterouter_tests::random_hex(4)));
         // Every tenth request uses a random extension method: it must land in `OTHER`.
         let method = if i % 10 == 0 {
-            reqwest::Method::from_bytes(
-                format!("X{}", privaterouter_tests::random_hex(3).to_uppercase()).as_bytes(),
-            )
-            .unwrap()
+            reqwest::Method::from_bytes(format!("X{}", privaterouter_tests::random_hex(3).to_uppercase()).as_bytes())
+                .unwrap()
         } else {
             reqwest::Method::GET
         };
-        tasks.push(tokio::spawn(async move {
-            client.request(method, url).send().await.unwrap().status()
-        }));
+        tasks.push(tokio::spawn(async move { client.request(method, url).send().await.unwrap().status() }));
         if tasks.len() == 50 {
             for t in tasks.drain(..) {
                 assert_eq!(t.await.unwrap(), 404);
@@ -249,35 +148,15 @@ async fn random_paths_and_methods_do_not_grow_label_sets() {
     }
     let after = app
         .wait_for_metrics("all 1,000 counted", |s| {
-            s.get(
-                REQS,
-                &[("method", "GET"), ("route", "unmatched"), ("status", "404")],
-            ) == 901.0
-                && s.get(
-                    REQS,
-                    &[
-                        ("method", "OTHER"),
-                        ("route", "unmatched"),
-                        ("status", "404"),
-                    ],
-                ) == 101.0
+            s.get(REQS, &[("method", "GET"), ("route", "unmatched"), ("status", "404")]) == 901.0
+                && s.get(REQS, &[("method", "OTHER"), ("route", "unmatched"), ("status", "404")]) == 101.0
         })
         .await;
-    assert_eq!(
-        after.samples.len(),
-        series_before,
-        "series count unchanged by 1,000 random paths"
-    );
+    assert_eq!(after.samples.len(), series_before, "series count unchanged by 1,000 random paths");
     for sample in &after.samples {
         if let Some(route) = sample.labels.get("route") {
-            assert!(
-                route == "unmatched" || route.starts_with('/'),
-                "unexpected route label {route}"
-            );
-            assert!(
-                !route.contains("warm"),
-                "raw path leaked into a label: {route}"
-            );
+            assert!(route == "unmatched" || route.starts_with('/'), "unexpected route label {route}");
+            assert!(!route.contains("warm"), "raw path leaked into a label: {route}");
         }
     }
 }

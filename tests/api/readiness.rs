@@ -5,20 +5,12 @@ use privaterouter_tests::spawn_app;
 async fn wait_status(app: &privaterouter_tests::TestApp, path: &str, want: u16, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
-        let status = app
-            .client
-            .get(app.url(path))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map(|r| r.status().as_u16());
+        let status =
+            app.client.get(app.url(path)).timeout(Duration::from_secs(5)).send().await.map(|r| r.status().as_u16());
         if status.as_ref().ok() == Some(&want) {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never answered {want} (last: {status:?})"
-        );
+        assert!(Instant::now() < deadline, "{path} never answered {want} (last: {status:?})");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -35,22 +27,14 @@ async fn readyz_follows_the_database_and_recovers_by_itself() {
     // Liveness is unaffected: the process neither exits nor wedges.
     assert_eq!(app.get("/healthz").await.status(), 200);
 
-    app.db
-        .container()
-        .start()
-        .await
-        .expect("start postgres again");
+    app.db.container().start().await.expect("start postgres again");
     wait_status(&app, "/readyz", 200, Duration::from_secs(60)).await;
 
     let s = app.samples().await;
     assert!(
         s.get(
             "pr_http_exceptions_total",
-            &[
-                ("method", "GET"),
-                ("route", "/readyz"),
-                ("exception_type", "database_unavailable")
-            ]
+            &[("method", "GET"), ("route", "/readyz"), ("exception_type", "database_unavailable")]
         ) >= 1.0,
         "the outage is visible in the exceptions counter"
     );
@@ -62,23 +46,9 @@ async fn readyz_fails_fast_while_the_database_hangs() {
     wait_status(&app, "/readyz", 200, Duration::from_secs(5)).await;
     app.db.container().pause().await.expect("pause postgres");
     let started = Instant::now();
-    let response = app
-        .client
-        .get(app.url("/readyz"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .unwrap();
+    let response = app.client.get(app.url("/readyz")).timeout(Duration::from_secs(10)).send().await.unwrap();
     assert_eq!(response.status(), 503);
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "bounded by the ping timeout: {:?}",
-        started.elapsed()
-    );
-    app.db
-        .container()
-        .unpause()
-        .await
-        .expect("unpause postgres");
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded by the ping timeout: {:?}", started.elapsed());
+    app.db.container().unpause().await.expect("unpause postgres");
     wait_status(&app, "/readyz", 200, Duration::from_secs(30)).await;
 }

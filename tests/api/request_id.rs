@@ -2,10 +2,7 @@ use privaterouter_tests::spawn_app;
 use serde_json::Value;
 
 fn is_generated(id: &str) -> bool {
-    id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[tokio::test]
@@ -18,13 +15,7 @@ async fn valid_ids_are_echoed_and_hostile_ones_replaced() {
 
     let max = "a".repeat(128);
     for valid in ["abc", "trace:1.2_3-4", max.as_str()] {
-        let response = app
-            .client
-            .get(app.url("/healthz"))
-            .header("x-request-id", valid)
-            .send()
-            .await
-            .unwrap();
+        let response = app.client.get(app.url("/healthz")).header("x-request-id", valid).send().await.unwrap();
         assert_eq!(response.headers()["x-request-id"], valid);
     }
 
@@ -43,27 +34,14 @@ async fn valid_ids_are_echoed_and_hostile_ones_replaced() {
         let response = app
             .client
             .get(app.url("/nope"))
-            .header(
-                "x-request-id",
-                reqwest::header::HeaderValue::from_bytes(value).unwrap(),
-            )
+            .header("x-request-id", reqwest::header::HeaderValue::from_bytes(value).unwrap())
             .send()
             .await
             .unwrap();
-        let id = response.headers()["x-request-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        assert!(
-            is_generated(&id),
-            "{:?} → {id}",
-            String::from_utf8_lossy(value)
-        );
+        let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert!(is_generated(&id), "{:?} → {id}", String::from_utf8_lossy(value));
         let body: Value = response.json().await.unwrap();
-        assert_eq!(
-            body["error"]["request_id"], id,
-            "error body carries the same id"
-        );
+        assert_eq!(body["error"]["request_id"], id, "error body carries the same id");
         seen.push(id);
     }
 
@@ -76,29 +54,16 @@ async fn valid_ids_are_echoed_and_hostile_ones_replaced() {
         .send()
         .await
         .unwrap();
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert!(is_generated(&id));
     seen.push(id);
 
     let lines = app.access_lines(4 + hostile.len() + 1).await;
     for id in &seen {
-        assert_eq!(
-            lines
-                .iter()
-                .filter(|l| l["request_id"] == id.as_str())
-                .count(),
-            1,
-            "access log has {id}"
-        );
+        assert_eq!(lines.iter().filter(|l| l["request_id"] == id.as_str()).count(), 1, "access log has {id}");
     }
     for line in &lines {
         let id = line["request_id"].as_str().unwrap();
-        assert!(
-            !id.contains('"') && !id.contains(' '),
-            "no forged id in the log: {id}"
-        );
+        assert!(!id.contains('"') && !id.contains(' '), "no forged id in the log: {id}");
     }
 }

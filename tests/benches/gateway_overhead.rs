@@ -38,8 +38,7 @@ impl Drop for Gateway {
 impl Gateway {
     /// Resident set size now and at its peak, in MiB (from /proc).
     fn rss_mib(&self) -> (f64, f64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         let field = |name: &str| {
             status
                 .lines()
@@ -64,14 +63,7 @@ struct Run {
 }
 
 /// Open loop: one request is started every 1/rate seconds whatever the latency of the others.
-async fn load(
-    client: &reqwest::Client,
-    url: &str,
-    key: &str,
-    model: &str,
-    rate: u64,
-    secs: u64,
-) -> Run {
+async fn load(client: &reqwest::Client, url: &str, key: &str, model: &str, rate: u64, secs: u64) -> Run {
     let body = json!({"model": model, "messages": [{"role": "user", "content": "hello"}]});
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
@@ -89,10 +81,7 @@ async fn load(
             (started.elapsed(), ok)
         }));
     }
-    let mut run = Run {
-        latencies: Vec::new(),
-        errors: 0,
-    };
+    let mut run = Run { latencies: Vec::new(), errors: 0 };
     for t in tasks {
         let (latency, ok) = t.await.unwrap();
         if ok {
@@ -107,16 +96,9 @@ async fn load(
 
 async fn first_token(client: &reqwest::Client, url: &str, key: &str, model: &str) -> Duration {
     use futures_util::StreamExt;
-    let body =
-        json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hello"}]});
+    let body = json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hello"}]});
     let started = Instant::now();
-    let response = client
-        .post(url)
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = client.post(url).bearer_auth(key).json(&body).send().await.unwrap();
     assert!(response.status().is_success());
     let mut stream = response.bytes_stream();
     let mut seen = String::new();
@@ -131,18 +113,12 @@ async fn first_token(client: &reqwest::Client, url: &str, key: &str, model: &str
 }
 
 fn main() {
-    let rates: Vec<u64> = env_or("BENCH_RATES", "500,1000,2000")
-        .split(',')
-        .map(|r| r.trim().parse().unwrap())
-        .collect();
+    let rates: Vec<u64> =
+        env_or("BENCH_RATES", "500,1000,2000").split(',').map(|r| r.trim().parse().unwrap()).collect();
     let secs: u64 = env_or("BENCH_SECS", "10").parse().unwrap();
     let streams: usize = env_or("BENCH_STREAMS", "200").parse().unwrap();
-    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/release/privaterouter-api");
-    assert!(
-        bin.exists(),
-        "build the gateway first: cargo build --release -p privaterouter-api"
-    );
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/privaterouter-api");
+    assert!(bin.exists(), "build the gateway first: cargo build --release -p privaterouter-api");
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -165,13 +141,16 @@ fn main() {
         let gateway = Gateway { child, url: format!("http://127.0.0.1:{port}") };
         let client = reqwest::Client::builder().pool_max_idle_per_host(4096).build().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while client.get(format!("{}/readyz", gateway.url)).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
+        while client.get(format!("{}/readyz", gateway.url)).send().await.map(|r| r.status().as_u16()).ok() != Some(200)
+        {
             assert!(Instant::now() < deadline, "gateway did not become ready");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
         let (user_id, key) =
-            privaterouter_api::users::create_user(&pool, "bench@example.test", privaterouter_api::auth::Role::User).await.unwrap();
+            privaterouter_api::users::create_user(&pool, "bench@example.test", privaterouter_api::auth::Role::User)
+                .await
+                .unwrap();
         privaterouter_api::ledger::admin_credit(
             &pool,
             user_id,
@@ -190,7 +169,10 @@ fn main() {
         load(&client, &gateway_url, &key, "echo", 200, 2).await;
 
         println!("non-streaming, open loop, {secs} s per run (latency in ms)");
-        println!("{:>6} {:>12} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11} {:>10}", "req/s", "path", "p50", "p90", "p99", "max", "errors", "added p99", "RSS MiB");
+        println!(
+            "{:>6} {:>12} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11} {:>10}",
+            "req/s", "path", "p50", "p90", "p99", "max", "errors", "added p99", "RSS MiB"
+        );
         for &rate in &rates {
             let direct = load(&client, &direct_url, upstream::UPSTREAM_KEY, "up-echo", rate, secs).await;
             let through = load(&client, &gateway_url, &key, "echo", rate, secs).await;
@@ -213,7 +195,10 @@ fn main() {
                 );
             }
         }
-        let billed: i64 = sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE kind = 'usage'").fetch_one(&pool).await.unwrap();
+        let billed: i64 = sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE kind = 'usage'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         println!("usage rows written (durable billing, one per call): {billed}");
 
         let (mut direct, mut through) = (Vec::new(), Vec::new());

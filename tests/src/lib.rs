@@ -30,9 +30,7 @@ pub const POSTGRES_TAG: &str = "15";
 pub const TEST_LABEL: &str = "org.privaterouter.test";
 
 pub fn random_hex(bytes: usize) -> String {
-    (0..bytes)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect()
+    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
 }
 
 pub struct TestDb {
@@ -43,27 +41,17 @@ pub struct TestDb {
 
 impl TestDb {
     pub fn container(&self) -> &ContainerAsync<GenericImage> {
-        self.container
-            .as_ref()
-            .expect("this app owns its database container")
+        self.container.as_ref().expect("this app owns its database container")
     }
 
     /// The URL through the container's bridge address instead of the published port: no
     /// userland proxy in the path (benchmarks).
     pub async fn direct_url(&self) -> String {
         let out = std::process::Command::new("docker")
-            .args([
-                "inspect",
-                "-f",
-                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-                self.container().id(),
-            ])
+            .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", self.container().id()])
             .output()
             .expect("docker inspect");
-        let ip = String::from_utf8(out.stdout)
-            .expect("ip is text")
-            .trim()
-            .to_owned();
+        let ip = String::from_utf8(out.stdout).expect("ip is text").trim().to_owned();
         let (head, tail) = self.url.split_once('@').expect("url has credentials");
         let db = tail.split_once('/').map_or("", |(_, db)| db);
         format!("{head}@{ip}:5432/{db}")
@@ -76,11 +64,7 @@ pub fn api_binary() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let bin = target.join("debug/privaterouter-api");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p privaterouter-api` (scripts/test does)",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} is missing: run `cargo build -p privaterouter-api` (scripts/test does)", bin.display());
     bin
 }
 
@@ -90,9 +74,7 @@ pub async fn postgres() -> TestDb {
     let password = random_hex(16);
     let port = free_port();
     let container = GenericImage::new(POSTGRES_IMAGE, POSTGRES_TAG)
-        .with_wait_for(WaitFor::message_on_either_std(
-            "database system is ready to accept connections",
-        ))
+        .with_wait_for(WaitFor::message_on_either_std("database system is ready to accept connections"))
         .with_env_var("POSTGRES_PASSWORD", &password)
         .with_env_var("POSTGRES_DB", "privaterouter")
         .with_mapped_port(port, ContainerPort::Tcp(5432))
@@ -100,22 +82,13 @@ pub async fn postgres() -> TestDb {
         .with_startup_timeout(Duration::from_secs(90))
         .start()
         .await
-        .unwrap_or_else(|e| {
-            panic!("starting {POSTGRES_IMAGE}:{POSTGRES_TAG} (run scripts/build-images): {e}")
-        });
+        .unwrap_or_else(|e| panic!("starting {POSTGRES_IMAGE}:{POSTGRES_TAG} (run scripts/build-images): {e}"));
     let url = format!("postgres://postgres:{password}@127.0.0.1:{port}/privaterouter");
-    TestDb {
-        container: Some(container),
-        url,
-    }
+    TestDb { container: Some(container), url }
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// An in-memory log sink shared between the app's writer thread and the test.
@@ -138,10 +111,7 @@ impl Capture {
         String::from_utf8(bytes)
             .expect("log output is UTF-8")
             .lines()
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
-            })
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}")))
             .collect()
     }
 }
@@ -182,15 +152,9 @@ pub async fn spawn_app_on(db: TestDb, configure: impl FnOnce(&mut Config)) -> Te
             eprintln!("{info}");
         }));
     });
-    let app = Application::build(config, logging.writer.clone())
-        .await
-        .expect("app builds");
+    let app = Application::build(config, logging.writer.clone()).await.expect("app builds");
     let (public, metrics) = (app.public_addr(), app.metrics_addr());
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(5)
-        .connect(&db.url)
-        .await
-        .expect("test pool");
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(5).connect(&db.url).await.expect("test pool");
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(app.run_until(async {
         let _ = rx.await;
@@ -199,10 +163,7 @@ pub async fn spawn_app_on(db: TestDb, configure: impl FnOnce(&mut Config)) -> Te
         public,
         pool,
         metrics,
-        client: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
+        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
         logs,
         db,
         shutdown: Some(tx),
@@ -227,34 +188,22 @@ pub async fn spawn_gateway_with(configure: impl FnOnce(&mut Config)) -> Gateway 
     // SAFETY: set before the app (or any other thread of this test process) reads it.
     unsafe { std::env::set_var("PR_TEST_UPSTREAM_KEY", upstream::UPSTREAM_KEY) };
     let mut catalog = tempfile::NamedTempFile::new().unwrap();
-    catalog
-        .write_all(upstream::catalog_toml(&upstream, "PR_TEST_UPSTREAM_KEY").as_bytes())
-        .unwrap();
+    catalog.write_all(upstream::catalog_toml(&upstream, "PR_TEST_UPSTREAM_KEY").as_bytes()).unwrap();
     let path = catalog.path().to_owned();
     let app = spawn_app_with(|c| {
         c.models_file = Some(path);
         configure(c);
     })
     .await;
-    Gateway {
-        app,
-        upstream,
-        _catalog: catalog,
-    }
+    Gateway { app, upstream, _catalog: catalog }
 }
 
 impl TestApp {
     /// Creates a user with a first API key.
     pub async fn user(&self, admin: bool) -> (uuid::Uuid, String) {
-        let role = if admin {
-            privaterouter_api::auth::Role::Admin
-        } else {
-            privaterouter_api::auth::Role::User
-        };
+        let role = if admin { privaterouter_api::auth::Role::Admin } else { privaterouter_api::auth::Role::User };
         let email = format!("{}@example.test", random_hex(6));
-        privaterouter_api::users::create_user(&self.pool, &email, role)
-            .await
-            .expect("user created")
+        privaterouter_api::users::create_user(&self.pool, &email, role).await.expect("user created")
     }
 
     /// Credits a user through the admin endpoint (an admin is created on first use).
@@ -280,20 +229,11 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("request is answered")
+        self.client.get(self.url(path)).send().await.expect("request is answered")
     }
 
     pub async fn metrics_text(&self) -> String {
-        let response = self
-            .client
-            .get(self.metrics_url("/metrics"))
-            .send()
-            .await
-            .unwrap();
+        let response = self.client.get(self.metrics_url("/metrics")).send().await.unwrap();
         assert_eq!(response.status(), 200);
         response.text().await.unwrap()
     }
@@ -304,11 +244,7 @@ impl TestApp {
 
     /// Waits (bounded) until `check` holds on the scraped samples: metrics are recorded when a
     /// response body has been sent, a moment after the client has read it.
-    pub async fn wait_for_metrics(
-        &self,
-        what: &str,
-        check: impl Fn(&prom::Samples) -> bool,
-    ) -> prom::Samples {
+    pub async fn wait_for_metrics(&self, what: &str, check: impl Fn(&prom::Samples) -> bool) -> prom::Samples {
         for _ in 0..100 {
             let samples = self.samples().await;
             if check(&samples) {
@@ -316,21 +252,13 @@ impl TestApp {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!(
-            "metrics never satisfied: {what}\n{}",
-            self.metrics_text().await
-        );
+        panic!("metrics never satisfied: {what}\n{}", self.metrics_text().await);
     }
 
     /// Access-log lines (those without a `logger` field), waiting until `n` are written.
     pub async fn access_lines(&self, n: usize) -> Vec<Value> {
         for _ in 0..100 {
-            let lines: Vec<Value> = self
-                .logs
-                .lines()
-                .into_iter()
-                .filter(|l| l.get("logger").is_none())
-                .collect();
+            let lines: Vec<Value> = self.logs.lines().into_iter().filter(|l| l.get("logger").is_none()).collect();
             if lines.len() >= n {
                 return lines;
             }
@@ -340,11 +268,7 @@ impl TestApp {
     }
 
     pub fn app_lines(&self) -> Vec<Value> {
-        self.logs
-            .lines()
-            .into_iter()
-            .filter(|l| l.get("logger").is_some())
-            .collect()
+        self.logs.lines().into_iter().filter(|l| l.get("logger").is_some()).collect()
     }
 
     /// Triggers graceful shutdown and waits for `run_until` to return.

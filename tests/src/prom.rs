@@ -21,14 +21,8 @@ pub struct Samples {
 impl Samples {
     /// The value of the one series with exactly these labels, if present.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let want: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.samples
-            .iter()
-            .find(|s| s.name == name && s.labels == want)
-            .map(|s| s.value)
+        let want: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.samples.iter().find(|s| s.name == name && s.labels == want).map(|s| s.value)
     }
 
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -49,14 +43,12 @@ pub fn parse(text: &str) -> Samples {
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut it = rest.splitn(2, ' ');
-            out.types
-                .insert(it.next().unwrap().into(), it.next().unwrap_or("").into());
+            out.types.insert(it.next().unwrap().into(), it.next().unwrap_or("").into());
             continue;
         }
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let mut it = rest.splitn(2, ' ');
-            out.help
-                .insert(it.next().unwrap().into(), it.next().unwrap_or("").into());
+            out.help.insert(it.next().unwrap().into(), it.next().unwrap_or("").into());
             continue;
         }
         if line.starts_with('#') {
@@ -72,11 +64,7 @@ pub fn parse(text: &str) -> Samples {
             Some(i) => (&series[..i], parse_labels(&series[i + 1..series.len() - 1])),
             None => (series, BTreeMap::new()),
         };
-        out.samples.push(Sample {
-            name: name.into(),
-            labels,
-            value,
-        });
+        out.samples.push(Sample { name: name.into(), labels, value });
     }
     out
 }

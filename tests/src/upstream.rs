@@ -58,9 +58,7 @@ pub async fn start_on(addr: &str) -> Upstream {
 
 /// The stand-in's routes, recording into `upstream.received`.
 pub fn router(upstream: Upstream) -> Router {
-    Router::new()
-        .route("/v1/chat/completions", post(completions))
-        .with_state(upstream)
+    Router::new().route("/v1/chat/completions", post(completions)).with_state(upstream)
 }
 
 fn completion(model: &str, content: &str) -> Value {
@@ -88,10 +86,7 @@ fn usage_chunk(model: &str) -> String {
 
 fn sse(model: String, gap: Duration, with_usage: bool, words: usize) -> Response {
     let stream = async_stream(model, gap, with_usage, words);
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(stream))
-        .unwrap()
+    Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(stream)).unwrap()
 }
 
 fn async_stream(
@@ -112,11 +107,7 @@ fn async_stream(
             let item = if i < words {
                 chunk(&model, STREAM_WORDS[i % STREAM_WORDS.len()])
             } else if i == words {
-                if with_usage {
-                    usage_chunk(&model)
-                } else {
-                    String::new()
-                }
+                if with_usage { usage_chunk(&model) } else { String::new() }
             } else {
                 "data: [DONE]\n\n".to_string()
             };
@@ -125,29 +116,15 @@ fn async_stream(
     })
 }
 
-async fn completions(
-    State(up): State<Upstream>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Response {
+async fn completions(State(up): State<Upstream>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
     up.received.lock().unwrap().push(body.clone());
-    if headers.get("authorization").and_then(|v| v.to_str().ok())
-        != Some(&format!("Bearer {UPSTREAM_KEY}"))
-    {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"error": {"message": "bad upstream key"}})),
-        )
-            .into_response();
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {UPSTREAM_KEY}")) {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"error": {"message": "bad upstream key"}}))).into_response();
     }
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     let streaming = body["stream"].as_bool().unwrap_or(false);
-    let last = body["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or("")
-        .to_owned();
+    let last =
+        body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("").to_owned();
     match model.as_str() {
         "up-echo" if streaming => sse(model, Duration::from_millis(30), true, STREAM_WORDS.len()),
         "up-echo" => Json(completion(&model, &format!("echo: {last}"))).into_response(),
@@ -163,11 +140,19 @@ async fn completions(
             tokio::time::sleep(Duration::from_secs(5)).await;
             Json(completion(&model, "late")).into_response()
         }
-        "up-500" => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": {"message": "upstream exploded", "type": "server_error"}})))
+        "up-500" => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": {"message": "upstream exploded", "type": "server_error"}})),
+        )
             .into_response(),
-        "up-400" => (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "context length exceeded", "type": "invalid_request_error"}})))
+        "up-400" => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"message": "context length exceeded", "type": "invalid_request_error"}})),
+        )
             .into_response(),
-        other => (StatusCode::NOT_FOUND, Json(json!({"error": {"message": format!("no model {other}")}}))).into_response(),
+        other => {
+            (StatusCode::NOT_FOUND, Json(json!({"error": {"message": format!("no model {other}")}}))).into_response()
+        }
     }
 }
 

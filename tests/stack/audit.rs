@@ -12,25 +12,12 @@ const GRAFANA: &str = "grafana-default-password";
 fn assert_failures(report: &Report, expected_failures: &[&str]) -> String {
     let ids: Vec<&str> = report.items.iter().map(|i| i.id).collect();
     assert_eq!(ids, ITEM_IDS, "every item is reported, in order");
-    assert_eq!(
-        report.failed(),
-        expected_failures,
-        "failed items differ from the expected ones\n{}",
-        report.to_text()
-    );
+    assert_eq!(report.failed(), expected_failures, "failed items differ from the expected ones\n{}", report.to_text());
     assert_eq!(report.passed, expected_failures.is_empty());
     let grafana = report.item(GRAFANA).unwrap();
     assert_eq!(grafana.status, Status::Skipped, "{}", report.to_text());
-    assert!(
-        grafana.evidence[0].starts_with("skipped: not deployed"),
-        "{:?}",
-        grafana.evidence
-    );
-    let passed = report
-        .items
-        .iter()
-        .filter(|i| i.status == Status::Pass)
-        .count();
+    assert!(grafana.evidence[0].starts_with("skipped: not deployed"), "{:?}", grafana.evidence);
+    let passed = report.items.iter().filter(|i| i.status == Status::Pass).count();
     assert_eq!(passed, ITEM_IDS.len() - 1 - expected_failures.len());
     report
         .items
@@ -43,11 +30,7 @@ fn assert_failures(report: &Report, expected_failures: &[&str]) -> String {
 }
 
 fn assert_evidence(evidence: &str, needle: &str, report: &Report) {
-    assert!(
-        evidence.contains(needle),
-        "the failure evidence should mention {needle:?}\n{}",
-        report.to_text()
-    );
+    assert!(evidence.contains(needle), "the failure evidence should mention {needle:?}\n{}", report.to_text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,10 +57,7 @@ async fn the_committed_kit_passes_every_item() {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
     // LiteLLM is absent offline: its target is down, said so, and not held against the stack.
-    assert!(
-        text.contains("litellm: 0/1 up") && text.contains("not required"),
-        "{text}"
-    );
+    assert!(text.contains("litellm: 0/1 up") && text.contains("not required"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,16 +72,8 @@ async fn nginx_without_the_metrics_block_fails_metrics_not_public() {
     let report = stack.audit().await;
     let evidence = assert_failures(&report, &["metrics-not-public"]);
     // Prometheus' own metrics, one login away.
-    assert_evidence(
-        &evidence,
-        "with Prometheus exposition text for /metrics",
-        &report,
-    );
-    assert_evidence(
-        &evidence,
-        "https://grafana.privaterouter.test:443: 502",
-        &report,
-    );
+    assert_evidence(&evidence, "with Prometheus exposition text for /metrics", &report);
+    assert_evidence(&evidence, "https://grafana.privaterouter.test:443: 502", &report);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,11 +83,7 @@ async fn a_published_metrics_port_fails_metrics_port_closed() {
     let stack = Stack::start(kit).await;
     let report = stack.audit().await;
     let evidence = assert_failures(&report, &["metrics-port-closed"]);
-    assert_evidence(
-        &evidence,
-        "accepts TCP connections; GET /metrics → 401",
-        &report,
-    );
+    assert_evidence(&evidence, "accepts TCP connections; GET /metrics → 401", &report);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,11 +108,7 @@ async fn tls_1_0_and_1_1_enabled_fail_tls_protocols() {
     let evidence = assert_failures(&report, &["tls-protocols"]);
     for host in ["api", "grafana", "prometheus"] {
         for version in ["1.0", "1.1"] {
-            assert_evidence(
-                &evidence,
-                &format!("{host}.privaterouter.test:443: TLS {version} accepted"),
-                &report,
-            );
+            assert_evidence(&evidence, &format!("{host}.privaterouter.test:443: TLS {version} accepted"), &report);
         }
     }
 }
@@ -162,16 +126,8 @@ async fn weak_suites_fail_tls_ciphers() {
     let stack = Stack::start(kit).await;
     let report = stack.audit().await;
     let evidence = assert_failures(&report, &["tls-ciphers"]);
-    assert_evidence(
-        &evidence,
-        "weak suite AECDH-AES128-SHA accepted: anonymous",
-        &report,
-    );
-    assert_evidence(
-        &evidence,
-        "weak suite ECDHE-ECDSA-NULL-SHA accepted: no encryption",
-        &report,
-    );
+    assert_evidence(&evidence, "weak suite AECDH-AES128-SHA accepted: anonymous", &report);
+    assert_evidence(&evidence, "weak suite ECDHE-ECDSA-NULL-SHA accepted: no encryption", &report);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,11 +141,7 @@ async fn hsts_removed_fails_hsts() {
     let stack = Stack::start(kit).await;
     let report = stack.audit().await;
     let evidence = assert_failures(&report, &["hsts"]);
-    assert_evidence(
-        &evidence,
-        "without a Strict-Transport-Security header",
-        &report,
-    );
+    assert_evidence(&evidence, "without a Strict-Transport-Security header", &report);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,21 +156,13 @@ async fn plain_http_served_fails_http_redirect() {
     let stack = Stack::start(kit).await;
     let report = stack.audit().await;
     let evidence = assert_failures(&report, &["http-redirect"]);
-    assert_evidence(
-        &evidence,
-        "http://api.privaterouter.test:80/ → 404 instead of a redirect",
-        &report,
-    );
+    assert_evidence(&evidence, "http://api.privaterouter.test:80/ → 404 instead of a redirect", &report);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_without_basic_auth_fails_prometheus_auth() {
     let mut kit = Kit::new();
-    kit.edit_nginx(
-        "templates/prometheus.conf.template",
-        "auth_basic \"Prometheus\";",
-        "auth_basic off;",
-    );
+    kit.edit_nginx("templates/prometheus.conf.template", "auth_basic \"Prometheus\";", "auth_basic off;");
     let stack = Stack::start(kit).await;
     let report = stack.audit().await;
     let evidence = assert_failures(&report, &["prometheus-auth"]);

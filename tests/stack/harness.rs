@@ -99,6 +99,10 @@ pub struct Kit {
     pub publish_metrics_port: bool,
     /// The token Prometheus sends to the API; `None`: the API's own (as compose does).
     pub prometheus_token: Option<String>,
+    /// A model catalog for the API, mounted where compose mounts `compose/models.toml`.
+    pub models_file: Option<PathBuf>,
+    /// More environment for the API container (the catalog's upstream key, the GPU poll interval).
+    pub api_env: Vec<(String, String)>,
 }
 
 impl Default for Kit {
@@ -120,16 +124,14 @@ impl Kit {
             retention: Some(RETENTION.to_string()),
             publish_metrics_port: false,
             prometheus_token: None,
+            models_file: None,
+            api_env: Vec::new(),
         }
     }
 
     fn own_copy(&mut self, which: &str) -> PathBuf {
         let copy = self.dir.path().join(which);
-        let current = if which == "nginx" {
-            &mut self.nginx
-        } else {
-            &mut self.prometheus
-        };
+        let current = if which == "nginx" { &mut self.nginx } else { &mut self.prometheus };
         if *current != copy {
             copy_dir(current, &copy);
             *current = copy.clone();
@@ -140,11 +142,7 @@ impl Kit {
     fn edit(&mut self, which: &str, file: &str, from: &str, to: &str) -> &mut Self {
         let path = self.own_copy(which).join(file);
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-        assert_eq!(
-            text.matches(from).count(),
-            1,
-            "{which}/{file} should contain exactly once: {from:?}"
-        );
+        assert_eq!(text.matches(from).count(), 1, "{which}/{file} should contain exactly once: {from:?}");
         std::fs::write(&path, text.replace(from, to)).unwrap();
         self
     }
@@ -186,7 +184,7 @@ pub struct Stack {
 /// cleanup label, compose's `no-new-privileges`, nothing published unless `ports` says so
 /// (on loopback, random host ports). `tmpfs` is compose's `tmpfs:` list (path, options): data
 /// directories are tmpfs too, owned by the image's user (65534, nobody) where it needs them.
-fn common(
+pub fn common(
     image: GenericImage,
     kit: &Kit,
     service: &str,
@@ -207,24 +205,16 @@ fn common(
                 ports
                     .iter()
                     .map(|p| {
-                        let binding = PortBinding {
-                            host_ip: Some("127.0.0.1".into()),
-                            host_port: Some(String::new()),
-                        };
+                        let binding = PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) };
                         (format!("{p}/tcp"), Some(vec![binding]))
                     })
                     .collect(),
             );
-            hc.tmpfs = Some(
-                tmpfs
-                    .iter()
-                    .map(|(path, opts)| (path.to_string(), opts.to_string()))
-                    .collect(),
-            );
+            hc.tmpfs = Some(tmpfs.iter().map(|(path, opts)| (path.to_string(), opts.to_string())).collect());
         })
 }
 
-fn read_only(host: &Path, container: &str) -> Mount {
+pub fn read_only(host: &Path, container: &str) -> Mount {
     Mount::bind_mount(host.to_str().expect("UTF-8 path"), container)
         .with_access_mode(testcontainers::core::AccessMode::ReadOnly)
 }
@@ -252,9 +242,8 @@ impl Stack {
         let name = &kit.name;
 
         let postgres = common(
-            GenericImage::new("privaterouter/postgres", "15").with_wait_for(
-                WaitFor::message_on_either_std("database system is ready to accept connections"),
-            ),
+            GenericImage::new("privaterouter/postgres", "15")
+                .with_wait_for(WaitFor::message_on_either_std("database system is ready to accept connections")),
             &kit,
             "postgres",
             "postgres",
@@ -265,14 +254,9 @@ impl Stack {
         .with_env_var("POSTGRES_PASSWORD", &pg_password)
         .with_env_var("POSTGRES_DB", "privaterouter");
 
-        let api_ports: &'static [u16] = if kit.publish_metrics_port {
-            &[9100]
-        } else {
-            &[]
-        };
-        let api = common(
-            GenericImage::new("privaterouter/api", "local")
-                .with_wait_for(WaitFor::message_on_stdout("listening")),
+        let api_ports: &'static [u16] = if kit.publish_metrics_port { &[9100] } else { &[] };
+        let mut api = common(
+            GenericImage::new("privaterouter/api", "local").with_wait_for(WaitFor::message_on_stdout("listening")),
             &kit,
             "api",
             "api-metrics",
@@ -289,6 +273,14 @@ impl Stack {
         .with_env_var("PR_LOG", "info")
         .with_readonly_rootfs(true)
         .with_cap_drop("ALL");
+        if let Some(models) = &kit.models_file {
+            api = api
+                .with_env_var("PR_MODELS_FILE", "/etc/privaterouter/models.toml")
+                .with_mount(read_only(models, "/etc/privaterouter/models.toml"));
+        }
+        for (key, value) in &kit.api_env {
+            api = api.with_env_var(key, value);
+        }
 
         let alertmanager = common(
             GenericImage::new("privaterouter/alertmanager", "0.25")
@@ -304,10 +296,7 @@ impl Stack {
             "--storage.path=/alertmanager",
             "--cluster.listen-address=",
         ])
-        .with_mount(read_only(
-            &kit.prometheus.join("alertmanager"),
-            "/etc/alertmanager",
-        ))
+        .with_mount(read_only(&kit.prometheus.join("alertmanager"), "/etc/alertmanager"))
         .with_cap_drop("ALL");
 
         let mut prometheus_args = vec![
@@ -323,23 +312,15 @@ impl Stack {
         let prometheus = common(
             GenericImage::new("privaterouter/prometheus", "2.42")
                 .with_entrypoint("/bin/sh")
-                .with_wait_for(WaitFor::message_on_either_std(
-                    "Server is ready to receive web requests",
-                )),
+                .with_wait_for(WaitFor::message_on_either_std("Server is ready to receive web requests")),
             &kit,
             "prometheus",
             "prometheus",
             &[],
-            &[
-                ("/run/pr-secrets", "size=64k"),
-                ("/prometheus", "uid=65534,gid=65534"),
-            ],
+            &[("/run/pr-secrets", "size=64k"), ("/prometheus", "uid=65534,gid=65534")],
         )
         .with_cmd(prometheus_args)
-        .with_env_var(
-            "PR_METRICS_TOKEN",
-            kit.prometheus_token.as_deref().unwrap_or(&metrics_token),
-        )
+        .with_env_var("PR_METRICS_TOKEN", kit.prometheus_token.as_deref().unwrap_or(&metrics_token))
         .with_env_var("LITELLM_MASTER_KEY", random_hex(16))
         .with_mount(read_only(&kit.prometheus, "/etc/prometheus"))
         .with_cap_drop("ALL");
@@ -350,22 +331,9 @@ impl Stack {
             "nginx",
             "nginx",
             &[80, 443],
-            &[
-                ("/run", ""),
-                ("/tmp", ""),
-                ("/var/cache/nginx", ""),
-                ("/var/lib/nginx", ""),
-                ("/var/log/nginx", ""),
-            ],
+            &[("/run", ""), ("/tmp", ""), ("/var/cache/nginx", ""), ("/var/lib/nginx", ""), ("/var/log/nginx", "")],
         )
-        .with_cmd([
-            "/etc/nginx/entrypoint.sh",
-            "nginx",
-            "-e",
-            "stderr",
-            "-g",
-            "daemon off;",
-        ])
+        .with_cmd(["/etc/nginx/entrypoint.sh", "nginx", "-e", "stderr", "-g", "daemon off;"])
         .with_env_var("PR_DOMAIN", DOMAIN)
         .with_env_var("PROMETHEUS_BASIC_AUTH_USER", "prometheus")
         .with_env_var("PROMETHEUS_BASIC_AUTH_PASSWORD", &prometheus_password)
@@ -380,24 +348,13 @@ impl Stack {
         .with_mount(read_only(&acme, "/var/www/acme"))
         .with_readonly_rootfs(true)
         .with_cap_drop("ALL");
-        for cap in [
-            "CHOWN",
-            "DAC_OVERRIDE",
-            "SETGID",
-            "SETUID",
-            "NET_BIND_SERVICE",
-        ] {
+        for cap in ["CHOWN", "DAC_OVERRIDE", "SETGID", "SETUID", "NET_BIND_SERVICE"] {
             nginx = nginx.with_cap_add(cap);
         }
 
         // All at once: the API retries the database, nginx and Prometheus resolve per request.
-        let (postgres, api, alertmanager, prometheus, nginx) = tokio::join!(
-            postgres.start(),
-            api.start(),
-            alertmanager.start(),
-            prometheus.start(),
-            nginx.start()
-        );
+        let (postgres, api, alertmanager, prometheus, nginx) =
+            tokio::join!(postgres.start(), api.start(), alertmanager.start(), prometheus.start(), nginx.start());
         let start_err = |what: &str, e: testcontainers::TestcontainersError| -> ! {
             panic!(
                 "starting {what} failed (are the images built? scripts/build-images postgres nginx prometheus alertmanager api): {e}"
@@ -411,11 +368,8 @@ impl Stack {
 
         let https_port = nginx.get_host_port_ipv4(443).await.unwrap();
         let http_port = nginx.get_host_port_ipv4(80).await.unwrap();
-        let metrics_port = if kit.publish_metrics_port {
-            api.get_host_port_ipv4(9100).await.unwrap()
-        } else {
-            free_port()
-        };
+        let metrics_port =
+            if kit.publish_metrics_port { api.get_host_port_ipv4(9100).await.unwrap() } else { free_port() };
         let stack = Stack {
             kit,
             prometheus_password,
@@ -429,11 +383,7 @@ impl Stack {
             postgres,
         };
         stack.wait_until_ready().await;
-        eprintln!(
-            "stack {} ready in {:.1} s",
-            stack.kit.name,
-            started.elapsed().as_secs_f64()
-        );
+        eprintln!("stack {} ready in {:.1} s", stack.kit.name, started.elapsed().as_secs_f64());
         stack
     }
 
@@ -455,9 +405,7 @@ impl Stack {
 
     pub async fn audit(&self) -> Report {
         let target = self.target();
-        tokio::task::spawn_blocking(move || audit(&target))
-            .await
-            .expect("the audit does not panic")
+        tokio::task::spawn_blocking(move || audit(&target)).await.expect("the audit does not panic")
     }
 
     /// One HTTPS request to a virtual host, through nginx.
@@ -483,25 +431,18 @@ impl Stack {
                 Err(e) => last = e,
             }
             if Instant::now() > deadline {
-                panic!(
-                    "https://api.{DOMAIN}/readyz never answered 200 (last: {last})\n{}",
-                    self.logs().await
-                );
+                panic!("https://api.{DOMAIN}/readyz never answered 200 (last: {last})\n{}", self.logs().await);
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         // Prometheus has scraped each target once (health is "unknown" until then; the first
         // scrape comes within one 15 s interval).
         loop {
-            let req = Request::get("/api/v1/targets?state=active")
-                .basic_auth("prometheus", &self.prometheus_password);
+            let req = Request::get("/api/v1/targets?state=active").basic_auth("prometheus", &self.prometheus_password);
             match self.https("prometheus", req).await {
                 Ok(r) if r.status == 200 => {
                     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-                    let targets = body["data"]["activeTargets"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default();
+                    let targets = body["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
                     if !targets.is_empty() && targets.iter().all(|t| t["health"] != "unknown") {
                         return;
                     }
@@ -511,10 +452,7 @@ impl Stack {
                 Err(e) => last = e,
             }
             if Instant::now() > deadline {
-                panic!(
-                    "Prometheus never scraped every target (last: {last})\n{}",
-                    self.logs().await
-                );
+                panic!("Prometheus never scraped every target (last: {last})\n{}", self.logs().await);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -530,11 +468,8 @@ impl Stack {
             ("alertmanager", &self.alertmanager),
             ("postgres", &self.postgres),
         ] {
-            let mut text =
-                String::from_utf8_lossy(&c.stdout_to_vec().await.unwrap_or_default()).to_string();
-            text.push_str(&String::from_utf8_lossy(
-                &c.stderr_to_vec().await.unwrap_or_default(),
-            ));
+            let mut text = String::from_utf8_lossy(&c.stdout_to_vec().await.unwrap_or_default()).to_string();
+            text.push_str(&String::from_utf8_lossy(&c.stderr_to_vec().await.unwrap_or_default()));
             let tail: Vec<&str> = text.lines().rev().take(15).collect();
             out.push_str(&format!("--- {name} (last lines)\n"));
             for line in tail.into_iter().rev() {
@@ -550,20 +485,12 @@ impl Stack {
     pub async fn in_prometheus(&self, script: &str) -> (i64, String) {
         let mut result = self
             .prometheus
-            .exec(
-                ExecCommand::new(["sh", "-c", script]).with_cmd_ready_condition(CmdWaitFor::exit()),
-            )
+            .exec(ExecCommand::new(["sh", "-c", script]).with_cmd_ready_condition(CmdWaitFor::exit()))
             .await
             .expect("exec in the prometheus container");
         let mut out = String::from_utf8_lossy(&result.stdout_to_vec().await.unwrap()).to_string();
-        out.push_str(&String::from_utf8_lossy(
-            &result.stderr_to_vec().await.unwrap(),
-        ));
-        let code = result
-            .exit_code()
-            .await
-            .unwrap()
-            .expect("the command exited");
+        out.push_str(&String::from_utf8_lossy(&result.stderr_to_vec().await.unwrap()));
+        let code = result.exit_code().await.unwrap().expect("the command exited");
         (code, out)
     }
 }

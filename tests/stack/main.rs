@@ -5,7 +5,14 @@
 //!
 //! Each test brings up its own stack (about 20 s, most of it waiting for Prometheus' first
 //! scrapes), so they run in parallel under nextest.
+//!
+//! Also here: the end-to-end run through real Prometheus with the upstream and GPU-node
+//! stand-ins as containers (`e2e`, `standins`), and the compose file brought up and down by
+//! `scripts/up` and `scripts/down` (`compose`).
 
 mod audit;
+mod compose;
+mod e2e;
 mod harness;
 mod promtool;
+mod standins;

@@ -33,8 +33,7 @@ async fn promtool_accepts_the_apis_metrics() {
         assert!(out.contains(needle), "missing {needle:?} in\n{out}");
     }
     // And without the token, the listener refuses (what Prometheus' token is for).
-    let (code, out) = stack
-        .in_prometheus("curl -s -o /dev/null -w '%{http_code}' http://api-metrics:9100/metrics")
-        .await;
+    let (code, out) =
+        stack.in_prometheus("curl -s -o /dev/null -w '%{http_code}' http://api-metrics:9100/metrics").await;
     assert_eq!((code, out.as_str()), (0, "401"));
 }

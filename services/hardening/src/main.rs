@@ -83,9 +83,5 @@ fn main() -> ExitCode {
     } else {
         print!("{}", report.to_text());
     }
-    if report.passed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    if report.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

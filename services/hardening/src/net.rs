@@ -24,10 +24,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(host: impl Into<String>, port: u16) -> Self {
-        Self {
-            host: host.into(),
-            port,
-        }
+        Self { host: host.into(), port }
     }
 }
 
@@ -47,10 +44,8 @@ pub enum Scheme {
 /// resolved address in turn. The returned address is the one that answered.
 pub fn connect(target: &Target, ep: &Endpoint) -> Result<(TcpStream, SocketAddr), String> {
     let (host, port) = target.route(&ep.host, ep.port);
-    let addrs: Vec<SocketAddr> = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .collect();
+    let addrs: Vec<SocketAddr> =
+        (host.as_str(), port).to_socket_addrs().map_err(|e| format!("cannot resolve {host}: {e}"))?.collect();
     let mut last = format!("{host} resolves to no address");
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, target.timeout) {
@@ -68,12 +63,9 @@ pub fn connect(target: &Target, ep: &Endpoint) -> Result<(TcpStream, SocketAddr)
 
 /// The TLS client for requests: system roots plus the target's CA file, hostname verified.
 pub fn verifying_connector(target: &Target) -> Result<SslConnector, String> {
-    let mut builder =
-        SslConnector::builder(SslMethod::tls_client()).map_err(|e| format!("OpenSSL: {e}"))?;
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| format!("OpenSSL: {e}"))?;
     if let Some(ca) = &target.ca_file {
-        builder
-            .set_ca_file(ca)
-            .map_err(|e| format!("cannot load CA file {}: {e}", ca.display()))?;
+        builder.set_ca_file(ca).map_err(|e| format!("cannot load CA file {}: {e}", ca.display()))?;
     }
     builder.set_verify(SslVerifyMode::PEER);
     Ok(builder.build())
@@ -90,12 +82,7 @@ pub struct Request {
 
 impl Request {
     pub fn get(path: impl Into<String>) -> Self {
-        Self {
-            method: "GET",
-            path: path.into(),
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
+        Self { method: "GET", path: path.into(), headers: Vec::new(), body: Vec::new() }
     }
 
     pub fn post_json(path: impl Into<String>, body: &serde_json::Value) -> Self {
@@ -119,9 +106,7 @@ impl Request {
 
     fn to_bytes(&self, host: &str) -> Vec<u8> {
         let mut out = format!("{} {} HTTP/1.1\r\nHost: {host}\r\n", self.method, self.path);
-        out.push_str(
-            "User-Agent: pr-hardening\r\nAccept-Encoding: identity\r\nConnection: close\r\n",
-        );
+        out.push_str("User-Agent: pr-hardening\r\nAccept-Encoding: identity\r\nConnection: close\r\n");
         for (k, v) in &self.headers {
             out.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -145,18 +130,11 @@ pub struct Response {
 impl Response {
     /// The first header of that name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
     }
 
     pub fn text(&self) -> String {
@@ -166,8 +144,7 @@ impl Response {
     /// Does the body look like Prometheus' text exposition format?
     pub fn is_exposition(&self) -> bool {
         let text = self.text();
-        text.lines()
-            .any(|l| l.starts_with("# TYPE ") || l.starts_with("# HELP "))
+        text.lines().any(|l| l.starts_with("# TYPE ") || l.starts_with("# HELP "))
     }
 }
 
@@ -184,10 +161,7 @@ pub fn send(
         Scheme::Http => exchange(tcp, &req.to_bytes(&ep.host)),
         Scheme::Https => {
             let stream = tls.connect(&ep.host, tcp).map_err(|e| {
-                format!(
-                    "TLS handshake with {addr} failed: {}",
-                    crate::tls::describe_handshake_error(&e)
-                )
+                format!("TLS handshake with {addr} failed: {}", crate::tls::describe_handshake_error(&e))
             })?;
             exchange(stream, &req.to_bytes(&ep.host))
         }
@@ -205,10 +179,7 @@ pub fn send_plain(stream: TcpStream, host: &str, req: &Request) -> Result<Respon
 }
 
 fn exchange(mut stream: impl Read + Write, request: &[u8]) -> Result<Vec<u8>, String> {
-    stream
-        .write_all(request)
-        .and_then(|()| stream.flush())
-        .map_err(|e| format!("sending the request: {e}"))?;
+    stream.write_all(request).and_then(|()| stream.flush()).map_err(|e| format!("sending the request: {e}"))?;
     let mut raw = Vec::new();
     match stream.take(MAX_RESPONSE_BYTES).read_to_end(&mut raw) {
         Ok(_) => {}
@@ -224,10 +195,7 @@ fn exchange(mut stream: impl Read + Write, request: &[u8]) -> Result<Vec<u8>, St
 
 /// Parses an HTTP/1.x response: status line, headers, body (chunked or not).
 pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("the response has no complete header block")?;
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("the response has no complete header block")?;
     let head = String::from_utf8_lossy(&raw[..head_end]);
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
@@ -236,17 +204,13 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
     if !version.starts_with("HTTP/1.") {
         return Err(format!("not an HTTP/1.x status line: {status_line:?}"));
     }
-    let status = code
-        .parse()
-        .map_err(|_| format!("bad status line: {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let status = code.parse().map_err(|_| format!("bad status line: {status_line:?}"))?;
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     let rest = &raw[head_end + 4..];
-    let chunked = headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
-    });
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked"));
     let body = if chunked {
         dechunk(rest)?
     } else if let Some(len) = headers
@@ -258,24 +222,16 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
     } else {
         rest.to_vec()
     };
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
+    Ok(Response { status, headers, body })
 }
 
 fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("truncated chunked body")?;
+        let line_end = data.windows(2).position(|w| w == b"\r\n").ok_or("truncated chunked body")?;
         let size_field = String::from_utf8_lossy(&data[..line_end]);
         let size_hex = size_field.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16)
-            .map_err(|_| format!("bad chunk size {size_hex:?}"))?;
+        let size = usize::from_str_radix(size_hex, 16).map_err(|_| format!("bad chunk size {size_hex:?}"))?;
         data = &data[line_end + 2..];
         if size == 0 {
             return Ok(body);
@@ -313,9 +269,7 @@ mod tests {
 
     #[test]
     fn request_line_is_sent_verbatim() {
-        let bytes = Request::get("/x/../%6Detrics?x=1")
-            .basic_auth("u", "p")
-            .to_bytes("api.example.com");
+        let bytes = Request::get("/x/../%6Detrics?x=1").basic_auth("u", "p").to_bytes("api.example.com");
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.starts_with("GET /x/../%6Detrics?x=1 HTTP/1.1\r\nHost: api.example.com\r\n"));
         assert!(text.contains("Authorization: Basic dTpw\r\n"));

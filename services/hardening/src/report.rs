@@ -25,12 +25,7 @@ pub struct Item {
 
 impl Item {
     pub fn new(id: &'static str, title: &'static str) -> Self {
-        Self {
-            id,
-            title,
-            status: Status::Pass,
-            evidence: Vec::new(),
-        }
+        Self { id, title, status: Status::Pass, evidence: Vec::new() }
     }
 
     /// Records an observation that does not change the verdict.
@@ -62,11 +57,7 @@ pub struct Report {
 impl Report {
     pub fn new(domain: &str, items: Vec<Item>) -> Self {
         let passed = items.iter().all(|i| i.status != Status::Fail);
-        Self {
-            domain: domain.to_string(),
-            passed,
-            items,
-        }
+        Self { domain: domain.to_string(), passed, items }
     }
 
     pub fn item(&self, id: &str) -> Option<&Item> {
@@ -75,11 +66,7 @@ impl Report {
 
     /// Ids of the failed items, in checklist order.
     pub fn failed(&self) -> Vec<&'static str> {
-        self.items
-            .iter()
-            .filter(|i| i.status == Status::Fail)
-            .map(|i| i.id)
-            .collect()
+        self.items.iter().filter(|i| i.status == Status::Fail).map(|i| i.id).collect()
     }
 
     pub fn to_json(&self) -> String {
@@ -105,11 +92,7 @@ impl Report {
         let _ = writeln!(
             out,
             "\nResult: {} ({failed} of {} checks failing, {skipped} skipped)",
-            if self.passed {
-                "HARDENED"
-            } else {
-                "NOT HARDENED"
-            },
+            if self.passed { "HARDENED" } else { "NOT HARDENED" },
             self.items.len(),
         );
         out

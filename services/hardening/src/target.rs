@@ -97,17 +97,10 @@ impl ConnectTo {
     }
 
     fn apply(&self, host: &str, port: u16) -> Option<(String, u16)> {
-        let host_ok = self
-            .host
-            .as_deref()
-            .is_none_or(|h| h.eq_ignore_ascii_case(host));
+        let host_ok = self.host.as_deref().is_none_or(|h| h.eq_ignore_ascii_case(host));
         let port_ok = self.port.is_none_or(|p| p == port);
-        (host_ok && port_ok).then(|| {
-            (
-                self.to_host.clone().unwrap_or_else(|| host.to_string()),
-                self.to_port.unwrap_or(port),
-            )
-        })
+        (host_ok && port_ok)
+            .then(|| (self.to_host.clone().unwrap_or_else(|| host.to_string()), self.to_port.unwrap_or(port)))
     }
 }
 
@@ -139,18 +132,9 @@ impl FromStr for ConnectTo {
             (!f.is_empty()).then(|| f.to_string())
         };
         let number = |f: &str| -> Result<Option<u16>, String> {
-            if f.is_empty() {
-                Ok(None)
-            } else {
-                f.parse().map(Some).map_err(|_| bad())
-            }
+            if f.is_empty() { Ok(None) } else { f.parse().map(Some).map_err(|_| bad()) }
         };
-        Ok(Self {
-            host: text(host),
-            port: number(port)?,
-            to_host: text(to_host),
-            to_port: number(to_port)?,
-        })
+        Ok(Self { host: text(host), port: number(port)?, to_host: text(to_host), to_port: number(to_port)? })
     }
 }
 
@@ -162,14 +146,7 @@ impl fmt::Display for ConnectTo {
             None => String::new(),
         };
         let port = |p: &Option<u16>| p.map(|p| p.to_string()).unwrap_or_default();
-        write!(
-            f,
-            "{}:{}:{}:{}",
-            host(&self.host),
-            port(&self.port),
-            host(&self.to_host),
-            port(&self.to_port)
-        )
+        write!(f, "{}:{}:{}:{}", host(&self.host), port(&self.port), host(&self.to_host), port(&self.to_port))
     }
 }
 
@@ -180,10 +157,7 @@ mod tests {
     #[test]
     fn connect_to_parses_curl_syntax() {
         let rule: ConnectTo = "api.example.com:443:127.0.0.1:32768".parse().unwrap();
-        assert_eq!(
-            rule,
-            ConnectTo::new("api.example.com", 443, "127.0.0.1", 32768)
-        );
+        assert_eq!(rule, ConnectTo::new("api.example.com", 443, "127.0.0.1", 32768));
         let any: ConnectTo = "::[::1]:".parse().unwrap();
         assert_eq!(any.host, None);
         assert_eq!(any.port, None);
@@ -197,21 +171,9 @@ mod tests {
     #[test]
     fn routes_first_matching_rule_and_keeps_the_rest() {
         let mut t = Target::new("example.com");
-        t.connect_to = vec![
-            "api.example.com:443:127.0.0.1:1001".parse().unwrap(),
-            ":443:127.0.0.2:".parse().unwrap(),
-        ];
-        assert_eq!(
-            t.route("API.example.com", 443),
-            ("127.0.0.1".to_string(), 1001)
-        );
-        assert_eq!(
-            t.route("grafana.example.com", 443),
-            ("127.0.0.2".to_string(), 443)
-        );
-        assert_eq!(
-            t.route("grafana.example.com", 80),
-            ("grafana.example.com".to_string(), 80)
-        );
+        t.connect_to = vec!["api.example.com:443:127.0.0.1:1001".parse().unwrap(), ":443:127.0.0.2:".parse().unwrap()];
+        assert_eq!(t.route("API.example.com", 443), ("127.0.0.1".to_string(), 1001));
+        assert_eq!(t.route("grafana.example.com", 443), ("127.0.0.2".to_string(), 443));
+        assert_eq!(t.route("grafana.example.com", 80), ("grafana.example.com".to_string(), 80));
     }
 }

@@ -115,11 +115,7 @@ pub fn probe(target: &Target, ep: &Endpoint, offer: &Offer<'_>) -> Outcome {
         }
         Err(e) => {
             let reason = describe_handshake_error(&e);
-            if is_local_refusal(&reason) {
-                Outcome::CannotOffer(reason)
-            } else {
-                Outcome::Refused(reason)
-            }
+            if is_local_refusal(&reason) { Outcome::CannotOffer(reason) } else { Outcome::Refused(reason) }
         }
     }
 }
@@ -132,8 +128,7 @@ fn connector(target: &Target, offer: &Offer<'_>) -> Result<SslConnector, String>
     b.set_max_proto_version(Some(v)).map_err(openssl)?;
     if offer.verify {
         if let Some(ca) = &target.ca_file {
-            b.set_ca_file(ca)
-                .map_err(|e| format!("cannot load CA file {}: {e}", ca.display()))?;
+            b.set_ca_file(ca).map_err(|e| format!("cannot load CA file {}: {e}", ca.display()))?;
         }
         b.set_verify(SslVerifyMode::PEER);
     } else {
@@ -141,22 +136,15 @@ fn connector(target: &Target, offer: &Offer<'_>) -> Result<SslConnector, String>
         b.set_security_level(0);
     }
     if let Some(suites) = offer.suites.filter(|_| offer.version != Version::Tls13) {
-        b.set_cipher_list(suites)
-            .map_err(|e| format!("local OpenSSL has no suite for {suites:?}: {e}"))?;
+        b.set_cipher_list(suites).map_err(|e| format!("local OpenSSL has no suite for {suites:?}: {e}"))?;
     }
     Ok(b.build())
 }
 
 fn session(ssl: &SslRef) -> Session {
-    let (cipher, description) = ssl
-        .current_cipher()
-        .map(|c| (c.name().to_string(), c.description().trim().to_string()))
-        .unwrap_or_default();
-    Session {
-        version: ssl.version_str().to_string(),
-        cipher,
-        description,
-    }
+    let (cipher, description) =
+        ssl.current_cipher().map(|c| (c.name().to_string(), c.description().trim().to_string())).unwrap_or_default();
+    Session { version: ssl.version_str().to_string(), cipher, description }
 }
 
 /// The most telling part of a failed handshake: OpenSSL's reason strings, or the I/O error.
@@ -181,23 +169,13 @@ pub fn describe_handshake_error<S: fmt::Debug>(e: &HandshakeError<S>) -> String 
 }
 
 fn reasons(stack: &openssl::error::ErrorStack) -> String {
-    let list: Vec<String> = stack
-        .errors()
-        .iter()
-        .map(|e| e.reason().unwrap_or("unknown error").to_string())
-        .collect();
+    let list: Vec<String> = stack.errors().iter().map(|e| e.reason().unwrap_or("unknown error").to_string()).collect();
     list.join("; ")
 }
 
 /// Errors that OpenSSL raises before anything is sent (nothing offered that could be used).
 fn is_local_refusal(reason: &str) -> bool {
-    [
-        "no protocols available",
-        "no ciphers available",
-        "no cipher match",
-    ]
-    .iter()
-    .any(|r| reason.contains(r))
+    ["no protocols available", "no ciphers available", "no cipher match"].iter().any(|r| reason.contains(r))
 }
 
 /// Why a suite (by OpenSSL description) is weak, or `None` if it is not.
@@ -206,13 +184,8 @@ fn is_local_refusal(reason: &str) -> bool {
 /// export-grade or under 128-bit keys, RC4, RC2, DES, 3DES, IDEA, SEED, MD5. CBC suites with
 /// forward secrecy are legacy, not weak: [`is_legacy_cbc`] reports them without failing.
 pub fn weakness(description: &str) -> Option<String> {
-    let field = |name: &str| {
-        description
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix(name))
-            .unwrap_or("")
-            .to_string()
-    };
+    let field =
+        |name: &str| description.split_whitespace().find_map(|f| f.strip_prefix(name)).unwrap_or("").to_string();
     let (kx, au, enc, mac) = (field("Kx="), field("Au="), field("Enc="), field("Mac="));
     let mut why = Vec::new();
     if enc.eq_ignore_ascii_case("None") {
@@ -225,15 +198,10 @@ pub fn weakness(description: &str) -> Option<String> {
         why.push(format!("no forward secrecy (Kx={kx})"));
     }
     let enc_upper = enc.to_ascii_uppercase();
-    if let Some(broken) = ["RC4", "RC2", "3DES", "DES", "IDEA", "SEED"]
-        .iter()
-        .find(|c| enc_upper.starts_with(*c))
-    {
+    if let Some(broken) = ["RC4", "RC2", "3DES", "DES", "IDEA", "SEED"].iter().find(|c| enc_upper.starts_with(*c)) {
         why.push(format!("broken or obsolete cipher {broken}"));
     }
-    let bits = enc
-        .split_once('(')
-        .and_then(|(_, b)| b.trim_end_matches(')').parse::<u32>().ok());
+    let bits = enc.split_once('(').and_then(|(_, b)| b.trim_end_matches(')').parse::<u32>().ok());
     if matches!(bits, Some(b) if b < 128) {
         why.push(format!("{} bit key", bits.unwrap_or_default()));
     }
@@ -257,8 +225,7 @@ mod tests {
 
     #[test]
     fn classifies_suites_by_openssl_description() {
-        let good =
-            "ECDHE-ECDSA-AES128-GCM-SHA256 TLSv1.2 Kx=ECDH Au=ECDSA Enc=AESGCM(128) Mac=AEAD";
+        let good = "ECDHE-ECDSA-AES128-GCM-SHA256 TLSv1.2 Kx=ECDH Au=ECDSA Enc=AESGCM(128) Mac=AEAD";
         assert_eq!(weakness(good), None);
         assert!(!is_legacy_cbc(good));
         let cbc = "ECDHE-ECDSA-AES128-SHA TLSv1 Kx=ECDH Au=ECDSA Enc=AES(128) Mac=SHA1";

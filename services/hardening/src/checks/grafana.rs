@@ -15,8 +15,7 @@ const DEFAULT: &str = "admin";
 pub fn default_password(ctx: &Ctx<'_>) -> Item {
     let item = Item::new(DEFAULT_PASSWORD, TITLE);
     let Some(url) = &ctx.target.grafana_url else {
-        return item
-            .skip("not deployed (no --grafana-url given); Grafana's password was not checked");
+        return item.skip("not deployed (no --grafana-url given); Grafana's password was not checked");
     };
     check(ctx, url, item)
 }
@@ -35,10 +34,7 @@ fn check(ctx: &Ctx<'_>, url: &str, mut item: Item) -> Item {
             item.note(format!("{url}/api/health → 200 (Grafana answers)"));
         }
         Ok(r) => {
-            item.fail(format!(
-                "{url}/api/health → {}: no Grafana there, nothing was checked",
-                r.status
-            ));
+            item.fail(format!("{url}/api/health → {}: no Grafana there, nothing was checked", r.status));
             return item;
         }
         Err(e) => {
@@ -54,16 +50,12 @@ fn check(ctx: &Ctx<'_>, url: &str, mut item: Item) -> Item {
         // The API with basic auth, and the login form's JSON endpoint: either one accepting
         // the default password is a failure.
         let api = Request::get(format!("{base}/api/user")).basic_auth(&user, DEFAULT);
-        let login = Request::post_json(
-            format!("{base}/login"),
-            &serde_json::json!({"user": user, "password": DEFAULT}),
-        );
+        let login =
+            Request::post_json(format!("{base}/login"), &serde_json::json!({"user": user, "password": DEFAULT}));
         for (what, req) in [("GET /api/user (basic auth)", api), ("POST /login", login)] {
             match ctx.send(scheme, &ep, &req) {
                 Ok(r) if r.status == 200 => {
-                    item.fail(format!(
-                        "{user}/{DEFAULT}: {what} → 200: the default password works"
-                    ));
+                    item.fail(format!("{user}/{DEFAULT}: {what} → 200: the default password works"));
                 }
                 Ok(r) if matches!(r.status, 401 | 403) => {
                     item.note(format!("{user}/{DEFAULT}: {what} → {} (refused)", r.status));
@@ -108,11 +100,7 @@ fn parse_url(url: &str) -> Result<(Scheme, Endpoint, String), String> {
     if host.is_empty() {
         return Err(bad());
     }
-    Ok((
-        scheme,
-        Endpoint::new(host, port),
-        path.trim_end_matches('/').to_string(),
-    ))
+    Ok((scheme, Endpoint::new(host, port), path.trim_end_matches('/').to_string()))
 }
 
 #[cfg(test)]
@@ -129,15 +117,9 @@ mod tests {
     #[test]
     fn parses_grafana_urls() {
         let (s, ep, base) = parse_url("https://grafana.example.com").unwrap();
-        assert_eq!(
-            (s, ep.host.as_str(), ep.port, base.as_str()),
-            (Scheme::Https, "grafana.example.com", 443, "")
-        );
+        assert_eq!((s, ep.host.as_str(), ep.port, base.as_str()), (Scheme::Https, "grafana.example.com", 443, ""));
         let (s, ep, base) = parse_url("http://127.0.0.1:3000/grafana/").unwrap();
-        assert_eq!(
-            (s, ep.host.as_str(), ep.port, base.as_str()),
-            (Scheme::Http, "127.0.0.1", 3000, "/grafana")
-        );
+        assert_eq!((s, ep.host.as_str(), ep.port, base.as_str()), (Scheme::Http, "127.0.0.1", 3000, "/grafana"));
         let (_, ep, _) = parse_url("https://[::1]:8443").unwrap();
         assert_eq!((ep.host.as_str(), ep.port), ("::1", 8443));
         assert_eq!(parse_url("https://[::1]").unwrap().1.port, 443);
@@ -155,23 +137,16 @@ mod tests {
             for _ in 0..3 {
                 let (mut s, _) = listener.accept().unwrap();
                 let req = read_request(&mut s);
-                let admin_admin =
-                    req.contains("Basic YWRtaW46YWRtaW4=") || req.contains(r#""password":"admin""#);
+                let admin_admin = req.contains("Basic YWRtaW46YWRtaW4=") || req.contains(r#""password":"admin""#);
                 let (status, body) = if req.starts_with("GET /api/health") {
                     ("200 OK", r#"{"database":"ok","version":"12.4.2"}"#)
                 } else if admin_admin && default_works {
                     ("200 OK", r#"{"message":"Logged in"}"#)
                 } else {
-                    (
-                        "401 Unauthorized",
-                        r#"{"message":"Invalid username or password"}"#,
-                    )
+                    ("401 Unauthorized", r#"{"message":"Invalid username or password"}"#)
                 };
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+                let _ =
+                    write!(s, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
             }
         });
         (port, handle)
@@ -214,24 +189,14 @@ mod tests {
     fn fails_when_admin_admin_logs_in() {
         let item = run(true);
         assert_eq!(item.status, Status::Fail, "{:#?}", item.evidence);
-        assert!(
-            item.evidence
-                .iter()
-                .any(|e| e.contains("the default password works"))
-        );
+        assert!(item.evidence.iter().any(|e| e.contains("the default password works")));
     }
 
     #[test]
     fn passes_when_admin_admin_is_refused() {
         let item = run(false);
         assert_eq!(item.status, Status::Pass, "{:#?}", item.evidence);
-        assert_eq!(
-            item.evidence
-                .iter()
-                .filter(|e| e.contains("(refused)"))
-                .count(),
-            2
-        );
+        assert_eq!(item.evidence.iter().filter(|e| e.contains("(refused)")).count(), 2);
     }
 
     #[test]

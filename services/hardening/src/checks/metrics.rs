@@ -37,10 +37,7 @@ pub const SPELLINGS: &[&str] = &[
 ];
 
 pub fn not_public(ctx: &Ctx<'_>) -> Item {
-    let mut item = Item::new(
-        NOT_PUBLIC,
-        "/metrics is not served on any public host, in any spelling",
-    );
+    let mut item = Item::new(NOT_PUBLIC, "/metrics is not served on any public host, in any spelling");
     let t = ctx.target;
     for host in t.hosts() {
         sweep(ctx, &mut item, Scheme::Https, &host, None);
@@ -49,13 +46,7 @@ pub fn not_public(ctx: &Ctx<'_>) -> Item {
         {
             // Prometheus' own /metrics sits right behind the basic auth: logging in must not
             // open it either.
-            sweep(
-                ctx,
-                &mut item,
-                Scheme::Https,
-                &host,
-                Some((&t.prometheus_user, pw)),
-            );
+            sweep(ctx, &mut item, Scheme::Https, &host, Some((&t.prometheus_user, pw)));
         }
         sweep(ctx, &mut item, Scheme::Http, &host, None);
     }
@@ -81,21 +72,13 @@ fn sweep(ctx: &Ctx<'_>, item: &mut Item, scheme: Scheme, host: &str, auth: Optio
             Ok(resp) => {
                 let redirect_to_https = scheme == Scheme::Http
                     && matches!(resp.status, 301 | 302 | 307 | 308)
-                    && resp
-                        .header("location")
-                        .is_some_and(|l| l.to_ascii_lowercase().starts_with("https://"));
+                    && resp.header("location").is_some_and(|l| l.to_ascii_lowercase().starts_with("https://"));
                 if resp.is_exposition() {
-                    (
-                        format!("{} with Prometheus exposition text", resp.status),
-                        Some("metrics are public"),
-                    )
+                    (format!("{} with Prometheus exposition text", resp.status), Some("metrics are public"))
                 } else if matches!(resp.status, 400 | 403 | 404) || redirect_to_https {
                     (resp.status.to_string(), None)
                 } else {
-                    (
-                        resp.status.to_string(),
-                        Some("expected 404: the request got past the ingress's /metrics block"),
-                    )
+                    (resp.status.to_string(), Some("expected 404: the request got past the ingress's /metrics block"))
                 }
             }
             Err(e) => {
@@ -106,21 +89,10 @@ fn sweep(ctx: &Ctx<'_>, item: &mut Item, scheme: Scheme, host: &str, auth: Optio
         let entry = outcomes.entry(key).or_insert((why, Vec::new()));
         entry.1.push(path);
     }
-    let summary: Vec<String> = outcomes
-        .iter()
-        .map(|(k, (_, paths))| format!("{k} ×{}", paths.len()))
-        .collect();
-    let who = if auth.is_some() {
-        " with the Prometheus credentials"
-    } else {
-        ""
-    };
+    let summary: Vec<String> = outcomes.iter().map(|(k, (_, paths))| format!("{k} ×{}", paths.len())).collect();
+    let who = if auth.is_some() { " with the Prometheus credentials" } else { "" };
     let base = format!("{url_scheme}://{ep}{who}");
-    item.note(format!(
-        "{base}: {} spellings → {}",
-        SPELLINGS.len(),
-        summary.join(", ")
-    ));
+    item.note(format!("{base}: {} spellings → {}", SPELLINGS.len(), summary.join(", ")));
     for (key, (why, paths)) in &outcomes {
         if let Some(why) = why {
             item.fail(format!("{base}: {key} for {}: {why}", paths.join(" ")));
@@ -135,10 +107,7 @@ fn sweep(ctx: &Ctx<'_>, item: &mut Item, scheme: Scheme, host: &str, auth: Optio
 
 pub fn port_closed(ctx: &Ctx<'_>) -> Item {
     let t = ctx.target;
-    let mut item = Item::new(
-        PORT_CLOSED,
-        "The API's metrics port is not reachable from outside",
-    );
+    let mut item = Item::new(PORT_CLOSED, "The API's metrics port is not reachable from outside");
     // Every public address the three names lead to, each probed once.
     let mut addrs: BTreeMap<SocketAddr, BTreeSet<String>> = BTreeMap::new();
     for host in t.hosts() {
@@ -168,10 +137,7 @@ pub fn port_closed(ctx: &Ctx<'_>) -> Item {
                 item.fail(format!("{label} accepts TCP connections; {answer}"));
             }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                item.note(format!(
-                    "{label}: no answer within {:?} (filtered)",
-                    t.timeout
-                ));
+                item.note(format!("{label}: no answer within {:?} (filtered)", t.timeout));
             }
             Err(e) => item.note(format!("{label}: {e}")),
         }

@@ -81,10 +81,7 @@ pub struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub fn new(target: &'a Target) -> Self {
-        Self {
-            target,
-            tls: net::verifying_connector(target),
-        }
+        Self { target, tls: net::verifying_connector(target) }
     }
 
     pub fn https_endpoint(&self, host: &str) -> Endpoint {
@@ -127,13 +124,10 @@ impl<'a> Ctx<'a> {
             ""
         };
         if resp.status != 200 {
-            return Err(format!(
-                "https://{host}{path} answered {}{hint}",
-                resp.status
-            ));
+            return Err(format!("https://{host}{path} answered {}{hint}", resp.status));
         }
-        let body: serde_json::Value = serde_json::from_slice(&resp.body)
-            .map_err(|e| format!("https://{host}{path}: not JSON ({e})"))?;
+        let body: serde_json::Value =
+            serde_json::from_slice(&resp.body).map_err(|e| format!("https://{host}{path}: not JSON ({e})"))?;
         if body["status"] != "success" {
             return Err(format!("https://{host}{path}: {}", body["error"]));
         }

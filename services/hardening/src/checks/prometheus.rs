@@ -38,22 +38,17 @@ pub fn auth(ctx: &Ctx<'_>) -> Item {
     };
     let attempts = [
         ("without credentials", Request::get(path)),
-        (
-            "with a wrong password",
-            Request::get(path).basic_auth(&t.prometheus_user, &wrong),
-        ),
+        ("with a wrong password", Request::get(path).basic_auth(&t.prometheus_user, &wrong)),
     ];
     for (what, req) in attempts {
         match ctx.https(&host, &req) {
             Ok(r) if r.status == 401 => {
-                let challenge = r
-                    .header("www-authenticate")
-                    .unwrap_or("no WWW-Authenticate");
+                let challenge = r.header("www-authenticate").unwrap_or("no WWW-Authenticate");
                 item.note(format!("{url} {what} → 401 ({challenge})"));
             }
-            Ok(r) if r.status == 200 => item.fail(format!(
-                "{url} {what} → 200: Prometheus is open to anyone who can reach it"
-            )),
+            Ok(r) if r.status == 200 => {
+                item.fail(format!("{url} {what} → 200: Prometheus is open to anyone who can reach it"))
+            }
             Ok(r) => item.fail(format!("{url} {what} → {} (expected 401)", r.status)),
             Err(e) => item.fail(format!("{url} {what}: {e}")),
         }
@@ -84,35 +79,20 @@ pub fn retention(ctx: &Ctx<'_>) -> Item {
         }
     };
     let flag = |name: &str| flags[name].as_str().unwrap_or("").to_string();
-    let (time, old, size) = (
-        flag("storage.tsdb.retention.time"),
-        flag("storage.tsdb.retention"),
-        flag("storage.tsdb.retention.size"),
-    );
+    let (time, old, size) =
+        (flag("storage.tsdb.retention.time"), flag("storage.tsdb.retention"), flag("storage.tsdb.retention.size"));
     let secs = |v: &str| parse_duration(v).unwrap_or(0);
     let size_set = !size.is_empty() && !size.starts_with('0');
     let (effective, source) = if secs(&time) > 0 {
-        (
-            Some(secs(&time)),
-            format!("storage.tsdb.retention.time = {time}"),
-        )
+        (Some(secs(&time)), format!("storage.tsdb.retention.time = {time}"))
     } else if secs(&old) > 0 {
-        (
-            Some(secs(&old)),
-            format!("storage.tsdb.retention (deprecated) = {old}"),
-        )
+        (Some(secs(&old)), format!("storage.tsdb.retention (deprecated) = {old}"))
     } else if size_set {
-        (
-            None,
-            format!("no time limit, storage.tsdb.retention.size = {size}"),
-        )
+        (None, format!("no time limit, storage.tsdb.retention.size = {size}"))
     } else {
         (
             Some(DEFAULT_RETENTION_SECS),
-            format!(
-                "storage.tsdb.retention.time = {:?}: not set, so Prometheus keeps its 15-day default",
-                time
-            ),
+            format!("storage.tsdb.retention.time = {:?}: not set, so Prometheus keeps its 15-day default", time),
         )
     };
     match effective {
@@ -120,9 +100,7 @@ pub fn retention(ctx: &Ctx<'_>) -> Item {
             item.note(format!("{source} ({} days)", s / 86_400));
         }
         Some(s) => item.fail(format!("{source} ({} days, not above 15)", s / 86_400)),
-        None => item.note(format!(
-            "{source}: data is kept until the size cap; make sure it holds more than 15 days"
-        )),
+        None => item.note(format!("{source}: data is kept until the size cap; make sure it holds more than 15 days")),
     }
     // Prometheus' own summary of what it applies, as corroboration.
     if let Ok(info) = ctx.prometheus_api("/api/v1/status/runtimeinfo")
@@ -176,10 +154,7 @@ const ALERT_KINDS: [(&str, &[&str]); 3] = [
 ];
 
 pub fn alert_rules(ctx: &Ctx<'_>) -> Item {
-    let mut item = Item::new(
-        ALERT_RULES,
-        "Alert rules loaded for error rate, latency and GPU node down",
-    );
+    let mut item = Item::new(ALERT_RULES, "Alert rules loaded for error rate, latency and GPU node down");
     let data = match ctx.prometheus_api("/api/v1/rules") {
         Ok(d) => d,
         Err(e) => {
@@ -207,11 +182,7 @@ pub fn alert_rules(ctx: &Ctx<'_>) -> Item {
         "{} alerting and {} recording rules loaded from {}",
         alerts.len(),
         recorded.len(),
-        if files.is_empty() {
-            "no file".to_string()
-        } else {
-            files.into_iter().collect::<Vec<_>>().join(", ")
-        }
+        if files.is_empty() { "no file".to_string() } else { files.into_iter().collect::<Vec<_>>().join(", ") }
     ));
     for (kind, words) in ALERT_KINDS {
         let matching: Vec<&str> = alerts
@@ -236,9 +207,7 @@ pub fn alert_rules(ctx: &Ctx<'_>) -> Item {
         // An alert on a recording rule that is not loaded is silently never firing.
         for series in recorded_names(rule["query"].as_str().unwrap_or("")) {
             if !recorded.contains(&series) {
-                item.fail(format!(
-                    "{name} uses {series}, which no loaded recording rule records"
-                ));
+                item.fail(format!("{name} uses {series}, which no loaded recording rule records"));
             }
         }
     }
@@ -285,10 +254,7 @@ pub fn recorded_names(expr: &str) -> BTreeSet<String> {
 }
 
 pub fn scrape_targets(ctx: &Ctx<'_>) -> Item {
-    let mut item = Item::new(
-        SCRAPE_TARGETS,
-        "Scrape targets healthy (the API's above all)",
-    );
+    let mut item = Item::new(SCRAPE_TARGETS, "Scrape targets healthy (the API's above all)");
     let data = match ctx.prometheus_api("/api/v1/targets?state=active") {
         Ok(d) => d,
         Err(e) => {
@@ -298,16 +264,11 @@ pub fn scrape_targets(ctx: &Ctx<'_>) -> Item {
     };
     let mut jobs: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
     for t in data["activeTargets"].as_array().into_iter().flatten() {
-        let job = t["labels"]["job"]
-            .as_str()
-            .or(t["scrapePool"].as_str())
-            .unwrap_or("?");
+        let job = t["labels"]["job"].as_str().or(t["scrapePool"].as_str()).unwrap_or("?");
         jobs.entry(job.to_string()).or_default().push(t);
     }
     if !jobs.contains_key(API_JOB) {
-        item.fail(format!(
-            "no active target in job {API_JOB}: the API is not scraped"
-        ));
+        item.fail(format!("no active target in job {API_JOB}: the API is not scraped"));
     }
     for (job, targets) in &jobs {
         let up = targets.iter().filter(|t| t["health"] == "up").count();
@@ -339,10 +300,7 @@ pub fn scrape_targets(ctx: &Ctx<'_>) -> Item {
 }
 
 pub fn scrape_auth(ctx: &Ctx<'_>) -> Item {
-    let mut item = Item::new(
-        SCRAPE_AUTH,
-        "The API and LiteLLM scrape jobs send a bearer token",
-    );
+    let mut item = Item::new(SCRAPE_AUTH, "The API and LiteLLM scrape jobs send a bearer token");
     let data = match ctx.prometheus_api("/api/v1/status/config") {
         Ok(d) => d,
         Err(e) => {
@@ -357,11 +315,7 @@ pub fn scrape_auth(ctx: &Ctx<'_>) -> Item {
             return item;
         }
     };
-    let configs = docs
-        .first()
-        .and_then(|d| d["scrape_configs"].as_vec())
-        .cloned()
-        .unwrap_or_default();
+    let configs = docs.first().and_then(|d| d["scrape_configs"].as_vec()).cloned().unwrap_or_default();
     for job in [API_JOB, LITELLM_JOB] {
         let Some(cfg) = configs.iter().find(|c| c["job_name"].as_str() == Some(job)) else {
             item.fail(format!("no scrape job named {job}"));
@@ -424,17 +378,13 @@ mod tests {
         let names = recorded_names(
             r#"job:pr_http_requests_5xx:ratio_rate5m{job="a:b"} > 0.05 and max_over_time(up[5m:1m]) or rate(x_total[5m])"#,
         );
-        assert_eq!(
-            names.into_iter().collect::<Vec<_>>(),
-            ["job:pr_http_requests_5xx:ratio_rate5m"]
-        );
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["job:pr_http_requests_5xx:ratio_rate5m"]);
     }
 
     #[test]
     fn recognises_bearer_configurations() {
         let load = |s: &str| YamlLoader::load_from_str(s).unwrap().remove(0);
-        let file =
-            load("job_name: x\nauthorization:\n  type: Bearer\n  credentials_file: /run/k\n");
+        let file = load("job_name: x\nauthorization:\n  type: Bearer\n  credentials_file: /run/k\n");
         assert!(bearer(&file).unwrap().contains("/run/k"));
         let inline = load("job_name: x\nauthorization:\n  credentials: <secret>\n");
         assert!(bearer(&inline).is_ok());

@@ -13,10 +13,7 @@ pub const CIPHERS: &str = "tls-ciphers";
 const MAX_SUITES: usize = 64;
 
 pub fn protocols(ctx: &Ctx<'_>) -> Item {
-    let mut item = Item::new(
-        PROTOCOLS,
-        "TLS 1.0 and 1.1 refused; TLS 1.2 and 1.3 accepted with a trusted certificate",
-    );
+    let mut item = Item::new(PROTOCOLS, "TLS 1.0 and 1.1 refused; TLS 1.2 and 1.3 accepted with a trusted certificate");
     for host in ctx.target.hosts() {
         let ep = ctx.https_endpoint(&host);
         let mut seen = Vec::new();
@@ -26,17 +23,9 @@ pub fn protocols(ctx: &Ctx<'_>) -> Item {
             // own refusal can make the probe fail. Modern ones: the client an operator's users
             // have, verifying the chain and the name.
             let offer = if legacy {
-                Offer {
-                    version,
-                    suites: Some(ALL_SUITES),
-                    verify: false,
-                }
+                Offer { version, suites: Some(ALL_SUITES), verify: false }
             } else {
-                Offer {
-                    version,
-                    suites: None,
-                    verify: true,
-                }
+                Offer { version, suites: None, verify: true }
             };
             match (legacy, tls::probe(ctx.target, &ep, &offer)) {
                 (true, Outcome::Accepted(s)) => {
@@ -74,11 +63,7 @@ pub fn ciphers(ctx: &Ctx<'_>) -> Item {
         let problem = loop {
             let exclusions: String = accepted.iter().map(|s| format!(":!{}", s.cipher)).collect();
             let suites = format!("ALL:COMPLEMENTOFALL{exclusions}:@SECLEVEL=0");
-            let offer = Offer {
-                version: Version::Tls12,
-                suites: Some(&suites),
-                verify: false,
-            };
+            let offer = Offer { version: Version::Tls12, suites: Some(&suites), verify: false };
             match tls::probe(ctx.target, &ep, &offer) {
                 Outcome::Accepted(s) if accepted.len() < MAX_SUITES => accepted.push(s),
                 Outcome::Accepted(_) => {
@@ -90,9 +75,7 @@ pub fn ciphers(ctx: &Ctx<'_>) -> Item {
                 // Struck every suite this OpenSSL has.
                 Outcome::CannotOffer(_) if !accepted.is_empty() => break None,
                 Outcome::CannotOffer(why) => {
-                    break Some(format!(
-                        "this machine's OpenSSL cannot offer TLS 1.2 suites ({why})"
-                    ));
+                    break Some(format!("this machine's OpenSSL cannot offer TLS 1.2 suites ({why})"));
                 }
                 Outcome::Unreachable(why) => break Some(why),
             }
@@ -102,9 +85,7 @@ pub fn ciphers(ctx: &Ctx<'_>) -> Item {
             continue;
         }
         if accepted.is_empty() {
-            item.note(format!(
-                "{ep}: TLS 1.2 accepts no suite at all (nothing weak either)"
-            ));
+            item.note(format!("{ep}: TLS 1.2 accepts no suite at all (nothing weak either)"));
             continue;
         }
         let names: Vec<&str> = accepted.iter().map(|s| s.cipher.as_str()).collect();
@@ -114,11 +95,8 @@ pub fn ciphers(ctx: &Ctx<'_>) -> Item {
                 item.fail(format!("{ep}: weak suite {} accepted: {why}", s.cipher));
             }
         }
-        let legacy: Vec<&str> = accepted
-            .iter()
-            .filter(|s| tls::is_legacy_cbc(&s.description))
-            .map(|s| s.cipher.as_str())
-            .collect();
+        let legacy: Vec<&str> =
+            accepted.iter().filter(|s| tls::is_legacy_cbc(&s.description)).map(|s| s.cipher.as_str()).collect();
         if !legacy.is_empty() {
             item.note(format!(
                 "{ep}: note: CBC suites (forward secret, not AEAD; legacy, not counted as weak): {}",

@@ -1,0 +1,307 @@
+//! The compose file itself, brought up the way an operator does: `scripts/up --offline` with
+//! the repository's `compose/docker-compose.yml`, then `scripts/down --volumes --yes`.
+//!
+//! Everything the test generates stays in a temp dir: the env file (`PR_ENV_FILE`), the
+//! certificates (`TLS_DIR`) and the ACME webroot; a unique `COMPOSE_PROJECT_NAME`
+//! (`prtest-compose-*`), subnets picked not to overlap any Docker network or host route, and
+//! nginx on free high loopback ports, so it runs next to any other stack. The image variables
+//! are preset to the offline images (`scripts/test` builds them), as `scripts/up` records them
+//! after its first offline run, so `up` never starts a cargo build here; Grafana and LiteLLM have
+//! no offline image and are left out, which `up` must say. If the test fails, the guard's drop
+//! runs `scripts/down --volumes --yes` and then removes whatever still carries the project label.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use privaterouter_tests::{free_port, random_hex};
+
+use crate::harness::{TempDir, repo_root};
+
+const DOMAIN: &str = "privaterouter.test";
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker runs");
+    assert!(out.status.success(), "docker {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// IPv4 CIDR as (network, prefix length).
+fn cidr(s: &str) -> Option<(u32, u32)> {
+    let (addr, len) = s.trim().split_once('/')?;
+    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+    let len: u32 = len.parse().ok()?;
+    (len <= 32).then(|| (u32::from(addr) & (u32::MAX.checked_shl(32 - len).unwrap_or(0)), len))
+}
+
+fn overlaps(a: (u32, u32), b: (u32, u32)) -> bool {
+    let len = a.1.min(b.1);
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    a.0 & mask == b.0 & mask
+}
+
+/// Every IPv4 network in use here: Docker networks' subnets and the host's routes.
+fn used_networks() -> Vec<(u32, u32)> {
+    let ids = docker(&["network", "ls", "-q"]);
+    let mut args = vec!["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}"];
+    args.extend(ids.split_whitespace());
+    let mut used: Vec<(u32, u32)> = docker(&args).split_whitespace().filter_map(cidr).collect();
+    if let Ok(out) = Command::new("ip").args(["-4", "route"]).output() {
+        used.extend(
+            String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()).filter_map(cidr),
+        );
+    }
+    used
+}
+
+/// Two adjacent /24s (edge, metrics) in 10.200.0.0–10.250.255.0 that nothing here uses.
+fn free_subnets() -> (String, String) {
+    let used = used_networks();
+    for _ in 0..50 {
+        let a = 200 + rand::random::<u8>() % 51;
+        let b = (rand::random::<u8>() / 2) * 2;
+        let pair = cidr(&format!("10.{a}.{b}.0/23")).unwrap();
+        if !used.iter().any(|u| overlaps(*u, pair)) {
+            return (format!("10.{a}.{b}"), format!("10.{a}.{}", b + 1));
+        }
+    }
+    panic!("no free 10.x /23 found among {used:?}");
+}
+
+/// The compose project under test; dropping it takes it down (also when the test panics).
+struct Project {
+    name: String,
+    dir: TempDir,
+    env_file: PathBuf,
+    https_port: u16,
+    down: bool,
+}
+
+impl Project {
+    fn new() -> Self {
+        let name = format!("prtest-compose-{}", random_hex(4));
+        let dir = TempDir::new(&name);
+        let (edge, metrics) = free_subnets();
+        let tls = dir.path().join("tls");
+        let acme = dir.path().join("acme");
+        let https_port = free_port();
+        let path = |p: &Path| p.to_str().expect("UTF-8 temp path").to_owned();
+        let overrides: BTreeMap<&str, String> = [
+            ("COMPOSE_PROJECT_NAME", name.clone()),
+            ("PR_DOMAIN", DOMAIN.into()),
+            ("NGINX_BIND_ADDR", "127.0.0.1".into()),
+            ("NGINX_HTTP_PORT", free_port().to_string()),
+            ("NGINX_HTTPS_PORT", https_port.to_string()),
+            ("TLS_DIR", path(&tls)),
+            ("ACME_WEBROOT", path(&acme)),
+            ("EDGE_SUBNET", format!("{edge}.0/24")),
+            ("EDGE_DYNAMIC_RANGE", format!("{edge}.128/25")),
+            ("EDGE_NGINX_IP", format!("{edge}.10")),
+            ("METRICS_SUBNET", format!("{metrics}.0/24")),
+            ("METRICS_DYNAMIC_RANGE", format!("{metrics}.128/25")),
+            ("METRICS_API_IP", format!("{metrics}.10")),
+            ("API_IMAGE", "privaterouter/api:local".into()),
+            ("POSTGRES_IMAGE", "privaterouter/postgres:15".into()),
+            ("NGINX_IMAGE", "privaterouter/nginx:1.22".into()),
+            ("PROMETHEUS_IMAGE", "privaterouter/prometheus:2.42".into()),
+            ("ALERTMANAGER_IMAGE", "privaterouter/alertmanager:0.25".into()),
+        ]
+        .into_iter()
+        .collect();
+        // .env.example with these values put in place (secrets stay empty: `up` generates them).
+        let example = std::fs::read_to_string(repo_root().join("compose/.env.example")).unwrap();
+        let mut seen = Vec::new();
+        let mut env: String = example
+            .lines()
+            .map(|line| match line.split_once('=') {
+                Some((key, _)) if overrides.contains_key(key) => {
+                    seen.push(key.to_owned());
+                    format!("{key}={}\n", overrides[key])
+                }
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        for (key, value) in &overrides {
+            if !seen.iter().any(|k| k == key) {
+                env.push_str(&format!("{key}={value}\n"));
+            }
+        }
+        let env_file = dir.path().join("stack.env");
+        std::fs::write(&env_file, env).unwrap();
+        Self { name, dir, env_file, https_port, down: false }
+    }
+
+    /// `scripts/<script> ARGS` for this project only.
+    fn script(&self, script: &str, args: &[&str]) -> Output {
+        Command::new(repo_root().join("scripts").join(script))
+            .args(args)
+            .env("PR_ENV_FILE", &self.env_file)
+            // The shell's environment beats the env file in compose: pin what must not leak in.
+            .env("COMPOSE_PROJECT_NAME", &self.name)
+            .env("TLS_DIR", self.dir.path().join("tls"))
+            .env("ACME_WEBROOT", self.dir.path().join("acme"))
+            .env_remove("COMPOSE_FILE")
+            .env_remove("COMPOSE_PROFILES")
+            .output()
+            .unwrap_or_else(|e| panic!("scripts/{script}: {e}"))
+    }
+
+    fn env_get(&self, key: &str) -> String {
+        let env = std::fs::read_to_string(&self.env_file).unwrap();
+        // The last assignment wins, as in scripts/lib/stack.sh's env_get.
+        env.lines().rev().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap_or("").to_owned()
+    }
+
+    /// Containers, networks and volumes carrying this project's compose label.
+    fn leftovers(&self) -> BTreeMap<&'static str, Vec<String>> {
+        let label = format!("label=com.docker.compose.project={}", self.name);
+        let list = |args: &[&str]| -> Vec<String> { docker(args).lines().map(str::to_owned).collect() };
+        BTreeMap::from([
+            ("containers", list(&["ps", "-a", "--filter", &label, "--format", "{{.Names}}"])),
+            ("networks", list(&["network", "ls", "--filter", &label, "--format", "{{.Name}}"])),
+            ("volumes", list(&["volume", "ls", "--filter", &label, "--format", "{{.Name}}"])),
+        ])
+    }
+
+    /// `curl` as an operator would: the dev CA, api./prometheus.<domain> resolved to loopback.
+    fn curl(&self, host: &str, path: &str, extra: &[&str]) -> (String, String) {
+        let name = format!("{host}.{DOMAIN}");
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+            .arg("--cacert")
+            .arg(self.dir.path().join("tls/dev-ca.pem"))
+            .args(["--resolve", &format!("{name}:{}:127.0.0.1", self.https_port)])
+            .args(extra)
+            .arg(format!("https://{name}:{}{path}", self.https_port))
+            .output()
+            .expect("curl runs");
+        let all = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = all.rsplit_once('\n').unwrap_or(("", &all));
+        assert!(out.status.success(), "curl https://{name}{path}: {}", text(&out));
+        (code.to_owned(), body.to_owned())
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        if self.down {
+            return;
+        }
+        let out = self.script("down", &["--volumes", "--yes"]);
+        if !out.status.success() {
+            eprintln!("cleanup: scripts/down failed: {}", text(&out));
+        }
+        // Whatever down could not remove (a half-started project).
+        let label = format!("label=com.docker.compose.project={}", self.name);
+        for (kind, args) in [
+            ("container", vec!["ps", "-aq", "--filter", &label]),
+            ("network", vec!["network", "ls", "-q", "--filter", &label]),
+            ("volume", vec!["volume", "ls", "-q", "--filter", &label]),
+        ] {
+            let Ok(out) = Command::new("docker").args(&args).output() else { continue };
+            let ids = String::from_utf8_lossy(&out.stdout).into_owned();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let rm: &[&str] = match kind {
+                "container" => &["rm", "-fv"],
+                other => &[other, "rm"],
+            };
+            let _ = Command::new("docker").args(rm).args(&ids).output();
+        }
+    }
+}
+
+/// A fingerprint of what the test must never write: `compose/.env` and `tls/`.
+fn repo_state() -> Vec<(PathBuf, Option<(u64, std::time::SystemTime)>)> {
+    let root = repo_root();
+    let mut paths = vec![root.join("compose/.env")];
+    if let Ok(entries) = std::fs::read_dir(root.join("tls")) {
+        paths.extend(entries.flatten().map(|e| e.path()));
+    }
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok().map(|m| (m.len(), m.modified().unwrap()));
+            (p, meta)
+        })
+        .collect()
+}
+
+#[test]
+fn scripts_up_offline_serves_the_api_over_tls_and_down_leaves_nothing() {
+    let started = std::time::Instant::now();
+    let repo_before = repo_state();
+    let mut project = Project::new();
+
+    let up = project.script("up", &["--offline", "--timeout", "180"]);
+    let up_text = text(&up);
+    assert!(up.status.success(), "scripts/up --offline failed:\n{up_text}");
+    assert!(up_text.contains("all started services are healthy"), "{up_text}");
+    assert!(
+        up_text.contains("Not started: litellm grafana"),
+        "up names the services it has no offline image for:\n{up_text}"
+    );
+    eprintln!("scripts/up took {:.1} s", started.elapsed().as_secs_f64());
+
+    // Secrets generated into the temp env file, certificates into the temp TLS dir.
+    for key in ["POSTGRES_PASSWORD", "PR_METRICS_TOKEN", "PROMETHEUS_BASIC_AUTH_PASSWORD", "GRAFANA_ADMIN_PASSWORD"] {
+        assert!(project.env_get(key).len() >= 32, "{key} was not generated into the env file");
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&project.env_file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the env file holds secrets");
+    for file in ["dev-ca.pem", "fullchain.pem", "privkey.pem"] {
+        assert!(project.dir.path().join("tls").join(file).exists(), "tls/{file} not in the temp dir");
+    }
+
+    // Five services of the project run, each on its project-named container.
+    let running = docker(&[
+        "ps",
+        "--filter",
+        &format!("label=com.docker.compose.project={}", project.name),
+        "--format",
+        "{{.Names}}",
+    ]);
+    let mut running: Vec<&str> = running.lines().collect();
+    running.sort();
+    let expect: Vec<String> = ["alertmanager", "api", "nginx", "postgres", "prometheus"]
+        .iter()
+        .map(|s| format!("{}-{s}", project.name))
+        .collect();
+    assert_eq!(running, expect);
+
+    // Through nginx over TLS, the certificate verified against the generated dev CA.
+    let (code, body) = project.curl("api", "/readyz", &[]);
+    assert_eq!(code, "200", "{body}");
+    let (code, body) = project.curl("api", "/v1/models", &[]);
+    assert_eq!(code, "401", "the API itself answered (auth required): {body}");
+    assert!(body.contains("\"error\""), "an OpenAI-style error from the API: {body}");
+    let (code, _) = project.curl("api", "/metrics", &[]);
+    assert_eq!(code, "404", "/metrics is never public");
+    let password = project.env_get("PROMETHEUS_BASIC_AUTH_PASSWORD");
+    let (code, _) = project.curl("prometheus", "/-/ready", &["-u", &format!("prometheus:{password}")]);
+    assert_eq!(code, "200");
+    let (code, _) = project.curl("prometheus", "/-/ready", &[]);
+    assert_eq!(code, "401");
+
+    // Down, volumes included: nothing of the project is left.
+    let before = project.leftovers();
+    assert_eq!(before["containers"].len(), 5, "{before:?}");
+    assert!(!before["networks"].is_empty() && !before["volumes"].is_empty(), "{before:?}");
+    let down = project.script("down", &["--volumes", "--yes"]);
+    assert!(down.status.success(), "scripts/down failed:\n{}", text(&down));
+    project.down = true;
+    let after = project.leftovers();
+    assert!(after.values().all(Vec::is_empty), "left behind by scripts/down: {after:?}");
+
+    assert_eq!(repo_state(), repo_before, "the test wrote into compose/.env or tls/ of the repository");
+    eprintln!("compose up, checks and down in {:.1} s", started.elapsed().as_secs_f64());
+}

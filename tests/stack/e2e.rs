@@ -1,0 +1,408 @@
+//! End to end through real Prometheus: the stack with the upstream stand-in and two GPU nodes
+//! (the real agent over the stand-in NVML), a workload sent through nginx over TLS, then
+//! Prometheus' HTTP API (through nginx, with its password) must hold the exact values the
+//! workload implies, `PrivateRouterGpuNodeDown` must fire for the node whose agent was stopped,
+//! and every PromQL expression of the Grafana dashboard must return data.
+//!
+//! TEST-ONLY configuration (in a copy of `prometheus/`, never in the repository): scrape and
+//! rule evaluation every 1 s instead of 15 s, and `for: 3s` instead of `for: 2m` on
+//! PrivateRouterGpuNodeDown, so the test takes seconds instead of minutes. The API polls its
+//! GPU nodes every second (`PR_GPU_POLL_INTERVAL_SECS=1`, default 15). Everything else is the
+//! committed kit.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use privaterouter_hardening::net::{Request, Response};
+use privaterouter_tests::{random_hex, upstream};
+use serde_json::{Value, json};
+use testcontainers::{
+    ContainerAsync, GenericImage,
+    core::{CmdWaitFor, ExecCommand},
+    runners::AsyncRunner,
+};
+
+use crate::{
+    harness::{Kit, Stack, repo_root},
+    standins,
+};
+
+/// One stand-in call: 12 input tokens at 1.5 $/Mtok + 34 output tokens at 6 $/Mtok.
+const CALL_COST: f64 = 0.000222;
+const AGENT_TOKEN_ENV: &str = "PR_E2E_GPU_AGENT_TOKEN";
+const WAIT: Duration = Duration::from_secs(60);
+
+struct E2e {
+    stack: Stack,
+    _upstream: ContainerAsync<GenericImage>,
+    gpu_a: ContainerAsync<GenericImage>,
+    gpu_b: ContainerAsync<GenericImage>,
+}
+
+impl E2e {
+    async fn start() -> Self {
+        let mut kit = Kit::new();
+        kit.edit_prometheus(
+            "prometheus.yml",
+            "  scrape_interval: 15s\n  scrape_timeout: 10s\n  evaluation_interval: 15s\n",
+            "  # TEST-ONLY (tests/stack/e2e.rs): 1 s instead of 15 s.\n  \
+             scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n",
+        )
+        .edit_prometheus(
+            "rules/alerts.yml",
+            "expr: pr_gpu_node_up == 0\n        for: 2m\n",
+            "expr: pr_gpu_node_up == 0\n        for: 3s # TEST-ONLY (tests/stack/e2e.rs): 2m in the kit\n",
+        );
+        let catalog = kit.dir.path().join("models.toml");
+        let dead = format!("http://{}-upstream:9/v1", kit.name);
+        std::fs::write(
+            &catalog,
+            upstream::catalog_toml_for(&standins::upstream_url(&kit), &dead, "PR_TEST_UPSTREAM_KEY"),
+        )
+        .unwrap();
+        kit.models_file = Some(catalog);
+        let agent_token = random_hex(16);
+        kit.api_env = vec![
+            ("PR_TEST_UPSTREAM_KEY".into(), upstream::UPSTREAM_KEY.into()),
+            ("PR_GPU_POLL_INTERVAL_SECS".into(), "1".into()),
+            ("PR_GPU_POLL_TIMEOUT_MS".into(), "800".into()),
+            (AGENT_TOKEN_ENV.into(), agent_token.clone()),
+        ];
+        let nvml = standins::build_fake_nvml(kit.dir.path());
+
+        // The stand-ins first: they create the stack's network, which the stack then joins.
+        let (up, a, b) = tokio::join!(
+            standins::upstream(&kit).start(),
+            standins::gpu_agent(&kit, "gpu-a", &nvml, &agent_token).start(),
+            standins::gpu_agent(&kit, "gpu-b", &nvml, &agent_token).start(),
+        );
+        let up = up.expect("the upstream stand-in starts (privaterouter/base:bookworm)");
+        let gpu_a = a.expect("GPU agent gpu-a starts");
+        let gpu_b = b.expect("GPU agent gpu-b starts");
+        let stack = Stack::start(kit).await;
+        Self { stack, _upstream: up, gpu_a, gpu_b }
+    }
+
+    async fn logs(&self) -> String {
+        let mut out = self.stack.logs().await;
+        out.push_str(&standins::tail("gpu-a", &self.gpu_a).await);
+        out.push_str(&standins::tail("gpu-b", &self.gpu_b).await);
+        out
+    }
+
+    /// `privaterouter-api ARGS` inside the API container (its DATABASE_URL); the JSON it prints.
+    async fn api_cli(&self, args: &[&str]) -> Value {
+        let mut cmd = vec!["privaterouter-api"];
+        cmd.extend_from_slice(args);
+        let mut result = self
+            .stack
+            .api
+            .exec(ExecCommand::new(cmd).with_cmd_ready_condition(CmdWaitFor::exit()))
+            .await
+            .expect("exec in the API container");
+        let stdout = String::from_utf8_lossy(&result.stdout_to_vec().await.unwrap()).to_string();
+        let stderr = String::from_utf8_lossy(&result.stderr_to_vec().await.unwrap()).to_string();
+        let code = result.exit_code().await.unwrap();
+        assert_eq!(code, Some(0), "privaterouter-api {args:?} failed:\n{stdout}\n{stderr}");
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {stdout}"))
+    }
+
+    async fn api(&self, req: Request) -> Response {
+        let what = format!("{} {}", req.method, req.path);
+        self.stack.https("api", req).await.unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    /// An instant query through nginx; the `data.result` vector.
+    async fn query(&self, promql: &str) -> Vec<Value> {
+        let req = Request::get(format!("/api/v1/query?query={}", urlencode(promql)))
+            .basic_auth("prometheus", &self.stack.prometheus_password);
+        let r = self.stack.https("prometheus", req).await.unwrap_or_else(|e| panic!("{promql}: {e}"));
+        assert_eq!(r.status, 200, "{promql}: {}", r.text());
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["status"], "success", "{promql}: {body}");
+        body["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The value of a query that returns one series, `None` when it returns none.
+    async fn value(&self, promql: &str) -> Option<f64> {
+        let result = self.query(promql).await;
+        assert!(result.len() <= 1, "{promql} returned several series: {result:?}");
+        result.first().map(|s| s["value"][1].as_str().unwrap().parse().unwrap())
+    }
+
+    /// Waits (bounded) until every query has its expected value; then asserts them all at once,
+    /// so a failure shows every difference.
+    async fn expect_values(&self, expected: &[(&str, f64)]) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut got = Vec::new();
+            for (q, _) in expected {
+                got.push(self.value(q).await);
+            }
+            let same = |g: &Option<f64>, want: f64| g.is_some_and(|v| (v - want).abs() < 1e-12);
+            if expected.iter().zip(&got).all(|((_, want), g)| same(g, *want)) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let diff: Vec<String> = expected
+                    .iter()
+                    .zip(&got)
+                    .filter(|((_, want), g)| !same(g, *want))
+                    .map(|((q, want), g)| format!("  {q}\n    expected {want}, Prometheus has {g:?}"))
+                    .collect();
+                panic!("Prometheus never held the expected values:\n{}\n{}", diff.join("\n"), self.logs().await);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Prometheus' alerts named `name`, as (state, labels.name).
+    async fn alerts(&self, name: &str) -> Vec<(String, String)> {
+        let req = Request::get("/api/v1/alerts").basic_auth("prometheus", &self.stack.prometheus_password);
+        let r = self.stack.https("prometheus", req).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        body["data"]["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["labels"]["alertname"] == name)
+            .map(|a| (a["state"].as_str().unwrap().to_owned(), a["labels"]["name"].as_str().unwrap_or("").to_owned()))
+            .collect()
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn bearer(req: Request, key: &str) -> Request {
+    req.header("Authorization", format!("Bearer {key}"))
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi there"}]})
+}
+
+/// Every PromQL `expr` anywhere in the committed dashboard (panel targets, rows, annotations),
+/// with Grafana's interval variables replaced as Grafana would (at the test's 1 s scrape).
+fn dashboard_exprs() -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    match (key.as_str(), child.as_str()) {
+                        ("expr", Some(e)) => out.push(
+                            e.replace("$__rate_interval", "1m").replace("$__interval", "15s").replace("$__range", "5m"),
+                        ),
+                        _ => walk(child, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            _ => {}
+        }
+    }
+    let path = repo_root().join("grafana/dashboards/privaterouter-overview.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    walk(&dashboard, &mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_metrics_gpu_alert_and_dashboard_through_real_prometheus() {
+    let started = Instant::now();
+    let e = E2e::start().await;
+
+    // Accounts through the CLI in the API container, credit through the admin API.
+    let admin = e.api_cli(&["admin", "create-user", "--email", "admin@e2e.test", "--admin"]).await;
+    let admin_key = admin["api_key"].as_str().unwrap().to_owned();
+    let user = e.api_cli(&["admin", "create-user", "--email", "user@e2e.test"]).await;
+    let (user_id, key) = (user["user_id"].as_str().unwrap(), user["api_key"].as_str().unwrap().to_owned());
+    let credit = json!({"kind": "topup", "amount_usd": "5", "reason": "e2e"});
+    let r = e
+        .api(
+            bearer(Request::post_json(format!("/api/admin/users/{user_id}/credits"), &credit), &admin_key)
+                .header("Idempotency-Key", random_hex(8)),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // GPU nodes of pool "gpu" (the catalog's `pooled` model), registered through the admin API;
+    // the agents' token is in the API's environment. Their inference server is the stand-in.
+    for node in ["gpu-a", "gpu-b"] {
+        let body = json!({
+            "name": node,
+            "agent_url": standins::agent_url(&e.stack.kit, node),
+            "inference_url": standins::upstream_url(&e.stack.kit),
+            "pool": "gpu",
+            "agent_token_env": AGENT_TOKEN_ENV,
+        });
+        let r = e.api(bearer(Request::post_json("/api/admin/gpu-nodes", &body), &admin_key)).await;
+        assert_eq!(r.status, 201, "registering {node}: {}", r.text());
+    }
+    // The poller has reached both agents (the registry's own view, before Prometheus').
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = e.api(bearer(Request::get("/api/admin/gpu-nodes"), &admin_key)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        let nodes = body["data"].as_array().unwrap();
+        if nodes.len() == 2 && nodes.iter().all(|n| n["health"]["up"] == true) {
+            assert!(nodes.iter().all(|n| n["health"]["gpus"] == 2), "the fake NVML has two GPUs: {body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the GPU nodes never came up: {body}\n{}", e.logs().await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The workload, in two halves a few scrapes apart so rates over it are not zero.
+    for half in 0..2 {
+        for _ in 0..2 {
+            let r = e.api(bearer(Request::get("/v1/models"), &key)).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let r = e.api(Request::get(format!("/no/such/route/{}", random_hex(2)))).await;
+            assert_eq!(r.status, 404, "{}", r.text());
+            let r = e.api(bearer(Request::post_json("/v1/chat/completions", &chat("fail500")), &key)).await;
+            assert_eq!(r.status, 500, "a failing upstream is a 5xx: {}", r.text());
+        }
+        if half == 0 {
+            let r = e.api(bearer(Request::post_json("/v1/chat/completions", &chat("echo")), &key)).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(body["choices"][0]["message"]["content"], "echo: hi there");
+            assert_eq!(body["usage"]["cost_usd"], "0.000222");
+            // Routed to a healthy node of pool "gpu", whose inference server is the stand-in.
+            let r = e.api(bearer(Request::post_json("/v1/chat/completions", &chat("pooled")), &key)).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let r = e.api(bearer(Request::post_json("/v1/chat/completions", &chat("not-in-catalog")), &key)).await;
+            assert_eq!(r.status, 404, "{}", r.text());
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    }
+
+    let api = r#"job="privaterouter-api""#;
+    let http = |route: &str, method: &str, status: &str| {
+        format!(r#"sum(pr_http_requests_total{{{api},route="{route}",method="{method}",status="{status}"}})"#)
+    };
+    e.expect_values(&[
+        (&http("/v1/models", "GET", "200"), 4.0),
+        (&http("unmatched", "GET", "404"), 4.0),
+        (&http("/v1/chat/completions", "POST", "200"), 2.0),
+        (&http("/v1/chat/completions", "POST", "404"), 1.0),
+        (&http("/v1/chat/completions", "POST", "500"), 4.0),
+        (&http("/api/admin/users/{id}/credits", "POST", "201"), 1.0),
+        (&http("/api/admin/gpu-nodes", "POST", "201"), 2.0),
+        // No other 5xx anywhere: the readiness polls and the rest were all answered.
+        (&format!(r#"sum(pr_http_requests_total{{{api},status=~"5.."}})"#), 4.0),
+        (
+            &format!(r#"sum(pr_llm_calls_total{{{api},model="echo",endpoint="chat_completions",status="success"}})"#),
+            1.0,
+        ),
+        (
+            &format!(
+                r#"sum(pr_llm_calls_total{{{api},model="fail500",endpoint="chat_completions",status="upstream_error"}})"#
+            ),
+            4.0,
+        ),
+        (&format!(r#"sum(pr_llm_tokens_total{{{api},model="echo",direction="input"}})"#), 12.0),
+        (&format!(r#"sum(pr_llm_tokens_total{{{api},model="echo",direction="output"}})"#), 34.0),
+        (&format!(r#"sum(pr_llm_cost_usd_total{{{api},model="echo"}})"#), CALL_COST),
+        (
+            &format!(r#"sum(pr_llm_calls_total{{{api},model="pooled",endpoint="chat_completions",status="success"}})"#),
+            1.0,
+        ),
+        (&format!(r#"sum(pr_llm_cost_usd_total{{{api},model="pooled"}})"#), CALL_COST),
+        (&format!(r#"sum(pr_credit_transactions_total{{{api},kind="topup"}})"#), 1.0),
+        (&format!(r#"sum(pr_credit_transactions_total{{{api},kind="usage"}})"#), 2.0),
+        // Both nodes polled through their agents: up, and the fake NVML's mean utilization
+        // (42 % on GPU 0; GPU 1 reports none and is left out of the mean).
+        (&format!(r#"pr_gpu_node_up{{{api},name="gpu-a"}}"#), 1.0),
+        (&format!(r#"pr_gpu_node_up{{{api},name="gpu-b"}}"#), 1.0),
+        (&format!(r#"pr_gpu_node_utilization_pct{{{api},name="gpu-a"}}"#), 42.0),
+        (&format!(r#"pr_gpu_node_utilization_pct{{{api},name="gpu-b"}}"#), 42.0),
+    ])
+    .await;
+    // The model label is the catalog's name, and only for catalog models.
+    let models: BTreeSet<String> = e
+        .query(r#"count by (model) (pr_llm_calls_total{job="privaterouter-api"})"#)
+        .await
+        .iter()
+        .map(|s| s["metric"]["model"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(models, BTreeSet::from(["echo", "fail500", "pooled"].map(String::from)));
+    assert!(
+        e.alerts("PrivateRouterGpuNodeDown").await.iter().all(|(state, _)| state != "firing"),
+        "no GPU node is down yet"
+    );
+    eprintln!("workload metrics verified after {:.1} s", started.elapsed().as_secs_f64());
+
+    // gpu-b goes down: its agent container stops. The poller sees it, the gauge drops to 0,
+    // and the alert fires for gpu-b only.
+    e.gpu_b.stop().await.expect("stopping gpu-b's agent");
+    e.expect_values(&[
+        (&format!(r#"pr_gpu_node_up{{{api},name="gpu-b"}}"#), 0.0),
+        (&format!(r#"pr_gpu_node_up{{{api},name="gpu-a"}}"#), 1.0),
+        (&format!(r#"count(pr_gpu_node_utilization_pct{{{api}}})"#), 1.0),
+    ])
+    .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let alerts = e.alerts("PrivateRouterGpuNodeDown").await;
+        if alerts.contains(&("firing".to_owned(), "gpu-b".to_owned())) {
+            assert!(alerts.iter().all(|(_, node)| node == "gpu-b"), "only gpu-b is down: {alerts:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PrivateRouterGpuNodeDown never fired for gpu-b: {alerts:?}\n{}",
+            e.logs().await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(e.alerts("PrivateRouterNoHealthyGpuNode").await.is_empty(), "gpu-a is still up");
+    // Prometheus handed the alert to Alertmanager (the kit's alerting wiring).
+    let (code, out) = e.stack.in_prometheus("curl -fsS http://alertmanager:9093/api/v2/alerts").await;
+    assert_eq!(code, 0, "{out}");
+    let am: Value = serde_json::from_str(&out).unwrap_or_else(|err| panic!("{err}: {out}"));
+    assert!(
+        am.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "PrivateRouterGpuNodeDown" && a["labels"]["name"] == "gpu-b"),
+        "Alertmanager has no PrivateRouterGpuNodeDown for gpu-b: {out}"
+    );
+    eprintln!("GPU node down alert verified after {:.1} s", started.elapsed().as_secs_f64());
+
+    // Every panel of the dashboard has data.
+    let exprs = dashboard_exprs();
+    assert!(exprs.len() >= 10, "the dashboard's queries were not found: {exprs:?}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut empty = Vec::new();
+        for q in &exprs {
+            if e.query(q).await.is_empty() {
+                empty.push(q.as_str());
+            }
+        }
+        if empty.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dashboard queries without data:\n  {}\n{}",
+            empty.join("\n  "),
+            e.logs().await
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!("{} dashboard queries return data; total {:.1} s", exprs.len(), started.elapsed().as_secs_f64());
+}
