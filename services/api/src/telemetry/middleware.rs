@@ -46,7 +46,7 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 #[derive(Clone)]
 pub struct TelemetryLayer {
-    shared: Arc<Shared>,
+    shared: &'static Shared,
 }
 
 struct Shared {
@@ -83,7 +83,9 @@ impl TelemetryLayer {
         limits: RequestLimits,
         request_timeout: Duration,
     ) -> Self {
-        Self { shared: Arc::new(Shared { access_log, proxies, limits, request_timeout }) }
+        // Leaked on purpose: a layer lives as long as the server (two per process), and a
+        // `&'static` reference costs no reference counting per request.
+        Self { shared: Box::leak(Box::new(Shared { access_log, proxies, limits, request_timeout })) }
     }
 }
 
@@ -92,11 +94,7 @@ impl<S> Layer<S> for TelemetryLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Telemetry {
             inner,
-            per_route: Arc::new(PerRoute {
-                shared: self.shared.clone(),
-                route: OnceLock::new(),
-                metrics: Default::default(),
-            }),
+            per_route: Arc::new(PerRoute { shared: self.shared, route: OnceLock::new(), metrics: Default::default() }),
         }
     }
 }
@@ -112,9 +110,9 @@ pub struct Telemetry<S> {
 /// cache is keyed by the `MatchedPath` it was filled from, so a mismatch falls back to the
 /// global tables instead of mislabelling.
 struct PerRoute {
-    shared: Arc<Shared>,
+    shared: &'static Shared,
     route: OnceLock<(usize, &'static str)>,
-    metrics: [OnceLock<Arc<RouteMetrics>>; METHODS.len()],
+    metrics: [OnceLock<&'static RouteMetrics>; METHODS.len()],
 }
 
 impl PerRoute {
@@ -131,9 +129,9 @@ impl PerRoute {
         (route, true)
     }
 
-    fn metrics(&self, method: usize, route: &'static str, cacheable: bool) -> Arc<RouteMetrics> {
+    fn metrics(&self, method: usize, route: &'static str, cacheable: bool) -> &'static RouteMetrics {
         if cacheable {
-            self.metrics[method].get_or_init(|| RouteMetrics::get(METHODS[method], route)).clone()
+            self.metrics[method].get_or_init(|| RouteMetrics::get(METHODS[method], route))
         } else {
             RouteMetrics::get(METHODS[method], route)
         }
@@ -166,7 +164,7 @@ where
         metrics.in_flight.increment(1.0);
 
         let record = Record {
-            shared: self.per_route.shared.clone(),
+            shared: self.per_route.shared,
             start,
             ts,
             method,
@@ -260,7 +258,7 @@ impl<F: Future> Future for LazyTimeout<F> {
 
 /// Everything needed to finish a request once its body is done.
 struct Record {
-    shared: Arc<Shared>,
+    shared: &'static Shared,
     start: Instant,
     ts: f64,
     method: &'static str,
@@ -271,7 +269,7 @@ struct Record {
     user_agent: Option<HeaderValue>,
     request_id: RequestId,
     user: UserSlot,
-    metrics: Arc<RouteMetrics>,
+    metrics: &'static RouteMetrics,
 }
 
 impl Record {
@@ -317,9 +315,7 @@ impl Record {
 
     fn finish(self, status: StatusCode, bytes: u64) {
         let elapsed = self.start.elapsed();
-        let (requests, duration) = self.metrics.for_status(self.method, self.route, status);
-        requests.increment(1);
-        duration.record(elapsed.as_secs_f64());
+        self.metrics.record(status, elapsed.as_secs_f64());
         self.metrics.in_flight.decrement(1.0);
         self.shared.access_log.write(&AccessLine {
             ts: (self.ts * 1000.0).round() / 1000.0,
@@ -414,48 +410,57 @@ pub fn method_label(method: &Method) -> &'static str {
 
 /// Metric handles of one (method, route) pair, registered once and reused: the recorder's own
 /// lookup (building a label vector, hashing it) would otherwise run three times per request.
+/// Entries are leaked on purpose: there is one per (method, route) pair, a small closed set, and
+/// `&'static` references cost no reference counting on the hot path.
 struct RouteMetrics {
+    method: &'static str,
+    route: &'static str,
     in_flight: Gauge,
-    by_status: RwLock<Vec<(StatusCode, Counter, Histogram)>>,
+    /// Handles per status code, filled once each and read without any lock or shared write.
+    by_status: [OnceLock<(StatusCode, Counter, Histogram)>; STATUS_SLOTS],
 }
 
+/// Distinct statuses per (method, route) served from the lock-free slots; more fall back to the
+/// recorder's own lookup.
+const STATUS_SLOTS: usize = 12;
+
 impl RouteMetrics {
-    fn get(method: &'static str, route: &'static str) -> Arc<Self> {
+    fn get(method: &'static str, route: &'static str) -> &'static Self {
         // Both labels are `&'static str` from closed sets, so their addresses identify them.
-        type Table = HashMap<(usize, usize), Arc<RouteMetrics>>;
+        type Table = HashMap<(usize, usize), &'static RouteMetrics>;
         static TABLE: LazyLock<RwLock<Table>> = LazyLock::new(Default::default);
         let key = (method.as_ptr() as usize, route.as_ptr() as usize);
         if let Some(m) = TABLE.read().expect("metrics table lock").get(&key) {
-            return m.clone();
+            return m;
         }
-        TABLE
-            .write()
-            .expect("metrics table lock")
-            .entry(key)
-            .or_insert_with(|| {
-                Arc::new(Self {
-                    in_flight: gauge!(HTTP_REQUESTS_IN_FLIGHT, "method" => method, "route" => route),
-                    by_status: RwLock::default(),
-                })
-            })
-            .clone()
+        TABLE.write().expect("metrics table lock").entry(key).or_insert_with(|| {
+            Box::leak(Box::new(Self {
+                method,
+                route,
+                in_flight: gauge!(HTTP_REQUESTS_IN_FLIGHT, "method" => method, "route" => route),
+                by_status: Default::default(),
+            }))
+        })
     }
 
-    fn for_status(&self, method: &'static str, route: &'static str, status: StatusCode) -> (Counter, Histogram) {
-        let find = |v: &Vec<(StatusCode, Counter, Histogram)>| {
-            v.iter().find(|(s, _, _)| *s == status).map(|(_, c, h)| (c.clone(), h.clone()))
-        };
-        if let Some(found) = find(&self.by_status.read().expect("metrics lock")) {
-            return found;
+    fn record(&self, status: StatusCode, seconds: f64) {
+        for slot in &self.by_status {
+            let (s, requests, duration) = match slot.get() {
+                Some(entry) => entry,
+                None => slot.get_or_init(|| {
+                    let labels = [("method", self.method), ("route", self.route), ("status", status_label(status))];
+                    (status, counter!(HTTP_REQUESTS_TOTAL, &labels), histogram!(HTTP_REQUEST_DURATION_SECONDS, &labels))
+                }),
+            };
+            if *s == status {
+                requests.increment(1);
+                duration.record(seconds);
+                return;
+            }
         }
-        let mut by_status = self.by_status.write().expect("metrics lock");
-        if let Some(found) = find(&by_status) {
-            return found;
-        }
-        let labels = [("method", method), ("route", route), ("status", status_label(status))];
-        let handles = (counter!(HTTP_REQUESTS_TOTAL, &labels), histogram!(HTTP_REQUEST_DURATION_SECONDS, &labels));
-        by_status.push((status, handles.0.clone(), handles.1.clone()));
-        handles
+        let labels = [("method", self.method), ("route", self.route), ("status", status_label(status))];
+        counter!(HTTP_REQUESTS_TOTAL, &labels).increment(1);
+        histogram!(HTTP_REQUEST_DURATION_SECONDS, &labels).record(seconds);
     }
 }
 
