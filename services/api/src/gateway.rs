@@ -152,7 +152,22 @@ fn prompt_chars(body: &Map<String, Value>) -> usize {
     body.get("messages").map_or(0, |m| m.to_string().len())
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
+    /// Starts a call: refuses it (402) without credit, and names the upstream's model.
+    async fn begin(
+        state: &'a AppState,
+        user: AuthUser,
+        model: Arc<Model>,
+        endpoint: Endpoint,
+        request_id: &str,
+        body: &mut Map<String, Value>,
+    ) -> Result<Self, ApiError> {
+        let started = Instant::now();
+        require_credit(state, &user, &model, endpoint).await?;
+        body.insert("model".into(), Value::String(model.upstream_model.clone()));
+        Ok(Self { state, user, model, endpoint, request_id: request_id.to_owned(), started })
+    }
+
     /// Sends the call to the model's upstream, or to a healthy node of its GPU pool, and
     /// returns the successful response head. Failures are counted; a pool node that fails is
     /// marked down at once, before its next health poll.
@@ -256,9 +271,7 @@ pub async fn complete(
     endpoint: Endpoint,
     request_id: &str,
 ) -> Result<CallResult, ApiError> {
-    let call = Call { state, user, model, endpoint, request_id: request_id.to_owned(), started: Instant::now() };
-    require_credit(state, &user, &call.model, endpoint).await?;
-    body.insert("model".into(), Value::String(call.model.upstream_model.clone()));
+    let call = Call::begin(state, user, model, endpoint, request_id, &mut body).await?;
     body.remove("stream");
     body.remove("stream_options");
 
@@ -311,9 +324,7 @@ pub async fn stream(
     endpoint: Endpoint,
     request_id: &str,
 ) -> Result<Response, ApiError> {
-    let call = Call { state, user, model, endpoint, request_id: request_id.to_owned(), started: Instant::now() };
-    require_credit(state, &user, &call.model, endpoint).await?;
-    body.insert("model".into(), Value::String(call.model.upstream_model.clone()));
+    let call = Call::begin(state, user, model, endpoint, request_id, &mut body).await?;
     body.insert("stream".into(), Value::Bool(true));
     let options = body.entry("stream_options").or_insert_with(|| json!({}));
     if let Some(o) = options.as_object_mut() {

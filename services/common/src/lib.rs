@@ -3,6 +3,8 @@
 
 pub mod log_format;
 pub mod secret;
+pub mod shutdown;
 
 pub use log_format::{JsonLines, unix_now};
 pub use secret::Secret;
+pub use shutdown::shutdown_signal;
