@@ -7,6 +7,8 @@ mod conversations;
 mod errors;
 mod gateway;
 mod gpu_nodes;
+mod holds;
+mod crash;
 mod keys;
 mod listeners;
 mod metrics;

@@ -61,6 +61,7 @@ async fn the_binary_logs_json_to_stdout_and_exits_cleanly_on_sigterm() {
     let port = privaterouter_tests::free_port();
     let mut child = tokio::process::Command::new(privaterouter_tests::api_binary())
         .env("DATABASE_URL", &db.url)
+        .env("PR_BILLING_JOURNAL_DIR", tempfile::tempdir().unwrap().keep())
         .env("PR_PUBLIC_ADDR", format!("127.0.0.1:{port}"))
         .env("PR_METRICS_ADDR", format!("127.0.0.1:{}", privaterouter_tests::free_port()))
         .stdout(std::process::Stdio::piped())

@@ -151,10 +151,10 @@ fn main() {
             privaterouter_api::users::create_user(&pool, "bench@example.test", privaterouter_api::auth::Role::User)
                 .await
                 .unwrap();
-        privaterouter_api::ledger::admin_credit(
+        privaterouter_api::billing::ledger::admin_credit(
             &pool,
             user_id,
-            privaterouter_api::ledger::CreditKind::Topup,
+            privaterouter_api::billing::CreditKind::Topup,
             "1000000".parse().unwrap(),
             "bench",
             "bench",

@@ -179,6 +179,13 @@ pub struct Gateway {
     _catalog: tempfile::NamedTempFile,
 }
 
+impl Gateway {
+    /// The catalog file the app was started with (for a second replica).
+    pub fn catalog_path(&self) -> std::path::PathBuf {
+        self._catalog.path().to_owned()
+    }
+}
+
 pub async fn spawn_gateway() -> Gateway {
     spawn_gateway_with(|_| {}).await
 }
@@ -288,4 +295,28 @@ impl TestApp {
         }
         self.task.take().expect("not shut down yet")
     }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `within`; panics naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "never happened within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The ledger's invariant for every user, read from the database: (users whose balance differs
+/// from the sum of their rows, users whose held credit differs from their leases, users whose
+/// held credit exceeds their balance).
+pub async fn ledger_violations(pool: &sqlx::PgPool) -> (i64, i64, i64) {
+    let report = privaterouter_api::billing::check::run(pool).await.expect("ledger check runs");
+    (report.balance_mismatch, report.held_mismatch, report.negative_available)
 }

@@ -136,6 +136,27 @@ async fn completions(State(up): State<Upstream>, headers: HeaderMap, Json(body):
         }
         // A long stream: 40 chunks, 50 ms apart (2 s), for disconnect tests.
         "up-long" => sse(model, Duration::from_millis(50), true, 40),
+        // Answers after 0.5 s / 2 s: calls that are in flight together, or that a client abandons.
+        "up-wait" => {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Json(completion(&model, "waited")).into_response()
+        }
+        "up-2s" => {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Json(completion(&model, "two seconds")).into_response()
+        }
+        // Reports more output than any cap, or token counts no model can produce.
+        "up-overcap" => {
+            let mut c = completion(&model, "too long");
+            c["usage"]["completion_tokens"] = json!(5000);
+            Json(c).into_response()
+        }
+        "up-absurd" => {
+            let mut c = completion(&model, "absurd");
+            c["usage"]["prompt_tokens"] = json!(1_000_000_000_000u64);
+            c["usage"]["completion_tokens"] = json!(u64::MAX);
+            Json(c).into_response()
+        }
         "up-slow" => {
             tokio::time::sleep(Duration::from_secs(5)).await;
             Json(completion(&model, "late")).into_response()
@@ -175,11 +196,19 @@ pub fn catalog_toml_for(base: &str, dead: &str, key_env: &str) -> String {
         ("fail500", "up-500", base),
         ("fail400", "up-400", base),
         ("dead", "up-dead", dead),
+        ("wait", "up-wait", base),
+        ("twosec", "up-2s", base),
+        ("overcap", "up-overcap", base),
+        ("absurd", "up-absurd", base),
     ] {
         out.push_str(&format!(
             "[[models]]\nname = \"{name}\"\nupstream = \"{base}\"\nupstream_model = \"{up_model}\"\napi_key_env = \"{key_env}\"\ninput_usd_per_mtok = 1.5\noutput_usd_per_mtok = 6.0\n\n"
         ));
     }
+    // A small output cap (the default is 4096).
+    out.push_str(&format!(
+        "[[models]]\nname = \"capped\"\nupstream = \"{base}\"\nupstream_model = \"up-echo\"\napi_key_env = \"{key_env}\"\ninput_usd_per_mtok = 1.5\noutput_usd_per_mtok = 6.0\nmax_output_tokens = 64\n\n"
+    ));
     // Served by the healthy nodes of GPU pool "gpu" (tests register the nodes).
     out.push_str(&format!(
         "[[models]]\nname = \"pooled\"\ngpu_pool = \"gpu\"\nupstream_model = \"up-echo\"\napi_key_env = \"{key_env}\"\ninput_usd_per_mtok = 1.5\noutput_usd_per_mtok = 6.0\n\n"

@@ -261,7 +261,8 @@ impl Stack {
             "api",
             "api-metrics",
             api_ports,
-            &[("/tmp", "")],
+            // The billing journal: a volume in compose, tmpfs here (the stack tests do not restart the API).
+            &[("/tmp", ""), ("/var/lib/privaterouter/journal", "uid=10001,gid=10001")],
         )
         .with_env_var(
             "DATABASE_URL",

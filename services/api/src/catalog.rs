@@ -29,7 +29,13 @@ struct ModelEntry {
     api_key_env: Option<String>,
     input_usd_per_mtok: f64,
     output_usd_per_mtok: f64,
+    /// Most output tokens of one call (the request's max_tokens is capped by it, and the cap is
+    /// sent upstream); the hold of a call's worst case is priced with it.
+    max_output_tokens: Option<u64>,
 }
+
+/// `max_output_tokens` of a model whose catalog entry sets none.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
 
 #[derive(Debug)]
 pub struct Model {
@@ -40,6 +46,7 @@ pub struct Model {
     pub api_key: Option<Secret>,
     pub input_usd_per_mtok: Decimal,
     pub output_usd_per_mtok: Decimal,
+    pub max_output_tokens: u64,
 }
 
 impl Model {
@@ -121,6 +128,12 @@ impl Catalog {
                 // Via the shortest decimal text of the float, so 0.15 is exactly 0.15.
                 Ok(v.to_string().parse::<Decimal>()?)
             };
+            let max_output_tokens = entry.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
+            anyhow::ensure!(
+                (1..=10_000_000).contains(&max_output_tokens),
+                "model {:?}: max_output_tokens must be between 1 and 10000000",
+                entry.name
+            );
             let model = Arc::new(Model {
                 name: Box::leak(entry.name.clone().into_boxed_str()),
                 target,
@@ -128,6 +141,7 @@ impl Catalog {
                 api_key,
                 input_usd_per_mtok: price(entry.input_usd_per_mtok, "input_usd_per_mtok")?,
                 output_usd_per_mtok: price(entry.output_usd_per_mtok, "output_usd_per_mtok")?,
+                max_output_tokens,
             });
             catalog.by_name.insert(entry.name, model.clone());
             catalog.models.push(model);
@@ -179,6 +193,14 @@ mod tests {
         assert!(Catalog::parse(&format!("{SAMPLE}{SAMPLE}"), |_| Some("k".into())).is_err(), "duplicate");
         assert!(Catalog::parse(&SAMPLE.replace("0.15", "-1.0"), |_| Some("k".into())).is_err());
         assert!(Catalog::parse("[[models]]\nname = \"x\"\nbogus = 1\n", |_| None).is_err());
+        let unpriced = SAMPLE.replace("output_usd_per_mtok = 0.60", "");
+        let err = Catalog::parse(&unpriced, |_| Some("k".into())).unwrap_err();
+        assert!(format!("{err:#}").contains("output_usd_per_mtok"), "a model with no price does not load: {err:#}");
+        assert!(Catalog::parse(&format!("{SAMPLE}max_output_tokens = 0\n"), |_| Some("k".into())).is_err());
+        let capped = Catalog::parse(&format!("{SAMPLE}max_output_tokens = 512\n"), |_| Some("k".into())).unwrap();
+        assert_eq!(capped.get("gpt-4o-mini").unwrap().max_output_tokens, 512);
+        let default = Catalog::parse(SAMPLE, |_| Some("k".into())).unwrap();
+        assert_eq!(default.get("gpt-4o-mini").unwrap().max_output_tokens, DEFAULT_MAX_OUTPUT_TOKENS);
         let both = SAMPLE.replace("upstream_model", "gpu_pool = \"a\"\nupstream_model");
         assert!(Catalog::parse(&both, |_| Some("k".into())).is_err(), "upstream and gpu_pool");
         let pool = SAMPLE.replace("upstream = \"http://litellm:4000/v1/\"", "gpu_pool = \"a100\"");

@@ -18,6 +18,17 @@ pub enum Command {
 pub enum AdminCommand {
     /// Create a user and a first API key; prints {"user_id", "api_key"} as one JSON line on stdout.
     CreateUser(CreateUser),
+    /// The credit ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LedgerCommand {
+    /// Runs the ledger self-check once (balances = sum of rows, held = sum of leases, held
+    /// credit covered, no expired lease left); prints the report as JSON and exits non-zero on
+    /// any violation.
+    Check,
 }
 
 #[derive(Args, Debug)]
@@ -37,6 +48,13 @@ pub async fn run_admin(config: &Config, command: AdminCommand) -> anyhow::Result
             let (user_id, api_key) =
                 users::create_user(&pool, &args.email, role).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}", json!({ "user_id": user_id, "api_key": api_key }));
+            Ok(())
+        }
+        AdminCommand::Ledger(LedgerCommand::Check) => {
+            let pool = db::connect(config).await?;
+            let report = crate::billing::check::run(&pool).await?;
+            println!("{}", json!({ "ok": report.ok(), "violations": report.violations(), "report": report }));
+            anyhow::ensure!(report.ok(), "ledger check failed: {}", report.violations().join(", "));
             Ok(())
         }
     }

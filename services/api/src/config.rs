@@ -87,6 +87,27 @@ pub struct Config {
     /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish before exit.
     #[arg(long, env = "PR_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
+
+    /// Folder of the local billing journal (usage not yet in the database). Keep it on a
+    /// persistent volume of its own per deployment: a restarted API replays what it finds there.
+    #[arg(long, env = "PR_BILLING_JOURNAL_DIR", default_value = "/var/lib/privaterouter/journal")]
+    pub billing_journal_dir: std::path::PathBuf,
+
+    /// A credit lease extension reserves up to this many worst cases of the call that needed it.
+    #[arg(long, env = "PR_CREDIT_LEASE_CALLS", default_value_t = 16)]
+    pub credit_lease_calls: u32,
+
+    /// A credit lease not renewed for this long may be released by any replica.
+    #[arg(long, env = "PR_CREDIT_LEASE_TTL_SECS", default_value_t = 120)]
+    pub credit_lease_ttl_secs: u64,
+
+    /// A user's lease is returned after this long without calls.
+    #[arg(long, env = "PR_CREDIT_LEASE_IDLE_MS", default_value_t = 5000)]
+    pub credit_lease_idle_ms: u64,
+
+    /// How often the ledger self-check runs (0: never).
+    #[arg(long, env = "PR_LEDGER_CHECK_INTERVAL_SECS", default_value_t = 300)]
+    pub ledger_check_interval_secs: u64,
 }
 
 impl Config {
@@ -102,6 +123,19 @@ impl Config {
     /// The metrics token, treating an empty variable as unset.
     pub fn metrics_token(&self) -> Option<&str> {
         self.metrics_token.as_ref().map(Secret::expose).filter(|t| !t.is_empty())
+    }
+
+    pub fn billing(&self) -> crate::billing::BillingConfig {
+        crate::billing::BillingConfig {
+            journal_dir: self.billing_journal_dir.clone(),
+            lease: crate::billing::leases::LeaseConfig {
+                calls: self.credit_lease_calls,
+                ttl: Duration::from_secs(self.credit_lease_ttl_secs.max(2)),
+                idle: Duration::from_millis(self.credit_lease_idle_ms),
+            },
+            check_interval: (self.ledger_check_interval_secs > 0)
+                .then(|| Duration::from_secs(self.ledger_check_interval_secs)),
+        }
     }
 
     /// A configuration for tests and benchmarks: ephemeral loopback ports, defaults elsewhere.
@@ -126,6 +160,11 @@ impl Config {
             key_cache_ttl_ms: 1000,
             gpu_poll_interval_secs: 15,
             gpu_poll_timeout_ms: 3000,
+            billing_journal_dir: std::env::temp_dir().join(format!("pr-journal-{}", uuid::Uuid::new_v4())),
+            credit_lease_calls: 16,
+            credit_lease_ttl_secs: 120,
+            credit_lease_idle_ms: 5000,
+            ledger_check_interval_secs: 300,
         }
     }
 }

@@ -92,8 +92,13 @@ pub enum ApiError {
     Conflict(String),
     #[error("unprocessable: {0}")]
     Unprocessable(String),
-    #[error("insufficient credits")]
-    InsufficientCredits,
+    #[error("insufficient credits: needed {needed}, available {available}")]
+    InsufficientCredits {
+        needed: rust_decimal::Decimal,
+        available: rust_decimal::Decimal,
+        prompt_bound: u64,
+        cap: u64,
+    },
     #[error("model not found: {0}")]
     ModelNotFound(String),
     #[error("upstream unavailable: {0}")]
@@ -139,7 +144,7 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
+            Self::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -163,11 +168,16 @@ impl ApiError {
             Self::Unprocessable(message) => {
                 ErrorInfo::new(status, "invalid_request_error", "unprocessable", message.clone())
             }
-            Self::InsufficientCredits => ErrorInfo::new(
+            Self::InsufficientCredits { needed, available, prompt_bound, cap } => ErrorInfo::new(
                 status,
                 "insufficient_quota",
                 "insufficient_credits",
-                "Your credit balance is not positive. Add credits to continue.",
+                format!(
+                    "This call needs up to {} USD of credit (its worst case: about {prompt_bound} prompt tokens and at most \
+                     {cap} output tokens); {} USD is available. Add credits, or lower max_tokens.",
+                    crate::billing::fmt_usd(*needed),
+                    crate::billing::fmt_usd(*available),
+                ),
             ),
             Self::ModelNotFound(name) => ErrorInfo::new(
                 status,

@@ -1,8 +1,10 @@
 //! The LLM gateway core: calls an OpenAI-compatible upstream for a catalog model, meters the
-//! call (tokens, cost, latency, time to first token, the gateway's own overhead), and bills it in
-//! the ledger exactly once. Streams are forwarded chunk by chunk as they arrive; the upstream is
-//! read by a task of its own, so a client that disconnects mid-stream does not stop the call
-//! from being billed for what the upstream reported.
+//! call (tokens, cost, latency, time to first token, the gateway's own overhead), and bills it
+//! exactly once. Before anything is sent upstream the call's worst case (prompt bound × input
+//! price + output cap × output price) is held against the user's credit (402 when it does not
+//! fit); the call then settles at the reported usage. Every call runs in a task of its own
+//! (streams and non-streaming calls alike), so a client that disconnects, or a handler timeout,
+//! does not stop the call from being billed for what the upstream reported.
 
 use std::{
     sync::Arc,
@@ -18,17 +20,23 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::{
     auth::AuthUser,
+    billing::{Hold, HoldError, Settlement, fmt_usd},
     catalog::{Model, Target, chat_completions_url},
     error::ApiError,
-    ledger::{self, fmt_usd},
     state::AppState,
     telemetry::metrics as m,
 };
+
+/// Reported token counts above this are clamped (and the row flagged `clamped`): no model has a
+/// context this large, and the ledger's integer columns stay far from overflow.
+pub const MAX_REPORTED_TOKENS: u64 = 100_000_000;
+/// The largest `max_tokens` / `max_completion_tokens` accepted (above it: 400).
+const MAX_REQUESTED_TOKENS: u64 = i32::MAX as u64;
 
 /// `endpoint` label values.
 #[derive(Clone, Copy, Debug)]
@@ -97,23 +105,57 @@ pub struct CallResult {
     pub cost: Decimal,
 }
 
-struct Call<'a> {
-    state: &'a AppState,
+struct Call {
+    state: AppState,
     user: AuthUser,
     model: Arc<Model>,
     endpoint: Endpoint,
     request_id: String,
     started: Instant,
+    /// The held worst case, until the call settles (dropped unsettled: released).
+    hold: Option<Hold>,
+    /// Most output tokens the upstream was allowed (sent to it).
+    cap: u64,
 }
 
-/// Refuses the call (402) when the balance is not positive. Concurrent calls may each pass this
-/// check, so a user can overdraw by at most the cost of the calls already in flight.
-async fn require_credit(state: &AppState, user: &AuthUser, model: &Model, endpoint: Endpoint) -> Result<(), ApiError> {
-    if ledger::balance(&state.db, user.user_id).await? <= Decimal::ZERO {
-        count_call(model, endpoint, CallStatus::InsufficientCredits);
-        return Err(ApiError::InsufficientCredits);
+/// The output cap of a call: the request's `max_completion_tokens` / `max_tokens` (400 when not
+/// a positive integer), capped by the model's `max_output_tokens`. The cap is written back into
+/// the body, so the upstream cannot exceed it.
+pub fn output_cap(body: &mut Map<String, Value>, model: &Model) -> Result<u64, ApiError> {
+    let mut requested: Option<u64> = None;
+    let mut present = Vec::new();
+    for field in ["max_completion_tokens", "max_tokens"] {
+        match body.get(field) {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_u64().filter(|n| (1..=MAX_REQUESTED_TOKENS).contains(n)) {
+                Some(n) => {
+                    requested = Some(requested.map_or(n, |r| r.min(n)));
+                    present.push(field);
+                }
+                None => {
+                    return Err(ApiError::bad_request(
+                        "invalid_max_tokens",
+                        format!("`{field}` must be a positive integer (at most {MAX_REQUESTED_TOKENS})"),
+                    ));
+                }
+            },
+        }
     }
-    Ok(())
+    let cap = requested.map_or(model.max_output_tokens, |r| r.min(model.max_output_tokens));
+    if present.is_empty() {
+        present.push("max_tokens");
+    }
+    for field in present {
+        body.insert(field.into(), cap.into());
+    }
+    Ok(cap)
+}
+
+/// An upper bound of the prompt's tokens for the hold: half the request body's bytes (a token
+/// is rarely shorter than two bytes of its JSON text; usual text is about four per token).
+pub fn prompt_token_bound(body: &Map<String, Value>) -> u64 {
+    let bytes = serde_json::to_vec(body).map_or(0, |v| v.len());
+    bytes.div_ceil(2) as u64
 }
 
 fn send_error(e: &reqwest::Error) -> (ApiError, CallStatus) {
@@ -152,10 +194,11 @@ fn prompt_chars(body: &Map<String, Value>) -> usize {
     body.get("messages").map_or(0, |m| m.to_string().len())
 }
 
-impl<'a> Call<'a> {
-    /// Starts a call: refuses it (402) without credit, and names the upstream's model.
+impl Call {
+    /// Starts a call: validates the output cap, holds the worst case (402 when it does not fit,
+    /// 503 when the database cannot be asked), and names the upstream's model.
     async fn begin(
-        state: &'a AppState,
+        state: &AppState,
         user: AuthUser,
         model: Arc<Model>,
         endpoint: Endpoint,
@@ -163,9 +206,28 @@ impl<'a> Call<'a> {
         body: &mut Map<String, Value>,
     ) -> Result<Self, ApiError> {
         let started = Instant::now();
-        require_credit(state, &user, &model, endpoint).await?;
+        let cap = output_cap(body, &model)?;
         body.insert("model".into(), Value::String(model.upstream_model.clone()));
-        Ok(Self { state, user, model, endpoint, request_id: request_id.to_owned(), started })
+        let prompt_bound = prompt_token_bound(body);
+        let worst = model.cost(prompt_bound, cap);
+        let hold = match state.billing.hold(user.user_id, worst).await {
+            Ok(hold) => hold,
+            Err(HoldError::Insufficient { needed, available }) => {
+                count_call(&model, endpoint, CallStatus::InsufficientCredits);
+                return Err(ApiError::InsufficientCredits { needed, available, prompt_bound, cap });
+            }
+            Err(HoldError::Database(e)) => return Err(e.into()),
+        };
+        Ok(Self {
+            state: state.clone(),
+            user,
+            model,
+            endpoint,
+            request_id: request_id.to_owned(),
+            started,
+            hold: Some(hold),
+            cap,
+        })
     }
 
     /// Sends the call to the model's upstream, or to a healthy node of its GPU pool, and
@@ -214,42 +276,48 @@ impl<'a> Call<'a> {
         Ok(response)
     }
 
-    /// Bills (once), records tokens and cost. Billing errors are logged, never lost silently.
-    async fn settle(&self, call_id: Uuid, input: u64, output: u64, estimated: bool) -> Decimal {
-        let cost = self.model.cost(input, output);
-        let usage = ledger::Usage {
-            call_id,
-            user_id: self.user.user_id,
-            model: self.model.name,
-            input_tokens: input,
-            output_tokens: output,
-            cost,
-            estimated,
-            request_id: self.request_id.clone(),
+    /// Bills the call (once) at the reported usage: absurd counts are clamped and an output
+    /// above the cap is billed as reported; both are flagged on the row and counted. The row is
+    /// written by the billing writer; the response does not wait for it.
+    fn settle(&mut self, input: u64, output: u64, estimated: bool) -> (u64, u64, Decimal) {
+        let mut flags = Vec::new();
+        let (input, output) = if input > MAX_REPORTED_TOKENS || output > MAX_REPORTED_TOKENS {
+            flags.push("clamped".to_owned());
+            (input.min(MAX_REPORTED_TOKENS), output.min(MAX_REPORTED_TOKENS))
+        } else {
+            (input, output)
         };
-        // A transient database error must not lose revenue: retry a few times (the call id
-        // makes a retry of a write that did commit a no-op).
-        let mut attempt = 0;
-        loop {
-            match self.state.usage.record(usage.clone()).await {
-                Ok(_) => break,
-                Err(e) if attempt < 5 => {
-                    attempt += 1;
-                    tracing::warn!(request_id = self.request_id.as_str(), error = %e, attempt, "billing write failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-                Err(e) => {
-                    tracing::error!(target: "pr.billing", request_id = self.request_id.as_str(), call_id = %call_id,
-                        user_id = %self.user.user_id, model = self.model.name, input, output, cost = %cost, error = %e,
-                        "usage could not be written to the ledger");
-                    break;
-                }
-            }
+        if output > self.cap {
+            flags.push("over_cap".to_owned());
+        }
+        if estimated {
+            metrics::counter!(m::BILLING_FLAGGED_TOTAL, "reason" => "estimated").increment(1);
+        }
+        for flag in &flags {
+            let reason = if flag == "clamped" { "clamped" } else { "over_cap" };
+            metrics::counter!(m::BILLING_FLAGGED_TOTAL, "reason" => reason).increment(1);
+            tracing::warn!(target: "pr.billing", request_id = self.request_id.as_str(), model = self.model.name,
+                input, output, cap = self.cap, flag = reason, "usage flagged");
+        }
+        let cost = self.model.cost(input, output);
+        if let Some(hold) = self.hold.take() {
+            hold.settle(Settlement {
+                call_id: Uuid::new_v4(),
+                user_id: self.user.user_id,
+                replica_id: Uuid::nil(),
+                model: self.model.name.to_owned(),
+                input_tokens: input as i64,
+                output_tokens: output as i64,
+                cost_usd: cost,
+                estimated,
+                flags,
+                request_id: self.request_id.clone(),
+            });
         }
         metrics::counter!(m::LLM_TOKENS_TOTAL, "model" => self.model.name, "direction" => "input").increment(input);
         metrics::counter!(m::LLM_TOKENS_TOTAL, "model" => self.model.name, "direction" => "output").increment(output);
         m::LLM_COST.add(self.model.name, cost);
-        cost
+        (input, output, cost)
     }
 
     fn observe(&self, upstream_wait: Duration, status: CallStatus) {
@@ -262,7 +330,8 @@ impl<'a> Call<'a> {
     }
 }
 
-/// A non-streaming completion.
+/// A non-streaming completion. The call runs in a task of its own: if the client goes away or
+/// the handler times out, the call still finishes and is billed (`client_disconnect`).
 pub async fn complete(
     state: &AppState,
     user: AuthUser,
@@ -271,48 +340,80 @@ pub async fn complete(
     endpoint: Endpoint,
     request_id: &str,
 ) -> Result<CallResult, ApiError> {
-    let call = Call::begin(state, user, model, endpoint, request_id, &mut body).await?;
     body.remove("stream");
     body.remove("stream_options");
+    let call = Call::begin(state, user, model, endpoint, request_id, &mut body).await?;
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let result = call.run_complete(body, &tx).await;
+        let _ = tx.send(result);
+    });
+    rx.await.unwrap_or_else(|_| Err(ApiError::Internal(anyhow::anyhow!("the call task ended without an answer"))))
+}
 
-    let sent = Instant::now();
-    let response = call.send(&body, sent).await?;
-    let remaining = state.upstream.request.saturating_sub(sent.elapsed());
-    let mut json: Value = match tokio::time::timeout(remaining, response.json::<Value>()).await {
-        Err(_) => {
-            call.observe(sent.elapsed(), CallStatus::Timeout);
-            return Err(ApiError::UpstreamTimeout);
-        }
-        Ok(Err(e)) => {
-            call.observe(sent.elapsed(), CallStatus::InvalidResponse);
-            return Err(ApiError::UpstreamUnavailable(format!("invalid upstream response: {e}")));
-        }
-        Ok(Ok(v)) => v,
-    };
-    let upstream_wait = sent.elapsed();
-    let (input, output, estimated) = match json.get("usage").and_then(tokens_from) {
-        Some((i, o)) => (i, o, false),
-        None => {
-            let text = json.pointer("/choices/0/message/content").and_then(Value::as_str).map_or(0, str::len);
-            (estimate_tokens(prompt_chars(&body)), estimate_tokens(text), true)
-        }
-    };
-    let cost = call.settle(Uuid::new_v4(), input, output, estimated).await;
-    if let Some(obj) = json.as_object_mut() {
-        obj.insert("model".into(), Value::String(call.model.name.to_owned()));
-        let usage = obj.entry("usage").or_insert_with(|| json!({}));
-        if let Some(u) = usage.as_object_mut() {
-            u.insert("prompt_tokens".into(), input.into());
-            u.insert("completion_tokens".into(), output.into());
-            u.insert("total_tokens".into(), (input + output).into());
-            u.insert("cost_usd".into(), Value::String(fmt_usd(cost)));
-            if estimated {
-                u.insert("estimated".into(), Value::Bool(true));
+impl Call {
+    async fn run_complete(
+        mut self,
+        body: Map<String, Value>,
+        answer: &oneshot::Sender<Result<CallResult, ApiError>>,
+    ) -> Result<CallResult, ApiError> {
+        let sent = Instant::now();
+        let response = self.send(&body, sent).await?;
+        let remaining = self.state.upstream.request.saturating_sub(sent.elapsed());
+        let mut json: Value = match tokio::time::timeout(remaining, response.json::<Value>()).await {
+            Err(_) => {
+                self.observe(sent.elapsed(), CallStatus::Timeout);
+                return Err(ApiError::UpstreamTimeout);
+            }
+            Ok(Err(e)) => {
+                self.observe(sent.elapsed(), CallStatus::InvalidResponse);
+                return Err(ApiError::UpstreamUnavailable(format!("invalid upstream response: {e}")));
+            }
+            Ok(Ok(v)) => v,
+        };
+        let upstream_wait = sent.elapsed();
+        let (input, output, estimated) = match json.get("usage").and_then(tokens_from) {
+            Some((i, o)) => (i, o, false),
+            None => {
+                let text = json.pointer("/choices/0/message/content").and_then(Value::as_str).map_or(0, str::len);
+                (estimate_tokens(prompt_chars(&body)), estimate_tokens(text), true)
+            }
+        };
+        let (input, output, cost) = self.settle(input, output, estimated);
+        if let Some(obj) = json.as_object_mut() {
+            obj.insert("model".into(), Value::String(self.model.name.to_owned()));
+            let usage = obj.entry("usage").or_insert_with(|| json!({}));
+            if let Some(u) = usage.as_object_mut() {
+                u.insert("prompt_tokens".into(), input.into());
+                u.insert("completion_tokens".into(), output.into());
+                u.insert("total_tokens".into(), (input + output).into());
+                u.insert("cost_usd".into(), Value::String(fmt_usd(cost)));
+                if estimated {
+                    u.insert("estimated".into(), Value::Bool(true));
+                }
             }
         }
+        let status = if answer.is_closed() { CallStatus::ClientDisconnect } else { CallStatus::Success };
+        self.observe(upstream_wait, status);
+        Ok(CallResult { response: json, input_tokens: input, output_tokens: output, cost })
     }
-    call.observe(upstream_wait, CallStatus::Success);
-    Ok(CallResult { response: json, input_tokens: input, output_tokens: output, cost })
+}
+
+/// Makes a streaming body ask for usage whatever the client sent: `stream_options` missing,
+/// `null` or with `include_usage: false` gets `include_usage: true`; a non-object is a 400.
+pub fn require_stream_usage(body: &mut Map<String, Value>) -> Result<(), ApiError> {
+    body.insert("stream".into(), Value::Bool(true));
+    let options = body.entry("stream_options").or_insert(Value::Null);
+    if options.is_null() {
+        *options = json!({});
+    }
+    match options.as_object_mut() {
+        Some(o) => {
+            o.insert("include_usage".into(), Value::Bool(true));
+            Ok(())
+        }
+        None => Err(ApiError::bad_request("invalid_request_body", "`stream_options` must be an object")),
+    }
 }
 
 /// A streaming completion: answers with the upstream's SSE stream, chunk by chunk.
@@ -324,27 +425,15 @@ pub async fn stream(
     endpoint: Endpoint,
     request_id: &str,
 ) -> Result<Response, ApiError> {
+    require_stream_usage(&mut body)?;
     let call = Call::begin(state, user, model, endpoint, request_id, &mut body).await?;
-    body.insert("stream".into(), Value::Bool(true));
-    let options = body.entry("stream_options").or_insert_with(|| json!({}));
-    if let Some(o) = options.as_object_mut() {
-        o.insert("include_usage".into(), Value::Bool(true));
-    }
 
     let sent = Instant::now();
     let response = call.send(&body, sent).await?;
 
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let prompt = prompt_chars(&body);
-    let owned = OwnedCall {
-        state: state.clone(),
-        user,
-        model: call.model.clone(),
-        endpoint,
-        request_id: call.request_id.clone(),
-        started: call.started,
-    };
-    tokio::spawn(pump(owned, response, tx, sent, prompt));
+    tokio::spawn(pump(call, response, tx, sent, prompt));
 
     let body = Body::from_stream(tokio_stream_from(rx));
     let mut response = body.into_response();
@@ -361,34 +450,17 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-struct OwnedCall {
-    state: AppState,
-    user: AuthUser,
-    model: Arc<Model>,
-    endpoint: Endpoint,
-    request_id: String,
-    started: Instant,
-}
-
 /// Reads the upstream stream to its end, forwarding events to the client while it listens,
 /// then bills what the upstream reported (or an estimate when it reported nothing).
 async fn pump(
-    owned: OwnedCall,
+    mut call: Call,
     response: reqwest::Response,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     sent: Instant,
     prompt_chars: usize,
 ) {
-    let call = Call {
-        state: &owned.state,
-        user: owned.user,
-        model: owned.model.clone(),
-        endpoint: owned.endpoint,
-        request_id: owned.request_id.clone(),
-        started: owned.started,
-    };
-    let idle = owned.state.upstream.stream_idle;
-    let deadline = sent + owned.state.upstream.request.max(Duration::from_secs(1)) * 4;
+    let idle = call.state.upstream.stream_idle;
+    let deadline = sent + call.state.upstream.request.max(Duration::from_secs(1)) * 4;
     let mut upstream = response.bytes_stream();
     let mut buf = BytesMut::new();
     let mut client_gone = false;
@@ -440,7 +512,7 @@ async fn pump(
         Some((i, o)) => (i, o, false),
         None => (estimate_tokens(prompt_chars), estimate_tokens(output_chars), true),
     };
-    call.settle(Uuid::new_v4(), input, output, estimated).await;
+    call.settle(input, output, estimated);
     if client_gone && status == CallStatus::Success {
         status = CallStatus::ClientDisconnect;
     }

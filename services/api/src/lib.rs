@@ -2,6 +2,7 @@
 //! internal listener for Prometheus metrics.
 
 pub mod auth;
+pub mod billing;
 pub mod catalog;
 pub mod cli;
 pub mod config;
@@ -10,7 +11,6 @@ pub mod error;
 pub mod extract;
 pub mod fleet;
 pub mod gateway;
-pub mod ledger;
 pub mod routes;
 pub mod startup;
 pub mod state;

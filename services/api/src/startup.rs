@@ -43,7 +43,8 @@ impl Application {
             None => crate::catalog::Catalog::default(),
         };
         tracing::info!(models = catalog.models().len(), "model catalog loaded");
-        let state = AppState::new(config, db, catalog)?;
+        let billing = crate::billing::Billing::start(db.clone(), config.billing()).await?;
+        let state = AppState::new(config, db, catalog, billing)?;
         let internal_router = routes::internal::router(
             handle.clone(),
             state.config.metrics_token().map(str::to_owned),
@@ -111,7 +112,8 @@ impl Application {
         }
         state.begin_shutdown();
         let _ = stop_tx.send(true);
-        let drained = tokio::time::timeout(grace, async {
+        let deadline = tokio::time::Instant::now() + grace;
+        let drained = tokio::time::timeout_at(deadline, async {
             let (a, b) = tokio::join!(public_task, internal_task);
             a.ok();
             b.ok();
@@ -120,6 +122,9 @@ impl Application {
         if drained.is_err() {
             tracing::warn!("shutdown grace period elapsed with requests still in flight; exiting anyway");
         }
+        // Calls outlive their requests (a client that left mid-stream): let them finish and
+        // settle within the same grace, then write their usage and return the leases.
+        state.billing.shutdown(deadline).await;
         upkeep.abort();
         poller.abort();
         state.db.close().await;

@@ -11,7 +11,7 @@ use std::{
 use sqlx::PgPool;
 
 use crate::{
-    auth::KeyCache, catalog::Catalog, config::Config, fleet::Fleet, gateway::UpstreamTimeouts, ledger::UsageWriter,
+    auth::KeyCache, billing::Billing, catalog::Catalog, config::Config, fleet::Fleet, gateway::UpstreamTimeouts,
 };
 
 #[derive(Clone)]
@@ -23,14 +23,14 @@ pub struct AppState {
     /// One pooled client for every upstream.
     pub http: reqwest::Client,
     pub upstream: UpstreamTimeouts,
-    /// Batched, durable writer of usage rows.
-    pub usage: UsageWriter,
+    /// Holds, settlement, journal (exact prepaid billing).
+    pub billing: Billing,
     pub fleet: Arc<Fleet>,
     shutting_down: Arc<AtomicBool>,
 }
 
 impl AppState {
-    pub fn new(config: Config, db: PgPool, catalog: Catalog) -> anyhow::Result<Self> {
+    pub fn new(config: Config, db: PgPool, catalog: Catalog, billing: Billing) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(config.upstream_connect_timeout_secs))
             .pool_idle_timeout(Duration::from_secs(90))
@@ -43,7 +43,7 @@ impl AppState {
                 stream_idle: Duration::from_secs(config.stream_idle_timeout_secs),
             },
             config: Arc::new(config),
-            usage: UsageWriter::spawn(db.clone()),
+            billing,
             fleet: Arc::default(),
             db,
             catalog: Arc::new(catalog),

@@ -15,7 +15,7 @@ use crate::{
     auth::{AdminUser, AuthUser},
     error::{ApiError, ApiResult},
     extract::AppJson,
-    ledger::{self, CreditKind, fmt_usd},
+    billing::{CreditKind, fmt_usd, ledger},
     state::AppState,
 };
 
@@ -27,8 +27,14 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn balance(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Value>> {
-    let balance = ledger::balance(&state.db, user.user_id).await?;
-    Ok(Json(json!({ "balance_usd": fmt_usd(balance), "currency": "USD", "user_id": user.user_id })))
+    let (balance, held, available) = state.billing.balance(user.user_id).await?;
+    Ok(Json(json!({
+        "balance_usd": fmt_usd(balance),
+        "held_usd": fmt_usd(held),
+        "available_usd": fmt_usd(available),
+        "currency": "USD",
+        "user_id": user.user_id,
+    })))
 }
 
 #[derive(Deserialize)]
@@ -104,7 +110,7 @@ async fn admin_credit(
         return Err(ApiError::bad_request("invalid_reason", "reason must be at most 500 characters"));
     }
     let (transaction, applied) = ledger::admin_credit(&state.db, user_id, req.kind, amount, &req.reason, key).await?;
-    let balance = ledger::balance(&state.db, user_id).await?;
+    let (balance, _) = ledger::balance(&state.db, user_id).await?;
     let status = if applied { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(json!({ "transaction": transaction, "applied": applied, "balance_usd": fmt_usd(balance) }))))
 }

@@ -17,7 +17,7 @@ use crate::{
     error::{ApiError, ApiResult},
     extract::AppJson,
     gateway::{self, Endpoint},
-    ledger::fmt_usd,
+    billing::fmt_usd,
     state::AppState,
     telemetry::{RequestContext, metrics::CHAT_CONVERSATIONS_CREATED_TOTAL},
 };

@@ -27,6 +27,43 @@ pub const LLM_TIME_TO_FIRST_TOKEN_SECONDS: &str = "pr_llm_time_to_first_token_se
 pub const LLM_GATEWAY_OVERHEAD_SECONDS: &str = "pr_llm_gateway_overhead_seconds";
 pub const CHAT_CONVERSATIONS_CREATED_TOTAL: &str = "pr_chat_conversations_created_total";
 pub const CREDIT_TRANSACTIONS_TOTAL: &str = "pr_credit_transactions_total";
+pub const CREDIT_HOLDS_ACTIVE: &str = "pr_credit_holds_active";
+pub const CREDIT_HELD_USD: &str = "pr_credit_held_usd";
+pub const CREDIT_LEASED_USD: &str = "pr_credit_leased_usd";
+pub const BILLING_JOURNAL_PENDING: &str = "pr_billing_journal_pending";
+pub const BILLING_DEAD_LETTERS_TOTAL: &str = "pr_billing_dead_letters_total";
+pub const BILLING_FLAGGED_TOTAL: &str = "pr_billing_flagged_total";
+pub const LEDGER_CHECK_FAILURES_TOTAL: &str = "pr_ledger_check_failures_total";
+/// `check` label values of `pr_ledger_check_failures_total`.
+pub const LEDGER_CHECKS: [&str; 4] = ["balance_mismatch", "held_mismatch", "negative_available", "expired_leases"];
+/// `reason` label values of `pr_billing_flagged_total`.
+pub const BILLING_FLAGS: [&str; 3] = ["over_cap", "clamped", "estimated"];
+
+/// Billing gauges of this replica (the maintenance task refreshes them twice a second).
+pub fn set_credit_gauges(holds: usize, held: Decimal, leased: Decimal) {
+    use rust_decimal::prelude::ToPrimitive;
+    metrics::gauge!(CREDIT_HOLDS_ACTIVE).set(holds as f64);
+    metrics::gauge!(CREDIT_HELD_USD).set(held.to_f64().unwrap_or(0.0));
+    metrics::gauge!(CREDIT_LEASED_USD).set(leased.to_f64().unwrap_or(0.0));
+}
+
+pub fn set_journal_pending(n: usize) {
+    metrics::gauge!(BILLING_JOURNAL_PENDING).set(n as f64);
+}
+
+/// Every billing series exists from the start (at 0), so alerts on `increase()` see the first
+/// failure and dashboards show a value rather than nothing.
+pub fn zero_billing_series() {
+    metrics::counter!(BILLING_DEAD_LETTERS_TOTAL).increment(0);
+    for check in LEDGER_CHECKS {
+        metrics::counter!(LEDGER_CHECK_FAILURES_TOTAL, "check" => check).increment(0);
+    }
+    for reason in BILLING_FLAGS {
+        metrics::counter!(BILLING_FLAGGED_TOTAL, "reason" => reason).increment(0);
+    }
+    set_credit_gauges(0, Decimal::ZERO, Decimal::ZERO);
+    set_journal_pending(0);
+}
 
 /// Upstream calls last from tens of milliseconds to minutes (long non-streaming completions).
 pub const LLM_DURATION_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
@@ -146,6 +183,32 @@ fn describe() {
         CREDIT_TRANSACTIONS_TOTAL,
         Unit::Count,
         "Credit ledger transactions written, by kind (topup, usage, admin_adjust, refund)."
+    );
+    describe_gauge!(CREDIT_HOLDS_ACTIVE, Unit::Count, "LLM calls in flight on this replica holding their worst-case cost.");
+    describe_gauge!(CREDIT_HELD_USD, "USD held by the calls in flight on this replica (sum of their worst cases).");
+    describe_gauge!(
+        CREDIT_LEASED_USD,
+        "USD of users' credit leased by this replica (calls are admitted against it without a database round trip)."
+    );
+    describe_gauge!(
+        BILLING_JOURNAL_PENDING,
+        Unit::Count,
+        "Settlements in this replica's local journal that are not yet in the database (non-zero while the database is unreachable)."
+    );
+    describe_counter!(
+        BILLING_DEAD_LETTERS_TOTAL,
+        Unit::Count,
+        "Usage rows the ledger refused for good, set aside in billing_dead_letters with their reason."
+    );
+    describe_counter!(
+        BILLING_FLAGGED_TOTAL,
+        Unit::Count,
+        "Usage rows written with a flag, by reason (over_cap: more output than the cap sent upstream; clamped: absurd token counts; estimated: no usage reported)."
+    );
+    describe_counter!(
+        LEDGER_CHECK_FAILURES_TOTAL,
+        Unit::Count,
+        "Failed ledger self-checks, by check (balance_mismatch, held_mismatch, negative_available, expired_leases)."
     );
     describe_counter!(
         LOG_LINES_DROPPED_TOTAL,

@@ -1,0 +1,207 @@
+//! The local durable journal of settlements: every finished call's usage is appended here (one
+//! JSON line, fsync'd once per batch) before it is written to the database, so a database outage
+//! or a crash after the fsync loses nothing. Entries are removed once the database has them; a
+//! replay is idempotent because the ledger keys usage by call id.
+//!
+//! Layout: `<dir>/<replica id>/journal.jsonl`, plus a `lock` file that the owning process holds
+//! (an OS file lock, gone with the process however it dies). At start a process adopts every
+//! replica folder whose lock is free: a predecessor that was killed, or one that left a backlog.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+use uuid::Uuid;
+
+use super::Settlement;
+
+const JOURNAL_FILE: &str = "journal.jsonl";
+const LOCK_FILE: &str = "lock";
+
+/// This process's journal. Blocking file I/O: call it from `spawn_blocking`.
+pub struct Journal {
+    dir: PathBuf,
+    file: File,
+    /// Held for the life of the process: other processes see the folder as owned.
+    _lock: File,
+}
+
+/// A dead predecessor's journal folder, adopted by this process.
+pub struct Orphan {
+    pub replica_id: Uuid,
+    pub dir: PathBuf,
+    pub entries: Vec<Settlement>,
+    /// Lines that could not be parsed (a write torn by a crash): logged and counted, not replayed.
+    pub torn_lines: usize,
+    _lock: File,
+}
+
+impl Orphan {
+    /// Deletes the folder once its entries are in the database and its leases are released.
+    pub fn remove(self) -> std::io::Result<()> {
+        fs::remove_dir_all(&self.dir)
+    }
+}
+
+impl Journal {
+    /// Creates this process's folder under `root` and returns the journal together with every
+    /// unowned folder found there (their entries are to be replayed before serving).
+    pub fn open(root: &Path, replica_id: Uuid) -> anyhow::Result<(Self, Vec<Orphan>)> {
+        fs::create_dir_all(root).with_context(|| {
+            format!("creating the billing journal folder {} (set PR_BILLING_JOURNAL_DIR)", root.display())
+        })?;
+        let mut orphans = Vec::new();
+        for entry in fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
+            let entry = entry?;
+            let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<Uuid>().ok()) else { continue };
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            let lock = OpenOptions::new().create(true).truncate(false).write(true).open(entry.path().join(LOCK_FILE))?;
+            if lock.try_lock().is_err() {
+                continue; // a live replica owns it
+            }
+            let (entries, torn_lines) = read_entries(&entry.path().join(JOURNAL_FILE))?;
+            orphans.push(Orphan { replica_id: id, dir: entry.path(), entries, torn_lines, _lock: lock });
+        }
+        let dir = root.join(replica_id.to_string());
+        fs::create_dir_all(&dir)?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE))?;
+        lock.try_lock().map_err(|e| anyhow::anyhow!("locking {}: {e}", dir.display()))?;
+        let file = OpenOptions::new().create(true).append(true).open(dir.join(JOURNAL_FILE))?;
+        fsync_dir(root)?;
+        Ok((Self { dir, file, _lock: lock }, orphans))
+    }
+
+    /// Appends the entries and waits until they are on disk.
+    pub fn append(&mut self, entries: &[Settlement]) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(entries.len() * 256);
+        for e in entries {
+            serde_json::to_writer(&mut buf, e).map_err(std::io::Error::other)?;
+            buf.push(b'\n');
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data()
+    }
+
+    /// Replaces the journal's content with `entries` (those still not in the database).
+    pub fn rewrite(&mut self, entries: &[Settlement]) -> std::io::Result<()> {
+        if entries.is_empty() {
+            self.file.set_len(0)?;
+            return self.file.sync_data();
+        }
+        let tmp = self.dir.join("journal.tmp");
+        {
+            let mut f = File::create(&tmp)?;
+            for e in entries {
+                serde_json::to_writer(&mut f, e).map_err(std::io::Error::other)?;
+                f.write_all(b"\n")?;
+            }
+            f.sync_data()?;
+        }
+        fs::rename(&tmp, self.dir.join(JOURNAL_FILE))?;
+        fsync_dir(&self.dir)?;
+        self.file = OpenOptions::new().append(true).open(self.dir.join(JOURNAL_FILE))?;
+        Ok(())
+    }
+
+    /// On a clean shutdown with nothing left to write: the folder goes, nobody needs to adopt it.
+    pub fn remove(self) -> std::io::Result<()> {
+        fs::remove_dir_all(&self.dir)
+    }
+}
+
+fn read_entries(path: &Path) -> anyhow::Result<(Vec<Settlement>, usize)> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut entries = Vec::new();
+    let mut torn = 0;
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line?;
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Settlement>(&line) {
+            Ok(e) => entries.push(e),
+            Err(_) => torn += 1,
+        }
+    }
+    Ok((entries, torn))
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use rust_decimal::Decimal;
+
+    use super::*;
+
+    fn entry(n: u8) -> Settlement {
+        Settlement {
+            call_id: Uuid::new_v4(),
+            user_id: Uuid::new_v4(),
+            replica_id: Uuid::nil(),
+            model: "m".into(),
+            input_tokens: n.into(),
+            output_tokens: 2,
+            cost_usd: Decimal::new(n.into(), 6),
+            estimated: false,
+            flags: vec![],
+            request_id: format!("r{n}"),
+        }
+    }
+
+    #[test]
+    fn a_dead_replicas_journal_is_adopted_with_its_entries_and_a_torn_tail_is_skipped() {
+        let root = tempfile_dir();
+        let dead = Uuid::new_v4();
+        {
+            let (mut j, orphans) = Journal::open(&root, dead).unwrap();
+            assert!(orphans.is_empty());
+            j.append(&[entry(1), entry(2)]).unwrap();
+            // A crash in the middle of a write leaves half a line.
+            j.file.write_all(b"{\"call_id\":\"12").unwrap();
+        } // the process "dies": its lock goes with it
+        let (live, orphans) = Journal::open(&root, Uuid::new_v4()).unwrap();
+        assert_eq!(orphans.len(), 1);
+        assert_eq!(orphans[0].replica_id, dead);
+        assert_eq!(orphans[0].entries.iter().map(|e| e.input_tokens).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(orphans[0].torn_lines, 1);
+        // A third process does not adopt the live replica's folder nor the adopted one.
+        let (_third, more) = Journal::open(&root, Uuid::new_v4()).unwrap();
+        assert!(more.is_empty(), "folders with a live owner are left alone");
+        drop(live);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn rewrite_keeps_only_what_is_left() {
+        let root = tempfile_dir();
+        let id = Uuid::new_v4();
+        let (mut j, _) = Journal::open(&root, id).unwrap();
+        j.append(&[entry(1), entry(2), entry(3)]).unwrap();
+        j.rewrite(&[entry(3)]).unwrap();
+        j.append(&[entry(4)]).unwrap();
+        let (entries, torn) = read_entries(&root.join(id.to_string()).join(JOURNAL_FILE)).unwrap();
+        assert_eq!((entries.iter().map(|e| e.input_tokens).collect::<Vec<_>>(), torn), (vec![3, 4], 0));
+        j.rewrite(&[]).unwrap();
+        let (entries, _) = read_entries(&root.join(id.to_string()).join(JOURNAL_FILE)).unwrap();
+        assert!(entries.is_empty());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pr-journal-test-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
