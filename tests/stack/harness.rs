@@ -261,7 +261,8 @@ impl Stack {
             "api",
             "api-metrics",
             api_ports,
-            // The billing journal: a volume in compose, tmpfs here (the stack tests do not restart the API).
+            // The billing journal: a volume in compose, tmpfs here (only the ingress test restarts the
+            // API, with no call in flight).
             &[("/tmp", ""), ("/var/lib/privaterouter/journal", "uid=10001,gid=10001")],
         )
         .with_env_var(
@@ -353,7 +354,8 @@ impl Stack {
             nginx = nginx.with_cap_add(cap);
         }
 
-        // All at once: the API retries the database, nginx and Prometheus resolve per request.
+        // All at once: the API retries the database, Prometheus resolves per scrape, nginx starts
+        // without the API and picks it up when its name resolves (nginx/entrypoint.sh).
         let (postgres, api, alertmanager, prometheus, nginx) =
             tokio::join!(postgres.start(), api.start(), alertmanager.start(), prometheus.start(), nginx.start());
         let start_err = |what: &str, e: testcontainers::TestcontainersError| -> ! {
@@ -484,14 +486,46 @@ impl Stack {
     /// Runs `sh -c script` in the Prometheus container (on the stack's network, with curl and
     /// promtool); returns the exit code and the combined output.
     pub async fn in_prometheus(&self, script: &str) -> (i64, String) {
-        let mut result = self
-            .prometheus
-            .exec(ExecCommand::new(["sh", "-c", script]).with_cmd_ready_condition(CmdWaitFor::exit()))
-            .await
-            .expect("exec in the prometheus container");
-        let mut out = String::from_utf8_lossy(&result.stdout_to_vec().await.unwrap()).to_string();
-        out.push_str(&String::from_utf8_lossy(&result.stderr_to_vec().await.unwrap()));
-        let code = result.exit_code().await.unwrap().expect("the command exited");
-        (code, out)
+        exec_sh(&self.prometheus, script).await
+    }
+
+    /// Runs `sh -c script` in the nginx container (its network namespace: `/proc/net/tcp` lists
+    /// nginx's own sockets); returns the exit code and the combined output.
+    pub async fn in_nginx(&self, script: &str) -> (i64, String) {
+        exec_sh(&self.nginx, script).await
+    }
+
+    /// Reads nginx's published ports again (they change when its container restarts).
+    pub async fn refresh_nginx_ports(&mut self) {
+        self.https_port = self.nginx.get_host_port_ipv4(443).await.unwrap();
+        self.http_port = self.nginx.get_host_port_ipv4(80).await.unwrap();
+    }
+}
+
+async fn exec_sh(container: &ContainerAsync<GenericImage>, script: &str) -> (i64, String) {
+    let mut result = container
+        .exec(ExecCommand::new(["sh", "-c", script]).with_cmd_ready_condition(CmdWaitFor::exit()))
+        .await
+        .expect("exec in a stack container");
+    let mut out = String::from_utf8_lossy(&result.stdout_to_vec().await.unwrap()).to_string();
+    out.push_str(&String::from_utf8_lossy(&result.stderr_to_vec().await.unwrap()));
+    let code = result.exit_code().await.unwrap().expect("the command exited");
+    (code, out)
+}
+
+/// Calls `check` every 250 ms until it returns `Ok`, for at most `timeout`; panics with `what`
+/// and the last error otherwise.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if Instant::now() > deadline => panic!("{what}: not within {timeout:?} (last: {last})"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
     }
 }
