@@ -1,13 +1,17 @@
 //! Gateway overhead: the same OpenAI-compatible upstream stand-in called directly and through
-//! the gateway (the release binary as its own process: key auth, credit check, durable billing
-//! write per call, metrics, access log all on), at fixed request rates, side by side in one run.
-//! Also time to first token of streams, direct vs through the gateway, and the gateway's memory.
+//! the gateway (the release binary as its own process: key auth, worst-case hold, journaled
+//! durable billing, metrics, access log all on), at fixed request rates and at saturation with
+//! 8 connections, side by side in one run. Two gateways run: the default (credit leases of 16
+//! worst cases: admission in memory) and `PR_CREDIT_LEASE_CALLS=1` (every call extends its lease
+//! in the database: what a per-call database hold costs). Also time to first token of streams,
+//! direct vs through the gateway, and the gateway's memory.
 //!
 //!     cargo build --release -p privaterouter-api
 //!     cargo bench -p privaterouter-tests --bench gateway_overhead
 //!
 //! Environment: BENCH_RATES (default "500,1000,2000" req/s), BENCH_SECS (per run, default 10),
-//! BENCH_STREAMS (streams measured, default 200). Needs Docker (Postgres from the local image).
+//! BENCH_STREAMS (streams measured, default 200), BENCH_CONNS (saturation, default 8). Needs
+//! Docker (Postgres from the local image).
 
 use std::{
     io::Write,
@@ -94,6 +98,41 @@ async fn load(client: &reqwest::Client, url: &str, key: &str, model: &str, rate:
     run
 }
 
+/// Closed loop: `conns` workers each send the next request as soon as the previous one is
+/// answered. Returns (successful completions per second, errors).
+async fn saturate(client: &reqwest::Client, url: &str, key: &str, model: &str, conns: usize, secs: u64) -> (f64, usize) {
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hello"}]});
+    let end = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..conns)
+        .map(|_| {
+            let request = client.post(url).bearer_auth(key).json(&body);
+            tokio::spawn(async move {
+                let (mut ok, mut errors) = (0usize, 0usize);
+                while Instant::now() < end {
+                    let done = match request.try_clone().unwrap().send().await {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if done {
+                        ok += 1;
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (ok, errors)
+            })
+        })
+        .collect();
+    let mut total = (0, 0);
+    for w in workers {
+        let (ok, errors) = w.await.unwrap();
+        total.0 += ok;
+        total.1 += errors;
+    }
+    (total.0 as f64 / started.elapsed().as_secs_f64(), total.1)
+}
+
 async fn first_token(client: &reqwest::Client, url: &str, key: &str, model: &str) -> Duration {
     use futures_util::StreamExt;
     let body = json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hello"}]});
@@ -127,24 +166,32 @@ fn main() {
         let stand_in = upstream::start().await;
         let mut catalog = tempfile::NamedTempFile::new().unwrap();
         catalog.write_all(upstream::catalog_toml(&stand_in, "BENCH_UPSTREAM_KEY").as_bytes()).unwrap();
-        let port = free_port();
-        let child = Command::new(&bin)
-            .env("DATABASE_URL", &db_url)
-            .env("PR_PUBLIC_ADDR", format!("127.0.0.1:{port}"))
-            .env("PR_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
-            .env("PR_MODELS_FILE", catalog.path())
-            .env("BENCH_UPSTREAM_KEY", upstream::UPSTREAM_KEY)
-            .env("PR_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting the gateway");
-        let gateway = Gateway { child, url: format!("http://127.0.0.1:{port}") };
+        let journal = tempfile::tempdir().unwrap();
+        let start = |lease_calls: &str| {
+            let port = free_port();
+            let child = Command::new(&bin)
+                .env("DATABASE_URL", &db_url)
+                .env("PR_PUBLIC_ADDR", format!("127.0.0.1:{port}"))
+                .env("PR_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
+                .env("PR_MODELS_FILE", catalog.path())
+                .env("PR_BILLING_JOURNAL_DIR", journal.path())
+                .env("PR_CREDIT_LEASE_CALLS", lease_calls)
+                .env("BENCH_UPSTREAM_KEY", upstream::UPSTREAM_KEY)
+                .env("PR_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("starting the gateway");
+            Gateway { child, url: format!("http://127.0.0.1:{port}") }
+        };
+        let gateway = start("16");
+        let per_call = start("1");
         let client = reqwest::Client::builder().pool_max_idle_per_host(4096).build().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while client.get(format!("{}/readyz", gateway.url)).send().await.map(|r| r.status().as_u16()).ok() != Some(200)
-        {
-            assert!(Instant::now() < deadline, "gateway did not become ready");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        for g in [&gateway, &per_call] {
+            while client.get(format!("{}/readyz", g.url)).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
+                assert!(Instant::now() < deadline, "gateway did not become ready");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
         let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
         let (user_id, key) =
@@ -161,32 +208,77 @@ fn main() {
         )
         .await
         .unwrap();
+        // The per-call variant bills another user, so the two never share a lease row.
+        let (user2, key2) =
+            privaterouter_api::users::create_user(&pool, "bench2@example.test", privaterouter_api::auth::Role::User)
+                .await
+                .unwrap();
+        privaterouter_api::billing::ledger::admin_credit(
+            &pool,
+            user2,
+            privaterouter_api::billing::CreditKind::Topup,
+            "1000000".parse().unwrap(),
+            "bench",
+            "bench2",
+        )
+        .await
+        .unwrap();
+        let per_call_url = format!("{}/v1/chat/completions", per_call.url);
+        let conns: usize = env_or("BENCH_CONNS", "8").parse().unwrap();
 
         let direct_url = format!("{}/chat/completions", stand_in.base_url());
         let gateway_url = format!("{}/v1/chat/completions", gateway.url);
         // Warm up both paths (connections, caches).
         load(&client, &direct_url, upstream::UPSTREAM_KEY, "up-echo", 200, 2).await;
         load(&client, &gateway_url, &key, "echo", 200, 2).await;
+        load(&client, &per_call_url, &key2, "echo", 200, 2).await;
 
+        println!("saturation, closed loop, {conns} connections, {secs} s each (completions/s)");
+        let (d, de) = saturate(&client, &direct_url, upstream::UPSTREAM_KEY, "up-echo", conns, secs).await;
+        let (g, ge) = saturate(&client, &gateway_url, &key, "echo", conns, secs).await;
+        let (p, pe) = saturate(&client, &per_call_url, &key2, "echo", conns, secs).await;
+        println!("  direct upstream          {d:>9.0}  errors {de}");
+        println!("  gateway (leases)         {g:>9.0}  errors {ge}  ratio to direct {:.3}", g / d);
+        println!("  gateway (hold per call)  {p:>9.0}  errors {pe}  ratio to direct {:.3}  to leases {:.3}\n", p / d, p / g);
+
+        // Settlement is written after the response: let the saturation runs' backlog drain, so
+        // that the fixed-rate runs measure a writer that keeps up.
+        let mut last = -1i64;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE kind = 'usage'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            if n == last {
+                break;
+            }
+            last = n;
+        }
         println!("non-streaming, open loop, {secs} s per run (latency in ms)");
         println!(
-            "{:>6} {:>12} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11} {:>10}",
-            "req/s", "path", "p50", "p90", "p99", "max", "errors", "added p99", "RSS MiB"
+            "{:>6} {:>12} {:>8} {:>8} {:>8} {:>8} {:>7} {:>14} {:>10}",
+            "req/s", "path", "p50", "p90", "p99", "max", "errors", "added p50/p99", "RSS MiB"
         );
         for &rate in &rates {
             let direct = load(&client, &direct_url, upstream::UPSTREAM_KEY, "up-echo", rate, secs).await;
             let through = load(&client, &gateway_url, &key, "echo", rate, secs).await;
+            let held = load(&client, &per_call_url, &key2, "echo", rate, secs).await;
             let (rss, peak) = gateway.rss_mib();
-            for (name, run) in [("direct", &direct), ("gateway", &through)] {
+            for (name, run) in [("direct", &direct), ("gateway", &through), ("hold/call", &held)] {
                 let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-                let added = if name == "gateway" {
-                    format!("{:.2}", ms(percentile(&through.latencies, 0.99)) - ms(percentile(&direct.latencies, 0.99)))
-                } else {
+                let added = if name == "direct" {
                     String::new()
+                } else {
+                    format!(
+                        "{:.2} / {:.2}",
+                        ms(percentile(&run.latencies, 0.5)) - ms(percentile(&direct.latencies, 0.5)),
+                        ms(percentile(&run.latencies, 0.99)) - ms(percentile(&direct.latencies, 0.99))
+                    )
                 };
                 let mem = if name == "gateway" { format!("{rss:.0} ({peak:.0} peak)") } else { String::new() };
                 println!(
-                    "{rate:>6} {name:>12} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {added:>11} {mem:>10}",
+                    "{rate:>6} {name:>12} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {added:>14} {mem:>10}",
                     ms(percentile(&run.latencies, 0.5)),
                     ms(percentile(&run.latencies, 0.9)),
                     ms(percentile(&run.latencies, 0.99)),
@@ -195,6 +287,7 @@ fn main() {
                 );
             }
         }
+        tokio::time::sleep(Duration::from_secs(2)).await; // settlement is written after the response
         let billed: i64 = sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE kind = 'usage'")
             .fetch_one(&pool)
             .await
@@ -220,6 +313,7 @@ fn main() {
         let (rss, peak) = gateway.rss_mib();
         println!("\ngateway RSS at the end: {rss:.1} MiB (peak {peak:.1} MiB)");
         drop(gateway);
+        drop(per_call);
         drop(db);
     });
 }

@@ -52,9 +52,12 @@ pub struct Model {
 impl Model {
     pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> Decimal {
         let per_token = Decimal::from(1_000_000u32);
-        (Decimal::from(input_tokens) * self.input_usd_per_mtok
+        // The ledger keeps 12 decimals: round here, so that a row and the balance it changes
+        // carry the same amount (away from zero: never below the exact cost).
+        ((Decimal::from(input_tokens) * self.input_usd_per_mtok
             + Decimal::from(output_tokens) * self.output_usd_per_mtok)
-            / per_token
+            / per_token)
+            .round_dp_with_strategy(12, rust_decimal::RoundingStrategy::AwayFromZero)
     }
 }
 

@@ -123,6 +123,13 @@ impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => Self::DatabaseUnavailable(e),
+            // Serialization failure or deadlock (40), operator intervention (57), connection (08):
+            // a retry can succeed, so 503.
+            sqlx::Error::Database(ref d)
+                if d.code().is_some_and(|c| c.starts_with("40") || c.starts_with("57") || c.starts_with("08")) =>
+            {
+                Self::DatabaseUnavailable(e)
+            }
             e => Self::Database(e),
         }
     }

@@ -119,8 +119,8 @@ struct Call {
 }
 
 /// The output cap of a call: the request's `max_completion_tokens` / `max_tokens` (400 when not
-/// a positive integer), capped by the model's `max_output_tokens`. The cap is written back into
-/// the body, so the upstream cannot exceed it.
+/// a positive integer), capped by the model's `max_output_tokens`, times `n` (choices). The
+/// per-choice cap is written back into the body, so the upstream cannot exceed it.
 pub fn output_cap(body: &mut Map<String, Value>, model: &Model) -> Result<u64, ApiError> {
     let mut requested: Option<u64> = None;
     let mut present = Vec::new();
@@ -142,20 +142,44 @@ pub fn output_cap(body: &mut Map<String, Value>, model: &Model) -> Result<u64, A
         }
     }
     let cap = requested.map_or(model.max_output_tokens, |r| r.min(model.max_output_tokens));
+    // `n` choices each produce up to the cap.
+    let choices = match body.get("n") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v.as_u64().filter(|n| (1..=MAX_CHOICES).contains(n)).ok_or_else(|| {
+            ApiError::bad_request("invalid_n", format!("`n` must be an integer from 1 to {MAX_CHOICES}"))
+        })?,
+    };
     if present.is_empty() {
         present.push("max_tokens");
     }
     for field in present {
         body.insert(field.into(), cap.into());
     }
-    Ok(cap)
+    Ok(cap * choices)
 }
+
+/// Most `n` (choices) of one call.
+const MAX_CHOICES: u64 = 16;
 
 /// An upper bound of the prompt's tokens for the hold: half the request body's bytes (a token
 /// is rarely shorter than two bytes of its JSON text; usual text is about four per token).
 pub fn prompt_token_bound(body: &Map<String, Value>) -> u64 {
     let bytes = serde_json::to_vec(body).map_or(0, |v| v.len());
-    bytes.div_ceil(2) as u64
+    bytes.div_ceil(2) as u64 + NON_TEXT_PART_TOKENS * non_text_parts(body)
+}
+
+/// Bound of one image (or audio, file) content part: a short URL can stand for an image that
+/// a vision model bills as hundreds to a few thousand tokens.
+pub const NON_TEXT_PART_TOKENS: u64 = 4096;
+
+fn non_text_parts(body: &Map<String, Value>) -> u64 {
+    let Some(messages) = body.get("messages").and_then(Value::as_array) else { return 0 };
+    messages
+        .iter()
+        .filter_map(|m| m.get("content").and_then(Value::as_array))
+        .flatten()
+        .filter(|part| part.get("type").and_then(Value::as_str).is_some_and(|t| t != "text"))
+        .count() as u64
 }
 
 fn send_error(e: &reqwest::Error) -> (ApiError, CallStatus) {
@@ -490,7 +514,9 @@ async fn pump(
         while let Some(end) = find_event_end(&buf) {
             let event = buf.split_to(end.0 + end.1).freeze();
             let out = inspect_event(&event, &call.model, &mut usage, &mut output_chars, &mut first_token, sent);
-            if !client_gone && tx.send(Ok(out)).await.is_err() {
+            // A client that stops reading (but keeps the connection) is treated as gone after the
+            // idle timeout, so it cannot pin the call and its hold.
+            if !client_gone && !matches!(tokio::time::timeout(idle, tx.send(Ok(out))).await, Ok(Ok(()))) {
                 // Keep reading: the upstream still reports usage at the end, and the call is billed.
                 client_gone = true;
             }
@@ -582,6 +608,28 @@ mod tests {
         assert_eq!(find_event_end(b"data: a\r\n\r\n"), Some((7, 4)));
         assert_eq!(find_event_end(b"data: a\n"), None);
         assert!(event_is_done(b"data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn the_worst_case_counts_every_choice_and_every_image() {
+        let catalog = crate::catalog::Catalog::parse(
+            "[[models]]\nname = \"m\"\nupstream = \"http://u/v1\"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\nmax_output_tokens = 100\n",
+            |_| None,
+        )
+        .unwrap();
+        let model = catalog.get("m").unwrap();
+        let mut body = json!({"messages": [], "n": 3, "max_tokens": 50}).as_object().unwrap().clone();
+        assert_eq!(output_cap(&mut body, model).unwrap(), 150, "3 choices of at most 50 tokens");
+        assert_eq!(body["max_tokens"], 50, "the per-choice cap goes upstream");
+        for bad in [json!(0), json!(17), json!("2")] {
+            let mut body = json!({"messages": [], "n": bad}).as_object().unwrap().clone();
+            assert!(output_cap(&mut body, model).is_err(), "n = {bad}");
+        }
+        let text = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]});
+        let image = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"},
+            {"type": "image_url", "image_url": {"url": "https://x/a.png"}}]}]});
+        let (t, i) = (prompt_token_bound(text.as_object().unwrap()), prompt_token_bound(image.as_object().unwrap()));
+        assert!(i >= t + NON_TEXT_PART_TOKENS, "an image part is bounded by {NON_TEXT_PART_TOKENS} tokens: {t} {i}");
     }
 
     #[test]

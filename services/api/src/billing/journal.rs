@@ -53,25 +53,13 @@ impl Journal {
         fs::create_dir_all(root).with_context(|| {
             format!("creating the billing journal folder {} (set PR_BILLING_JOURNAL_DIR)", root.display())
         })?;
-        let mut orphans = Vec::new();
-        for entry in fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
-            let entry = entry?;
-            let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<Uuid>().ok()) else { continue };
-            if !entry.file_type()?.is_dir() {
-                continue;
-            }
-            let lock = OpenOptions::new().create(true).truncate(false).write(true).open(entry.path().join(LOCK_FILE))?;
-            if lock.try_lock().is_err() {
-                continue; // a live replica owns it
-            }
-            let (entries, torn_lines) = read_entries(&entry.path().join(JOURNAL_FILE))?;
-            orphans.push(Orphan { replica_id: id, dir: entry.path(), entries, torn_lines, _lock: lock });
-        }
+        let orphans = orphans(root, replica_id)?;
         let dir = root.join(replica_id.to_string());
         fs::create_dir_all(&dir)?;
         let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE))?;
         lock.try_lock().map_err(|e| anyhow::anyhow!("locking {}: {e}", dir.display()))?;
         let file = OpenOptions::new().create(true).append(true).open(dir.join(JOURNAL_FILE))?;
+        fsync_dir(&dir)?;
         fsync_dir(root)?;
         Ok((Self { dir, file, _lock: lock }, orphans))
     }
@@ -83,15 +71,21 @@ impl Journal {
             serde_json::to_writer(&mut buf, e).map_err(std::io::Error::other)?;
             buf.push(b'\n');
         }
-        self.file.write_all(&buf)?;
+        let len = self.file.metadata()?.len();
+        if let Err(e) = self.file.write_all(&buf) {
+            // No half line may glue onto the next append.
+            let _ = self.file.set_len(len);
+            return Err(e);
+        }
         self.file.sync_data()
     }
 
     /// Replaces the journal's content with `entries` (those still not in the database).
+    /// Emptying it needs no fsync: if a crash undoes the truncation, the next start replays
+    /// rows the ledger already has, which changes nothing (usage is keyed by call id).
     pub fn rewrite(&mut self, entries: &[Settlement]) -> std::io::Result<()> {
         if entries.is_empty() {
-            self.file.set_len(0)?;
-            return self.file.sync_data();
+            return self.file.set_len(0);
         }
         let tmp = self.dir.join("journal.tmp");
         {
@@ -112,6 +106,30 @@ impl Journal {
     pub fn remove(self) -> std::io::Result<()> {
         fs::remove_dir_all(&self.dir)
     }
+}
+
+/// The replica folders under `root` whose lock is free (their process is gone), except `own`'s;
+/// each is returned locked, so no other process adopts it meanwhile.
+pub fn orphans(root: &Path, own: Uuid) -> anyhow::Result<Vec<Orphan>> {
+    let mut orphans = Vec::new();
+    for entry in fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
+        let entry = entry?;
+        let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<Uuid>().ok()) else { continue };
+        if id == own || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let lock = match OpenOptions::new().create(true).truncate(false).write(true).open(entry.path().join(LOCK_FILE)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // removed meanwhile
+            Err(e) => return Err(e.into()),
+        };
+        if lock.try_lock().is_err() {
+            continue; // a live replica owns it
+        }
+        let (entries, torn_lines) = read_entries(&entry.path().join(JOURNAL_FILE))?;
+        orphans.push(Orphan { replica_id: id, dir: entry.path(), entries, torn_lines, _lock: lock });
+    }
+    Ok(orphans)
 }
 
 fn read_entries(path: &Path) -> anyhow::Result<(Vec<Settlement>, usize)> {

@@ -117,9 +117,17 @@ impl Credits {
             return Ok(user);
         }
         let free = user.local.lock().expect("credit lock").free();
-        // Whole worst cases only; more than one when settlements beyond the lease made it negative.
-        let min_units = if free >= Decimal::ZERO { Decimal::ONE } else { ((amount - free) / amount).ceil() };
-        let granted: Option<(Decimal, Decimal)> = sqlx::query_as(
+        // Whole worst cases only; more than one when settlements beyond the lease made it
+        // negative; none when the lease has room but was not confirmed lately (then the
+        // statement only renews it).
+        let min_units = if free >= amount {
+            Decimal::ZERO
+        } else if free >= Decimal::ZERO {
+            Decimal::ONE
+        } else {
+            ((amount - free) / amount).ceil()
+        };
+        let granted: Option<(Decimal, bool)> = sqlx::query_as(
             "WITH cur AS ( \
                SELECT user_id, $3::numeric * GREATEST($5::numeric, LEAST($4::numeric, floor((balance_usd - held_usd) / $3::numeric))) AS g \
                FROM user_balances WHERE user_id = $1 AND balance_usd - held_usd >= $3::numeric * $5::numeric FOR UPDATE), \
@@ -131,8 +139,8 @@ impl Credits {
                SELECT $1, $2, g, now() + make_interval(secs => $6) FROM upd \
                ON CONFLICT (user_id, replica_id) DO UPDATE SET amount_usd = credit_leases.amount_usd + EXCLUDED.amount_usd, \
                  expires_at = EXCLUDED.expires_at, updated_at = now() \
-               RETURNING amount_usd) \
-             SELECT upd.g, ins.amount_usd FROM upd, ins",
+               RETURNING amount_usd, xmax = 0 AS fresh) \
+             SELECT upd.g, ins.fresh FROM upd, ins",
         )
         .bind(user_id)
         .bind(self.replica_id)
@@ -144,12 +152,17 @@ impl Credits {
         .await
         .map_err(HoldError::Database)?;
         match granted {
-            Some((_, total)) => {
+            Some((granted, fresh)) => {
                 {
                     let mut l = user.local.lock().expect("credit lock");
-                    // The database's total is the truth (a lease released meanwhile by another
-                    // replica after expiry is not counted twice).
-                    l.lease = total;
+                    // Deltas, so that settlements committed around this statement and applied in
+                    // any order leave the local lease equal to the database's. A fresh row means
+                    // the previous lease was released meanwhile (expired): only the grant counts.
+                    if fresh {
+                        l.lease = granted;
+                    } else {
+                        l.lease += granted;
+                    }
                     l.renewed = Some(Instant::now());
                 }
                 if self.try_admit(&user, amount) {
@@ -221,9 +234,16 @@ impl Credits {
     /// The writer wrote (or set aside) these settlements of this process.
     pub fn settled(&self, done: &[Settlement], outcome: &BatchOutcome) {
         let users = self.users.lock().expect("credits lock");
+        let duplicates: std::collections::HashSet<Uuid> = outcome.duplicates.iter().copied().collect();
         for s in done {
             if let Some(u) = users.get(&s.user_id) {
-                u.local.lock().expect("credit lock").pending -= s.cost_usd;
+                let mut l = u.local.lock().expect("credit lock");
+                l.pending -= s.cost_usd;
+                // Already in the ledger: an earlier attempt committed (its answer was lost) and
+                // shrank the lease then. Shrink the local lease too (never more than the database).
+                if duplicates.contains(&s.call_id) && s.replica_id == self.replica_id {
+                    l.lease = (l.lease - s.cost_usd).max(Decimal::ZERO);
+                }
             }
         }
         for ((user_id, replica_id), released) in &outcome.released {
@@ -325,7 +345,9 @@ impl Credits {
                 std::mem::take(&mut l.lease)
             };
             let result = sqlx::query(
-                "WITH gone AS (DELETE FROM credit_leases WHERE user_id = $1 AND replica_id = $2 RETURNING user_id, amount_usd) \
+                "WITH locked AS (SELECT user_id FROM user_balances WHERE user_id = $1 FOR UPDATE), \
+                 gone AS (DELETE FROM credit_leases WHERE user_id = (SELECT user_id FROM locked) AND replica_id = $2 \
+                   RETURNING user_id, amount_usd) \
                  UPDATE user_balances b SET held_usd = b.held_usd - gone.amount_usd, updated_at = now() FROM gone \
                  WHERE b.user_id = gone.user_id",
             )
@@ -334,8 +356,11 @@ impl Credits {
             .execute(&self.db)
             .await;
             if let Err(e) = result {
-                tracing::debug!(error = %e, "returning an idle credit lease failed; kept");
-                user.local.lock().expect("credit lock").lease += lease;
+                // Not restored: the DELETE may have committed with its answer lost, and a lease
+                // counted here but gone there would admit calls nobody reserved. If the row is
+                // still there it stays held (safe) until shutdown or expiry releases it.
+                tracing::warn!(target: "pr.billing", error = %e, user_id = %user_id, %lease,
+                    "returning an idle credit lease failed; it is no longer used here and expires");
             }
         }
     }
@@ -354,7 +379,10 @@ impl Credits {
 /// this process adopted (after writing that journal). Returns the number of leases released.
 pub async fn release_replica(db: &PgPool, replica_id: Uuid) -> Result<u64, sqlx::Error> {
     let n: i64 = sqlx::query_scalar(
-        "WITH gone AS (DELETE FROM credit_leases WHERE replica_id = $1 RETURNING user_id, amount_usd), \
+        "WITH locked AS (SELECT user_id FROM user_balances WHERE user_id IN \
+           (SELECT user_id FROM credit_leases WHERE replica_id = $1) ORDER BY user_id FOR UPDATE), \
+         gone AS (DELETE FROM credit_leases WHERE replica_id = $1 AND user_id IN (SELECT user_id FROM locked) \
+           RETURNING user_id, amount_usd), \
          per AS (SELECT user_id, sum(amount_usd) AS s FROM gone GROUP BY user_id), \
          upd AS (UPDATE user_balances b SET held_usd = b.held_usd - per.s, updated_at = now() FROM per \
                  WHERE b.user_id = per.user_id RETURNING 1) \
@@ -369,7 +397,10 @@ pub async fn release_replica(db: &PgPool, replica_id: Uuid) -> Result<u64, sqlx:
 /// Releases every expired lease, whoever held it (a replica that died and never came back).
 pub async fn release_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
     let n: i64 = sqlx::query_scalar(
-        "WITH gone AS (DELETE FROM credit_leases WHERE expires_at < now() RETURNING user_id, amount_usd), \
+        "WITH locked AS (SELECT user_id FROM user_balances WHERE user_id IN \
+           (SELECT user_id FROM credit_leases WHERE expires_at < now()) ORDER BY user_id FOR UPDATE), \
+         gone AS (DELETE FROM credit_leases WHERE expires_at < now() AND user_id IN (SELECT user_id FROM locked) \
+           RETURNING user_id, amount_usd), \
          per AS (SELECT user_id, sum(amount_usd) AS s FROM gone GROUP BY user_id), \
          upd AS (UPDATE user_balances b SET held_usd = b.held_usd - per.s, updated_at = now() FROM per \
                  WHERE b.user_id = per.user_id RETURNING 1) \

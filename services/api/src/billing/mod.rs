@@ -82,20 +82,7 @@ impl Billing {
         let root = cfg.journal_dir.clone();
         let (journal, orphans) = tokio::task::spawn_blocking(move || Journal::open(&root, replica_id)).await??;
         for orphan in orphans {
-            if orphan.torn_lines > 0 {
-                tracing::warn!(target: "pr.billing", replica_id = %orphan.replica_id, lines = orphan.torn_lines,
-                    "journal lines torn by a crash were skipped");
-            }
-            let mut written = 0;
-            let mut rows = orphan.entries.clone();
-            dedup(&mut rows);
-            for chunk in rows.chunks(512) {
-                written += settle::write_batch(&db, chunk).await?.written.len();
-            }
-            let released = leases::release_replica(&db, orphan.replica_id).await?;
-            tracing::info!(target: "pr.billing", replica_id = %orphan.replica_id, entries = orphan.entries.len(),
-                written, leases_released = released, "adopted the billing journal of a stopped replica");
-            let _ = orphan.remove();
+            adopt(&db, orphan).await?;
         }
         let credits = Arc::new(Credits::new(db.clone(), replica_id, cfg.lease.clone()));
         let (stop, stop_rx) = watch::channel(false);
@@ -147,6 +134,8 @@ impl Billing {
             tracing::warn!(target: "pr.billing", calls = credits.calls(), "shutdown: calls still in flight at the end of the grace period; their holds stay leased until the next start or expiry");
         }
         let _ = self.inner.stop.send(true);
+        // The writer gets a few seconds even when the requests used up the grace period.
+        let deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(3));
         let Some((writer, maintenance)) = self.inner.tasks.lock().expect("tasks lock").take() else { return };
         maintenance.abort();
         let abort = writer.abort_handle();
@@ -166,6 +155,26 @@ impl Billing {
             }
         }
     }
+}
+
+/// Writes a dead replica's journal, then releases its leases (in that order: its usage is
+/// covered by those leases until it is in the ledger), then deletes its folder.
+async fn adopt(db: &PgPool, orphan: journal::Orphan) -> anyhow::Result<()> {
+    if orphan.torn_lines > 0 {
+        tracing::warn!(target: "pr.billing", replica_id = %orphan.replica_id, lines = orphan.torn_lines,
+            "journal lines torn by a crash were skipped");
+    }
+    let mut rows = orphan.entries.clone();
+    dedup(&mut rows);
+    let mut written = 0;
+    for chunk in rows.chunks(512) {
+        written += settle::write_batch(db, chunk).await?.written.len();
+    }
+    let released = leases::release_replica(db, orphan.replica_id).await?;
+    tracing::info!(target: "pr.billing", replica_id = %orphan.replica_id, entries = orphan.entries.len(),
+        written, leases_released = released, "adopted the billing journal of a stopped replica");
+    let _ = orphan.remove();
+    Ok(())
 }
 
 fn dedup(rows: &mut Vec<Settlement>) {
@@ -236,6 +245,16 @@ async fn maintain(
         credits.return_idle().await;
         if last_expiry.elapsed() >= Duration::from_secs(5) {
             last_expiry = tokio::time::Instant::now();
+            // A replica that died on this volume and was not restarted: its journal is written
+            // here before its leases can expire (and be spent again by others).
+            let (root, own) = (cfg.journal_dir.clone(), credits.replica_id);
+            if let Ok(Ok(orphans)) = tokio::task::spawn_blocking(move || journal::orphans(&root, own)).await {
+                for orphan in orphans {
+                    if let Err(e) = adopt(&db, orphan).await {
+                        tracing::warn!(target: "pr.billing", error = %e, "adopting a stopped replica's journal failed; retried");
+                    }
+                }
+            }
             match leases::release_expired(&db).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(target: "pr.billing", leases = n, "released expired credit leases"),
@@ -246,10 +265,14 @@ async fn maintain(
             && last_check.elapsed() >= every
         {
             last_check = tokio::time::Instant::now();
-            match check::run(&db).await {
-                Ok(report) => report.count(),
-                Err(e) => tracing::warn!(target: "pr.billing", error = %e, "ledger self-check could not run"),
-            }
+            // In a task of its own: a slow check on a large ledger must not delay lease renewal.
+            let db = db.clone();
+            tokio::spawn(async move {
+                match check::run(&db).await {
+                    Ok(report) => report.count(),
+                    Err(e) => tracing::warn!(target: "pr.billing", error = %e, "ledger self-check could not run"),
+                }
+            });
         }
     }
 }

@@ -24,7 +24,7 @@ use super::{Settlement, journal::Journal, leases::Credits};
 use crate::telemetry::metrics as m;
 
 /// Most rows written in one statement.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 2048;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What one batch write did, per call id.
@@ -101,9 +101,12 @@ async fn write_rows(db: &PgPool, rows: &[Settlement]) -> Result<BatchOutcome, sq
          spent AS ( \
            SELECT i.user_id, i.replica_id, sum(i.cost) AS total FROM input i JOIN inserted x USING (call_id) \
            GROUP BY i.user_id, i.replica_id), \
+         locked AS ( \
+           SELECT user_id FROM user_balances WHERE user_id IN (SELECT user_id FROM spent) ORDER BY user_id FOR UPDATE), \
          lease AS ( \
            SELECT l.user_id, l.replica_id, LEAST(l.amount_usd, s.total) AS released FROM credit_leases l \
-           JOIN spent s ON s.user_id = l.user_id AND s.replica_id = l.replica_id FOR UPDATE OF l), \
+           JOIN spent s ON s.user_id = l.user_id AND s.replica_id = l.replica_id \
+           WHERE l.user_id IN (SELECT user_id FROM locked) FOR UPDATE OF l), \
          leased AS ( \
            UPDATE credit_leases l SET amount_usd = l.amount_usd - lease.released, updated_at = now() FROM lease \
            WHERE l.user_id = lease.user_id AND l.replica_id = lease.replica_id RETURNING l.user_id), \
