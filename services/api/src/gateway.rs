@@ -452,12 +452,24 @@ pub async fn stream(
     require_stream_usage(&mut body)?;
     let call = Call::begin(state, user, model, endpoint, request_id, &mut body).await?;
 
-    let sent = Instant::now();
-    let response = call.send(&body, sent).await?;
-
+    // From here the call runs in a task of its own: a client that leaves before the upstream's
+    // response head does not stop it from being read to its end and billed.
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let (head_tx, head_rx) = oneshot::channel::<Result<(), ApiError>>();
     let prompt = prompt_chars(&body);
-    tokio::spawn(pump(call, response, tx, sent, prompt));
+    tokio::spawn(async move {
+        let sent = Instant::now();
+        match call.send(&body, sent).await {
+            Ok(response) => {
+                let _ = head_tx.send(Ok(()));
+                pump(call, response, tx, sent, prompt).await;
+            }
+            Err(e) => {
+                let _ = head_tx.send(Err(e));
+            }
+        }
+    });
+    head_rx.await.unwrap_or_else(|_| Err(ApiError::Internal(anyhow::anyhow!("the call task ended without an answer"))))?;
 
     let body = Body::from_stream(tokio_stream_from(rx));
     let mut response = body.into_response();
