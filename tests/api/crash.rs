@@ -55,8 +55,11 @@ impl Binary {
             .env("PR_METRICS_ADDR", format!("127.0.0.1:{metrics}"))
             .spawn()
             .unwrap();
-        let running =
-            Running { child, public: format!("http://127.0.0.1:{public}"), metrics: format!("http://127.0.0.1:{metrics}") };
+        let running = Running {
+            child,
+            public: format!("http://127.0.0.1:{public}"),
+            metrics: format!("http://127.0.0.1:{metrics}"),
+        };
         let url = format!("{}/readyz", running.public);
         eventually("the binary is ready", Duration::from_secs(30), || async {
             reqwest::get(&url).await.ok().filter(|r| r.status() == 200).map(|_| ())
@@ -153,11 +156,19 @@ async fn sigkill_leaves_holds_that_the_next_start_resolves_and_journaled_usage_i
     assert_eq!(report["ok"], true);
 
     // The check fails on a broken ledger (held credit that no lease accounts for).
-    sqlx::query("UPDATE user_balances SET held_usd = held_usd + 0.5 WHERE user_id = $1").bind(user_id).execute(&pool).await.unwrap();
+    sqlx::query("UPDATE user_balances SET held_usd = held_usd + 0.5 WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&pool)
+        .await
+        .unwrap();
     let (ok, report) = bin.ledger_check().await;
     assert!(!ok, "a violation exits non-zero: {report}");
     assert_eq!(report["violations"], json!(["held_mismatch"]));
-    sqlx::query("UPDATE user_balances SET held_usd = held_usd - 0.5 WHERE user_id = $1").bind(user_id).execute(&pool).await.unwrap();
+    sqlx::query("UPDATE user_balances SET held_usd = held_usd - 0.5 WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&pool)
+        .await
+        .unwrap();
 
     // 3 calls finish while the database is away: served, journaled. Then SIGKILL before it returns.
     let mut calls = Vec::new();
@@ -169,8 +180,10 @@ async fn sigkill_leaves_holds_that_the_next_start_resolves_and_journaled_usage_i
         calls.push(tokio::spawn(async move { request.send().await.unwrap().status().as_u16() }));
     }
     let before = up.requests().len();
-    eventually("3 calls upstream", Duration::from_secs(10), || async { (up.requests().len() == before + 3).then_some(()) })
-        .await;
+    eventually("3 calls upstream", Duration::from_secs(10), || async {
+        (up.requests().len() == before + 3).then_some(())
+    })
+    .await;
     db.container().stop().await.unwrap();
     for c in calls {
         assert_eq!(c.await.unwrap(), 200);

@@ -51,8 +51,8 @@ async fn completion_is_proxied_metered_and_billed_once() {
     assert_eq!(
         ids,
         [
-            "echo", "nousage", "long", "slow", "fail500", "fail400", "dead", "wait", "twosec", "overcap", "absurd", "capped",
-            "pooled"
+            "echo", "nousage", "long", "slow", "fail500", "fail400", "dead", "wait", "twosec", "overcap", "absurd",
+            "capped", "pooled"
         ]
     );
     assert_eq!(models["object"], "list");

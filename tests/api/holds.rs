@@ -124,7 +124,10 @@ async fn fifty_concurrent_calls_on_three_worst_cases_serve_exactly_three() {
 
     let s = g.app.samples().await;
     assert_eq!(
-        s.get("pr_llm_calls_total", &[("model", "twosec"), ("endpoint", "chat_completions"), ("status", "insufficient_credits")]),
+        s.get(
+            "pr_llm_calls_total",
+            &[("model", "twosec"), ("endpoint", "chat_completions"), ("status", "insufficient_credits")]
+        ),
         48.0,
         "47 of the burst and the probe"
     );
@@ -141,10 +144,8 @@ async fn two_replicas_on_one_database_never_serve_more_than_the_balance_holds() 
     let worst = worst_case(&g, &body).await;
     let (user_id, key) = funded(&g, worst * Decimal::from(3)).await;
 
-    let targets = [
-        (&g.app.client, g.app.url("/v1/chat/completions")),
-        (&replica.client, replica.url("/v1/chat/completions")),
-    ];
+    let targets =
+        [(&g.app.client, g.app.url("/v1/chat/completions")), (&replica.client, replica.url("/v1/chat/completions"))];
     let statuses = burst(&targets, &key, &body, 50).await;
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 402).count(), 47, "{statuses:?}");
@@ -212,11 +213,16 @@ async fn a_client_that_gives_up_on_a_non_streaming_call_is_billed_once() {
     let s = g
         .app
         .wait_for_metrics("abandoned call counted", |s| {
-            s.get("pr_llm_calls_total", &[("model", "twosec"), ("endpoint", "chat_completions"), ("status", "client_disconnect")])
-                == 1.0
+            s.get(
+                "pr_llm_calls_total",
+                &[("model", "twosec"), ("endpoint", "chat_completions"), ("status", "client_disconnect")],
+            ) == 1.0
         })
         .await;
-    assert_eq!(s.get("pr_llm_calls_total", &[("model", "twosec"), ("endpoint", "chat_completions"), ("status", "success")]), 0.0);
+    assert_eq!(
+        s.get("pr_llm_calls_total", &[("model", "twosec"), ("endpoint", "chat_completions"), ("status", "success")]),
+        0.0
+    );
     let rows = eventually("the call settled", Duration::from_secs(10), || async {
         let rows = usage_rows(&g.app.pool, user_id).await;
         (!rows.is_empty()).then_some(rows)
@@ -246,7 +252,8 @@ async fn calls_that_finish_during_a_database_outage_are_journaled_and_billed_whe
     let statuses: Vec<u16> = futures_util::future::join_all(calls).await.into_iter().map(Result::unwrap).collect();
     assert_eq!(statuses, [200; 10], "served while the database is away");
 
-    let s = g.app.wait_for_metrics("10 settlements journaled", |s| s.get("pr_billing_journal_pending", &[]) == 10.0).await;
+    let s =
+        g.app.wait_for_metrics("10 settlements journaled", |s| s.get("pr_billing_journal_pending", &[]) == 10.0).await;
     assert_eq!(s.get("pr_credit_transactions_total", &[("kind", "usage")]), 0.0);
     // A call whose worst case needs more than the lease cannot be held without the database: 503.
     let big = json!({"model": "echo", "messages": [{"role": "user", "content": "x".repeat(900_000)}]});
@@ -298,7 +305,10 @@ async fn one_unwritable_row_in_a_batch_is_dead_lettered_and_the_others_are_writt
 
     assert_eq!(usage_rows(&g.app.pool, user_id).await.len(), 19);
     let (call_id, reason, payload): (uuid::Uuid, String, Value) =
-        sqlx::query_as("SELECT call_id, reason, payload FROM billing_dead_letters").fetch_one(&g.app.pool).await.unwrap();
+        sqlx::query_as("SELECT call_id, reason, payload FROM billing_dead_letters")
+            .fetch_one(&g.app.pool)
+            .await
+            .unwrap();
     assert_eq!(call_id, rows[7].call_id);
     assert!(reason.contains("foreign key"), "{reason}");
     assert_eq!(payload["request_id"], "req-99");

@@ -4,11 +4,11 @@
 mod access_log;
 mod billing;
 mod conversations;
+mod crash;
 mod errors;
 mod gateway;
 mod gpu_nodes;
 mod holds;
-mod crash;
 mod keys;
 mod listeners;
 mod metrics;

@@ -100,7 +100,14 @@ async fn load(client: &reqwest::Client, url: &str, key: &str, model: &str, rate:
 
 /// Closed loop: `conns` workers each send the next request as soon as the previous one is
 /// answered. Returns (successful completions per second, errors).
-async fn saturate(client: &reqwest::Client, url: &str, key: &str, model: &str, conns: usize, secs: u64) -> (f64, usize) {
+async fn saturate(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    model: &str,
+    conns: usize,
+    secs: u64,
+) -> (f64, usize) {
     let body = json!({"model": model, "messages": [{"role": "user", "content": "hello"}]});
     let end = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
@@ -239,7 +246,11 @@ fn main() {
         let (p, pe) = saturate(&client, &per_call_url, &key2, "echo", conns, secs).await;
         println!("  direct upstream          {d:>9.0}  errors {de}");
         println!("  gateway (leases)         {g:>9.0}  errors {ge}  ratio to direct {:.3}", g / d);
-        println!("  gateway (hold per call)  {p:>9.0}  errors {pe}  ratio to direct {:.3}  to leases {:.3}\n", p / d, p / g);
+        println!(
+            "  gateway (hold per call)  {p:>9.0}  errors {pe}  ratio to direct {:.3}  to leases {:.3}\n",
+            p / d,
+            p / g
+        );
 
         // Settlement is written after the response: let the saturation runs' backlog drain, so
         // that the fixed-rate runs measure a writer that keeps up.

@@ -93,12 +93,7 @@ pub enum ApiError {
     #[error("unprocessable: {0}")]
     Unprocessable(String),
     #[error("insufficient credits: needed {needed}, available {available}")]
-    InsufficientCredits {
-        needed: rust_decimal::Decimal,
-        available: rust_decimal::Decimal,
-        prompt_bound: u64,
-        cap: u64,
-    },
+    InsufficientCredits { needed: rust_decimal::Decimal, available: rust_decimal::Decimal, prompt_bound: u64, cap: u64 },
     #[error("model not found: {0}")]
     ModelNotFound(String),
     #[error("upstream unavailable: {0}")]

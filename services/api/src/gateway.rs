@@ -469,7 +469,9 @@ pub async fn stream(
             }
         }
     });
-    head_rx.await.unwrap_or_else(|_| Err(ApiError::Internal(anyhow::anyhow!("the call task ended without an answer"))))?;
+    head_rx
+        .await
+        .unwrap_or_else(|_| Err(ApiError::Internal(anyhow::anyhow!("the call task ended without an answer"))))?;
 
     let body = Body::from_stream(tokio_stream_from(rx));
     let mut response = body.into_response();

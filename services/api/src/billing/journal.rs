@@ -118,7 +118,8 @@ pub fn orphans(root: &Path, own: Uuid) -> anyhow::Result<Vec<Orphan>> {
         if id == own || !entry.file_type()?.is_dir() {
             continue;
         }
-        let lock = match OpenOptions::new().create(true).truncate(false).write(true).open(entry.path().join(LOCK_FILE)) {
+        let lock = match OpenOptions::new().create(true).truncate(false).write(true).open(entry.path().join(LOCK_FILE))
+        {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // removed meanwhile
             Err(e) => return Err(e.into()),

@@ -168,10 +168,16 @@ impl Credits {
                 if self.try_admit(&user, amount) {
                     Ok(user)
                 } else {
-                    Err(HoldError::Insufficient { needed: amount, available: self.available_after_refusal(user_id, &user).await })
+                    Err(HoldError::Insufficient {
+                        needed: amount,
+                        available: self.available_after_refusal(user_id, &user).await,
+                    })
                 }
             }
-            None => Err(HoldError::Insufficient { needed: amount, available: self.available_after_refusal(user_id, &user).await }),
+            None => Err(HoldError::Insufficient {
+                needed: amount,
+                available: self.available_after_refusal(user_id, &user).await,
+            }),
         }
     }
 

@@ -61,8 +61,7 @@ fn ser_usd<S: serde::Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&fmt_usd(*d))
 }
 
-const TX_COLUMNS: &str =
-    "id, kind, amount_usd, reason, model, input_tokens, output_tokens, usage_estimated, usage_flags, request_id, created_at";
+const TX_COLUMNS: &str = "id, kind, amount_usd, reason, model, input_tokens, output_tokens, usage_estimated, usage_flags, request_id, created_at";
 
 /// (balance, held by leases) of a user.
 pub async fn balance(db: &PgPool, user_id: Uuid) -> Result<(Decimal, Decimal), sqlx::Error> {

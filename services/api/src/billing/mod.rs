@@ -145,7 +145,9 @@ impl Billing {
                     let _ = tokio::task::spawn_blocking(move || journal.remove()).await;
                     tracing::info!(target: "pr.billing", leases_released = n, "billing stopped cleanly");
                 }
-                Err(e) => tracing::warn!(target: "pr.billing", error = %e, "shutdown: leases not released; they expire"),
+                Err(e) => {
+                    tracing::warn!(target: "pr.billing", error = %e, "shutdown: leases not released; they expire")
+                }
             },
             Ok(_) => tracing::warn!(target: "pr.billing", "shutdown: billing journal kept for the next start"),
             Err(_) => {
@@ -217,12 +219,7 @@ impl Drop for Hold {
 
 /// Renews leases, returns idle ones, releases expired ones of any replica, runs the ledger
 /// self-check, and keeps the gauges current.
-async fn maintain(
-    db: PgPool,
-    credits: Arc<Credits>,
-    cfg: BillingConfig,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn maintain(db: PgPool, credits: Arc<Credits>, cfg: BillingConfig, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let renew_every = (cfg.lease.ttl / 4).max(Duration::from_millis(500));

@@ -13,9 +13,9 @@ use uuid::Uuid;
 
 use crate::{
     auth::{AdminUser, AuthUser},
+    billing::{CreditKind, fmt_usd, ledger},
     error::{ApiError, ApiResult},
     extract::AppJson,
-    billing::{CreditKind, fmt_usd, ledger},
     state::AppState,
 };
 

@@ -14,10 +14,10 @@ use uuid::Uuid;
 
 use crate::{
     auth::AuthUser,
+    billing::fmt_usd,
     error::{ApiError, ApiResult},
     extract::AppJson,
     gateway::{self, Endpoint},
-    billing::fmt_usd,
     state::AppState,
     telemetry::{RequestContext, metrics::CHAT_CONVERSATIONS_CREATED_TOTAL},
 };

@@ -184,7 +184,11 @@ fn describe() {
         Unit::Count,
         "Credit ledger transactions written, by kind (topup, usage, admin_adjust, refund)."
     );
-    describe_gauge!(CREDIT_HOLDS_ACTIVE, Unit::Count, "LLM calls in flight on this replica holding their worst-case cost.");
+    describe_gauge!(
+        CREDIT_HOLDS_ACTIVE,
+        Unit::Count,
+        "LLM calls in flight on this replica holding their worst-case cost."
+    );
     describe_gauge!(CREDIT_HELD_USD, "USD held by the calls in flight on this replica (sum of their worst cases).");
     describe_gauge!(
         CREDIT_LEASED_USD,
