@@ -15,7 +15,9 @@ use privaterouter_api::{
     billing::{CreditKind, ledger},
     users,
 };
-use privaterouter_tests::{api_binary, eventually, free_port, ledger_violations, postgres, prom, upstream};
+use privaterouter_tests::{
+    api_binary, balance_and_held, eventually, free_port, ledger_violations, postgres, prom, upstream,
+};
 use rust_decimal::Decimal;
 use serde_json::json;
 use tokio::process::{Child, Command};
@@ -143,13 +145,11 @@ async fn sigkill_leaves_holds_that_the_next_start_resolves_and_journaled_usage_i
     // The next start on the same journal volume adopts the dead replica's folder and releases its leases.
     let second = bin.start().await;
     assert_eq!(leases(&pool).await, (0, Decimal::ZERO), "every hold resolved at start");
-    let (balance, held): (Decimal, Decimal) =
-        sqlx::query_as("SELECT balance_usd, held_usd FROM user_balances WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!((balance, held), ("1".parse().unwrap(), Decimal::ZERO), "calls cut by the crash are not billed");
+    assert_eq!(
+        balance_and_held(&pool, user_id).await,
+        ("1".parse().unwrap(), Decimal::ZERO),
+        "calls cut by the crash are not billed"
+    );
     assert_eq!(replica_dirs(&bin.journal), 1, "only the live replica's journal folder is left");
     let (ok, report) = bin.ledger_check().await;
     assert!(ok, "{report}");
@@ -205,12 +205,7 @@ async fn sigkill_leaves_holds_that_the_next_start_resolves_and_journaled_usage_i
         .unwrap();
     assert_eq!(usage.len(), 3, "the journal of the killed replica was written at start");
     let cost: Decimal = CALL_COST.parse().unwrap();
-    let balance: Decimal = sqlx::query_scalar("SELECT balance_usd FROM user_balances WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(balance, Decimal::ONE - cost * Decimal::from(3));
+    assert_eq!(balance_and_held(&pool, user_id).await.0, Decimal::ONE - cost * Decimal::from(3));
     assert_eq!(leases(&pool).await, (0, Decimal::ZERO));
     let (ok, report) = bin.ledger_check().await;
     assert!(ok, "{report}");

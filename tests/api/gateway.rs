@@ -80,17 +80,7 @@ async fn completion_is_proxied_metered_and_billed_once() {
     assert_eq!(rows.len(), 1);
     assert_eq!(dec(&rows[0].0), dec(CALL_COST));
     assert_eq!((rows[0].1, rows[0].2, rows[0].3, rows[0].4.as_str()), (12, 34, false, "echo"));
-    let balance: Value = g
-        .app
-        .client
-        .get(g.app.url("/api/billing/balance"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let balance = g.app.get_json("/api/billing/balance", &key).await;
     assert_eq!(balance["balance_usd"], "0.999778");
 
     let s = g.app.samples().await;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use privaterouter_tests::{
-    Gateway, TestDb, eventually, ledger_violations, spawn_app_on, spawn_gateway, spawn_gateway_with,
+    Gateway, TestDb, balance_and_held, eventually, ledger_violations, spawn_app_on, spawn_gateway, spawn_gateway_with,
     upstream::{COMPLETION_TOKENS, PROMPT_TOKENS},
 };
 use rust_decimal::Decimal;
@@ -35,14 +35,6 @@ async fn usage_rows(pool: &sqlx::PgPool, user_id: uuid::Uuid) -> Vec<(Decimal, i
     .fetch_all(pool)
     .await
     .unwrap()
-}
-
-async fn balance(pool: &sqlx::PgPool, user_id: uuid::Uuid) -> (Decimal, Decimal) {
-    sqlx::query_as("SELECT balance_usd, held_usd FROM user_balances WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 /// The worst case of `body`, as the gateway states it in its 402 to a user without credit.
@@ -101,23 +93,13 @@ async fn fifty_concurrent_calls_on_three_worst_cases_serve_exactly_three() {
     })
     .await;
     assert!(rows.iter().all(|r| r.0 == d(CALL_COST)), "settled at the reported usage, not the hold: {rows:?}");
-    let (bal, _) = balance(&g.app.pool, user_id).await;
+    let (bal, _) = balance_and_held(&g.app.pool, user_id).await;
     assert_eq!(bal, worst * Decimal::from(3) - d(CALL_COST) * Decimal::from(3));
     assert!(bal >= Decimal::ZERO);
     assert_eq!(ledger_violations(&g.app.pool).await, (0, 0, 0));
 
     // What the user sees: balance, what is held now (nothing), and what is available.
-    let shown: Value = g
-        .app
-        .client
-        .get(g.app.url("/api/billing/balance"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown = g.app.get_json("/api/billing/balance", &key).await;
     assert_eq!(d(shown["balance_usd"].as_str().unwrap()), bal);
     assert_eq!(d(shown["held_usd"].as_str().unwrap()), Decimal::ZERO);
     assert_eq!(d(shown["available_usd"].as_str().unwrap()), bal);
@@ -153,7 +135,7 @@ async fn two_replicas_on_one_database_never_serve_more_than_the_balance_holds() 
         (usage_rows(&g.app.pool, user_id).await.len() == 3).then_some(())
     })
     .await;
-    let (bal, _) = balance(&g.app.pool, user_id).await;
+    let (bal, _) = balance_and_held(&g.app.pool, user_id).await;
     assert_eq!(bal, (worst - d(CALL_COST)) * Decimal::from(3));
     assert_eq!(ledger_violations(&g.app.pool).await, (0, 0, 0));
 }
@@ -231,7 +213,7 @@ async fn a_client_that_gives_up_on_a_non_streaming_call_is_billed_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(usage_rows(&g.app.pool, user_id).await.len(), 1, "billed exactly once");
     assert_eq!((rows[0].0, rows[0].1, rows[0].2, rows[0].3), (d(CALL_COST), 12, 34, false));
-    assert_eq!(balance(&g.app.pool, user_id).await.0, d("1") - d(CALL_COST));
+    assert_eq!(balance_and_held(&g.app.pool, user_id).await.0, d("1") - d(CALL_COST));
 }
 
 #[tokio::test]
@@ -274,7 +256,7 @@ async fn calls_that_finish_during_a_database_outage_are_journaled_and_billed_whe
     let pool = sqlx::PgPool::connect(&g.app.db.url).await.unwrap();
     let rows = usage_rows(&pool, user_id).await;
     assert_eq!(rows.len(), 10, "exactly 10 usage rows");
-    assert_eq!(balance(&pool, user_id).await.0, d("1") - d(CALL_COST) * Decimal::from(10), "balance exact");
+    assert_eq!(balance_and_held(&pool, user_id).await.0, d("1") - d(CALL_COST) * Decimal::from(10), "balance exact");
     assert_eq!(ledger_violations(&pool).await, (0, 0, 0));
 }
 
@@ -312,7 +294,7 @@ async fn one_unwritable_row_in_a_batch_is_dead_lettered_and_the_others_are_writt
     assert_eq!(call_id, rows[7].call_id);
     assert!(reason.contains("foreign key"), "{reason}");
     assert_eq!(payload["request_id"], "req-99");
-    assert_eq!(balance(&g.app.pool, user_id).await.0, d("1") - d("0.000019"));
+    assert_eq!(balance_and_held(&g.app.pool, user_id).await.0, d("1") - d("0.000019"));
     assert_eq!(g.app.samples().await.get("pr_billing_dead_letters_total", &[]), 1.0);
 
     // Written again (a replay): nothing changes, nothing is billed twice.

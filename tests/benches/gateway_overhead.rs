@@ -201,35 +201,29 @@ fn main() {
             }
         }
         let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
-        let (user_id, key) =
-            privaterouter_api::users::create_user(&pool, "bench@example.test", privaterouter_api::auth::Role::User)
+        let funded_user = |email: &'static str| {
+            let pool = pool.clone();
+            async move {
+                let (user_id, key) =
+                    privaterouter_api::users::create_user(&pool, email, privaterouter_api::auth::Role::User)
+                        .await
+                        .unwrap();
+                privaterouter_api::billing::ledger::admin_credit(
+                    &pool,
+                    user_id,
+                    privaterouter_api::billing::CreditKind::Topup,
+                    "1000000".parse().unwrap(),
+                    "bench",
+                    email,
+                )
                 .await
                 .unwrap();
-        privaterouter_api::billing::ledger::admin_credit(
-            &pool,
-            user_id,
-            privaterouter_api::billing::CreditKind::Topup,
-            "1000000".parse().unwrap(),
-            "bench",
-            "bench",
-        )
-        .await
-        .unwrap();
+                key
+            }
+        };
+        let key = funded_user("bench@example.test").await;
         // The per-call variant bills another user, so the two never share a lease row.
-        let (user2, key2) =
-            privaterouter_api::users::create_user(&pool, "bench2@example.test", privaterouter_api::auth::Role::User)
-                .await
-                .unwrap();
-        privaterouter_api::billing::ledger::admin_credit(
-            &pool,
-            user2,
-            privaterouter_api::billing::CreditKind::Topup,
-            "1000000".parse().unwrap(),
-            "bench",
-            "bench2",
-        )
-        .await
-        .unwrap();
+        let key2 = funded_user("bench2@example.test").await;
         let per_call_url = format!("{}/v1/chat/completions", per_call.url);
         let conns: usize = env_or("BENCH_CONNS", "8").parse().unwrap();
 

@@ -235,6 +235,13 @@ impl TestApp {
         format!("http://{}{}", self.metrics, path)
     }
 
+    /// `GET path` with `key`, expecting 200 and a JSON body.
+    pub async fn get_json(&self, path: &str, key: &str) -> Value {
+        let response = self.client.get(self.url(path)).bearer_auth(key).send().await.expect("request is answered");
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.expect("a JSON body")
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(self.url(path)).send().await.expect("request is answered")
     }
@@ -311,6 +318,18 @@ where
         assert!(std::time::Instant::now() < deadline, "never happened within {within:?}: {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// (balance, held) of a user, from the database.
+pub async fn balance_and_held(
+    pool: &sqlx::PgPool,
+    user_id: uuid::Uuid,
+) -> (rust_decimal::Decimal, rust_decimal::Decimal) {
+    sqlx::query_as("SELECT balance_usd, held_usd FROM user_balances WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_one(pool)
+        .await
+        .expect("the user has a balance row")
 }
 
 /// The ledger's invariant for every user, read from the database: (users whose balance differs

@@ -116,6 +116,8 @@ struct Call {
     hold: Option<Hold>,
     /// Most output tokens the upstream was allowed (sent to it).
     cap: u64,
+    /// The request as sent upstream, serialised once (its length also bounds the prompt).
+    request: Bytes,
 }
 
 /// The output cap of a call: the request's `max_completion_tokens` / `max_tokens` (400 when not
@@ -161,11 +163,11 @@ pub fn output_cap(body: &mut Map<String, Value>, model: &Model) -> Result<u64, A
 /// Most `n` (choices) of one call.
 const MAX_CHOICES: u64 = 16;
 
-/// An upper bound of the prompt's tokens for the hold: half the request body's bytes (a token
-/// is rarely shorter than two bytes of its JSON text; usual text is about four per token).
-pub fn prompt_token_bound(body: &Map<String, Value>) -> u64 {
-    let bytes = serde_json::to_vec(body).map_or(0, |v| v.len());
-    bytes.div_ceil(2) as u64 + NON_TEXT_PART_TOKENS * non_text_parts(body)
+/// An upper bound of the prompt's tokens for the hold: half the bytes of the request as sent
+/// (`body` serialised, `request_bytes` long; a token is rarely shorter than two bytes of its JSON
+/// text, usual text is about four per token), plus a bound per image or other non-text part.
+pub fn prompt_token_bound(body: &Map<String, Value>, request_bytes: usize) -> u64 {
+    request_bytes.div_ceil(2) as u64 + NON_TEXT_PART_TOKENS * non_text_parts(body)
 }
 
 /// Bound of one image (or audio, file) content part: a short URL can stand for an image that
@@ -232,7 +234,8 @@ impl Call {
         let started = Instant::now();
         let cap = output_cap(body, &model)?;
         body.insert("model".into(), Value::String(model.upstream_model.clone()));
-        let prompt_bound = prompt_token_bound(body);
+        let request = Bytes::from(serde_json::to_vec(body).map_err(|e| ApiError::Internal(e.into()))?);
+        let prompt_bound = prompt_token_bound(body, request.len());
         let worst = model.cost(prompt_bound, cap);
         let hold = match state.billing.hold(user.user_id, worst).await {
             Ok(hold) => hold,
@@ -251,13 +254,14 @@ impl Call {
             started,
             hold: Some(hold),
             cap,
+            request,
         })
     }
 
     /// Sends the call to the model's upstream, or to a healthy node of its GPU pool, and
     /// returns the successful response head. Failures are counted; a pool node that fails is
     /// marked down at once, before its next health poll.
-    async fn send(&self, body: &Map<String, Value>, sent: Instant) -> Result<reqwest::Response, ApiError> {
+    async fn send(&self, sent: Instant) -> Result<reqwest::Response, ApiError> {
         let (base, node) = match &self.model.target {
             Target::Url(url) => (url.clone(), None),
             Target::Pool(pool) => match self.state.fleet.pick(pool) {
@@ -268,7 +272,12 @@ impl Call {
                 }
             },
         };
-        let mut request = self.state.http.post(chat_completions_url(&base)).json(body);
+        let mut request = self
+            .state
+            .http
+            .post(chat_completions_url(&base))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(self.request.clone());
         if let Some(key) = &self.model.api_key {
             request = request.bearer_auth(key.expose());
         }
@@ -304,24 +313,23 @@ impl Call {
     /// above the cap is billed as reported; both are flagged on the row and counted. The row is
     /// written by the billing writer; the response does not wait for it.
     fn settle(&mut self, input: u64, output: u64, estimated: bool) -> (u64, u64, Decimal) {
-        let mut flags = Vec::new();
+        let mut flags: Vec<&'static str> = Vec::new();
         let (input, output) = if input > MAX_REPORTED_TOKENS || output > MAX_REPORTED_TOKENS {
-            flags.push("clamped".to_owned());
+            flags.push("clamped");
             (input.min(MAX_REPORTED_TOKENS), output.min(MAX_REPORTED_TOKENS))
         } else {
             (input, output)
         };
         if output > self.cap {
-            flags.push("over_cap".to_owned());
+            flags.push("over_cap");
         }
-        if estimated {
-            metrics::counter!(m::BILLING_FLAGGED_TOTAL, "reason" => "estimated").increment(1);
-        }
-        for flag in &flags {
-            let reason = if flag == "clamped" { "clamped" } else { "over_cap" };
-            metrics::counter!(m::BILLING_FLAGGED_TOTAL, "reason" => reason).increment(1);
+        for &reason in &flags {
             tracing::warn!(target: "pr.billing", request_id = self.request_id.as_str(), model = self.model.name,
                 input, output, cap = self.cap, flag = reason, "usage flagged");
+        }
+        // `estimated` has a column of its own; it is counted with the flags.
+        for reason in flags.iter().copied().chain(estimated.then_some("estimated")) {
+            metrics::counter!(m::BILLING_FLAGGED_TOTAL, "reason" => reason).increment(1);
         }
         let cost = self.model.cost(input, output);
         if let Some(hold) = self.hold.take() {
@@ -334,7 +342,7 @@ impl Call {
                 output_tokens: output as i64,
                 cost_usd: cost,
                 estimated,
-                flags,
+                flags: flags.into_iter().map(str::to_owned).collect(),
                 request_id: self.request_id.clone(),
             });
         }
@@ -382,7 +390,7 @@ impl Call {
         answer: &oneshot::Sender<Result<CallResult, ApiError>>,
     ) -> Result<CallResult, ApiError> {
         let sent = Instant::now();
-        let response = self.send(&body, sent).await?;
+        let response = self.send(sent).await?;
         let remaining = self.state.upstream.request.saturating_sub(sent.elapsed());
         let mut json: Value = match tokio::time::timeout(remaining, response.json::<Value>()).await {
             Err(_) => {
@@ -459,7 +467,7 @@ pub async fn stream(
     let prompt = prompt_chars(&body);
     tokio::spawn(async move {
         let sent = Instant::now();
-        match call.send(&body, sent).await {
+        match call.send(sent).await {
             Ok(response) => {
                 let _ = head_tx.send(Ok(()));
                 pump(call, response, tx, sent, prompt).await;
@@ -642,7 +650,8 @@ mod tests {
         let text = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]});
         let image = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"},
             {"type": "image_url", "image_url": {"url": "https://x/a.png"}}]}]});
-        let (t, i) = (prompt_token_bound(text.as_object().unwrap()), prompt_token_bound(image.as_object().unwrap()));
+        let bound = |v: &Value| prompt_token_bound(v.as_object().unwrap(), v.to_string().len());
+        let (t, i) = (bound(&text), bound(&image));
         assert!(i >= t + NON_TEXT_PART_TOKENS, "an image part is bounded by {NON_TEXT_PART_TOKENS} tokens: {t} {i}");
     }
 

@@ -384,10 +384,25 @@ impl Credits {
 /// Releases every lease of `replica_id`: a clean shutdown, or a dead predecessor whose journal
 /// this process adopted (after writing that journal). Returns the number of leases released.
 pub async fn release_replica(db: &PgPool, replica_id: Uuid) -> Result<u64, sqlx::Error> {
+    release(db, Some(replica_id)).await
+}
+
+/// Releases every expired lease, whoever held it (a replica that died and never came back).
+pub async fn release_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
+    release(db, None).await
+}
+
+/// Deletes the leases of `replica_id` (None: every expired lease) and takes them off `held_usd`,
+/// locking the balance rows first like every other lease statement. The condition is repeated in
+/// the DELETE so that a lease renewed meanwhile is re-checked on its new row, and kept.
+async fn release(db: &PgPool, replica_id: Option<Uuid>) -> Result<u64, sqlx::Error> {
     let n: i64 = sqlx::query_scalar(
-        "WITH locked AS (SELECT user_id FROM user_balances WHERE user_id IN \
-           (SELECT user_id FROM credit_leases WHERE replica_id = $1) ORDER BY user_id FOR UPDATE), \
-         gone AS (DELETE FROM credit_leases WHERE replica_id = $1 AND user_id IN (SELECT user_id FROM locked) \
+        "WITH locked AS (SELECT user_id FROM user_balances WHERE user_id IN (SELECT user_id FROM credit_leases \
+           WHERE CASE WHEN $1::uuid IS NULL THEN expires_at < now() ELSE replica_id = $1 END) \
+           ORDER BY user_id FOR UPDATE), \
+         gone AS (DELETE FROM credit_leases \
+           WHERE CASE WHEN $1::uuid IS NULL THEN expires_at < now() ELSE replica_id = $1 END \
+             AND user_id IN (SELECT user_id FROM locked) \
            RETURNING user_id, amount_usd), \
          per AS (SELECT user_id, sum(amount_usd) AS s FROM gone GROUP BY user_id), \
          upd AS (UPDATE user_balances b SET held_usd = b.held_usd - per.s, updated_at = now() FROM per \
@@ -395,23 +410,6 @@ pub async fn release_replica(db: &PgPool, replica_id: Uuid) -> Result<u64, sqlx:
          SELECT count(*) FROM gone",
     )
     .bind(replica_id)
-    .fetch_one(db)
-    .await?;
-    Ok(n as u64)
-}
-
-/// Releases every expired lease, whoever held it (a replica that died and never came back).
-pub async fn release_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
-    let n: i64 = sqlx::query_scalar(
-        "WITH locked AS (SELECT user_id FROM user_balances WHERE user_id IN \
-           (SELECT user_id FROM credit_leases WHERE expires_at < now()) ORDER BY user_id FOR UPDATE), \
-         gone AS (DELETE FROM credit_leases WHERE expires_at < now() AND user_id IN (SELECT user_id FROM locked) \
-           RETURNING user_id, amount_usd), \
-         per AS (SELECT user_id, sum(amount_usd) AS s FROM gone GROUP BY user_id), \
-         upd AS (UPDATE user_balances b SET held_usd = b.held_usd - per.s, updated_at = now() FROM per \
-                 WHERE b.user_id = per.user_id RETURNING 1) \
-         SELECT count(*) FROM gone",
-    )
     .fetch_one(db)
     .await?;
     Ok(n as u64)

@@ -111,7 +111,7 @@ impl Billing {
         Ok(Hold { billing: self.clone(), user, user_id, amount, done: false })
     }
 
-    /// (held, available) for the balance endpoint: the leases of other replicas and this
+    /// (balance, held, available) for the balance endpoint: the leases of other replicas and this
     /// replica's holds and unwritten settlements count as held.
     pub async fn balance(&self, user_id: Uuid) -> Result<(Decimal, Decimal, Decimal), sqlx::Error> {
         let (balance, held_db) = ledger::balance(&self.inner.db, user_id).await?;
