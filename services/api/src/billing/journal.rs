@@ -80,26 +80,11 @@ impl Journal {
         self.file.sync_data()
     }
 
-    /// Replaces the journal's content with `entries` (those still not in the database).
-    /// Emptying it needs no fsync: if a crash undoes the truncation, the next start replays
-    /// rows the ledger already has, which changes nothing (usage is keyed by call id).
-    pub fn rewrite(&mut self, entries: &[Settlement]) -> std::io::Result<()> {
-        if entries.is_empty() {
-            return self.file.set_len(0);
-        }
-        let tmp = self.dir.join("journal.tmp");
-        {
-            let mut f = File::create(&tmp)?;
-            for e in entries {
-                serde_json::to_writer(&mut f, e).map_err(std::io::Error::other)?;
-                f.write_all(b"\n")?;
-            }
-            f.sync_data()?;
-        }
-        fs::rename(&tmp, self.dir.join(JOURNAL_FILE))?;
-        fsync_dir(&self.dir)?;
-        self.file = OpenOptions::new().append(true).open(self.dir.join(JOURNAL_FILE))?;
-        Ok(())
+    /// Empties the journal once everything in it is in the database. No fsync: if a crash
+    /// undoes the truncation, the next start replays rows the ledger already has, which changes
+    /// nothing (usage is keyed by call id).
+    pub fn clear(&mut self) -> std::io::Result<()> {
+        self.file.set_len(0)
     }
 
     /// On a clean shutdown with nothing left to write: the folder goes, nobody needs to adopt it.
@@ -203,18 +188,15 @@ mod tests {
     }
 
     #[test]
-    fn rewrite_keeps_only_what_is_left() {
+    fn clear_empties_the_journal_and_appends_go_on() {
         let root = tempfile_dir();
         let id = Uuid::new_v4();
         let (mut j, _) = Journal::open(&root, id).unwrap();
         j.append(&[entry(1), entry(2), entry(3)]).unwrap();
-        j.rewrite(&[entry(3)]).unwrap();
+        j.clear().unwrap();
         j.append(&[entry(4)]).unwrap();
         let (entries, torn) = read_entries(&root.join(id.to_string()).join(JOURNAL_FILE)).unwrap();
-        assert_eq!((entries.iter().map(|e| e.input_tokens).collect::<Vec<_>>(), torn), (vec![3, 4], 0));
-        j.rewrite(&[]).unwrap();
-        let (entries, _) = read_entries(&root.join(id.to_string()).join(JOURNAL_FILE)).unwrap();
-        assert!(entries.is_empty());
+        assert_eq!((entries.iter().map(|e| e.input_tokens).collect::<Vec<_>>(), torn), (vec![4], 0));
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -1,5 +1,6 @@
-//! Settlement: finished calls become usage rows. One writer task journals each batch (fsync),
-//! then writes it in one statement that inserts the rows (each call id at most once, ever),
+//! Settlement: finished calls become usage rows. A journal stage appends each batch to the local
+//! journal (fsync) as it arrives; a write stage writes it in one statement that inserts the rows
+//! (each call id at most once, ever),
 //! debits the balances and shrinks the leases the calls were admitted against. A batch that the
 //! database refuses is retried row by row; a row that can never be written goes to the
 //! dead-letter table with its reason. While the database is unreachable the batch stays in the
@@ -185,10 +186,15 @@ impl SettleWriter {
     }
 }
 
-/// Starts the writer. Once `stop` is set (shutdown, after the calls in flight have ended) it
-/// takes what is queued, writes everything it can and returns `(true, journal)` when nothing is
-/// left; the caller bounds that with its grace period and may abort it: whatever was accepted is
-/// already in the journal, for the next start to write.
+/// Starts the journaler and the writer, two stages in one task. The journaler appends every
+/// settlement to the journal (fsync per batch) as soon as it arrives, whatever the database is
+/// doing, and hands it on; the writer writes to the database with backoff while it is away; the
+/// journal is emptied whenever everything appended is in the database.
+///
+/// Once `stop` is set (shutdown, after the calls in flight have ended) the journaler takes what
+/// is queued and closes; the task returns `(true, journal)` when the writer has nothing left. The
+/// caller bounds that with its grace period and may abort it: whatever was accepted by then is
+/// in the journal, for the next start to write.
 pub fn spawn(
     db: PgPool,
     journal: Journal,
@@ -198,65 +204,119 @@ pub fn spawn(
     let (tx, rx) = mpsc::unbounded_channel();
     let backlog = Arc::new(AtomicUsize::new(0));
     let writer = SettleWriter { tx, backlog: backlog.clone() };
-    let task = tokio::spawn(run(db, journal, credits, rx, backlog, stop));
+    let (forward, journaled_rx) = mpsc::unbounded_channel();
+    let progress = Arc::new(Progress::default());
+    let task = tokio::spawn({
+        let progress = progress.clone();
+        async move {
+            let (journal, all_written) = tokio::join!(
+                journal_stage(journal, rx, forward, progress.clone(), stop),
+                write_stage(db, credits, journaled_rx, backlog, progress),
+            );
+            (all_written, journal)
+        }
+    });
     (writer, task)
 }
 
-async fn run(
-    db: PgPool,
+/// Counts shared by the two stages: the journal may be emptied when `committed == journaled`.
+#[derive(Default)]
+struct Progress {
+    journaled: std::sync::atomic::AtomicU64,
+    committed: std::sync::atomic::AtomicU64,
+    wrote: tokio::sync::Notify,
+}
+
+impl Progress {
+    fn pending(&self) -> usize {
+        (self.journaled.load(Ordering::Acquire) - self.committed.load(Ordering::Acquire)) as usize
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    journal: Journal,
+    f: impl FnOnce(&mut Journal) -> T + Send + 'static,
+) -> (Journal, T) {
+    tokio::task::spawn_blocking(move || {
+        let mut j = journal;
+        let r = f(&mut j);
+        (j, r)
+    })
+    .await
+    .expect("journal task does not panic")
+}
+
+async fn journal_stage(
     mut journal: Journal,
-    credits: Arc<Credits>,
     mut rx: mpsc::UnboundedReceiver<Settlement>,
-    backlog: Arc<AtomicUsize>,
+    forward: mpsc::UnboundedSender<Vec<Settlement>>,
+    progress: Arc<Progress>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> (bool, Journal) {
-    // Journaled, not yet in the database, oldest first.
-    let mut pending: Vec<Settlement> = Vec::new();
-    let mut incoming = Vec::with_capacity(MAX_BATCH);
-    let mut backoff = Duration::from_millis(100);
+) -> Journal {
+    let mut dirty = false;
     let mut stopping = false;
     loop {
-        incoming.clear();
+        let mut batch = Vec::with_capacity(MAX_BATCH);
         if stopping {
             while let Ok(s) = rx.try_recv() {
-                incoming.push(s);
-            }
-            if incoming.is_empty() && pending.is_empty() {
-                return (true, journal);
-            }
-            if incoming.is_empty() {
-                tokio::time::sleep(backoff).await;
-            }
-        } else if pending.is_empty() {
-            tokio::select! {
-                n = rx.recv_many(&mut incoming, MAX_BATCH) => if n == 0 { return (true, journal) },
-                _ = stop.wait_for(|s| *s) => { stopping = true; continue; }
+                batch.push(s);
             }
         } else {
             tokio::select! {
-                n = rx.recv_many(&mut incoming, MAX_BATCH) => if n == 0 { stopping = true },
-                () = tokio::time::sleep(backoff) => {}
-                _ = stop.wait_for(|s| *s) => { stopping = true; continue; }
+                n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { stopping = true },
+                () = progress.wrote.notified() => {}
+                _ = stop.wait_for(|s| *s) => stopping = true,
             }
         }
-        if !incoming.is_empty() {
-            let batch = std::mem::take(&mut incoming);
-            let (j, result, batch) = tokio::task::spawn_blocking(move || {
-                let mut j = journal;
-                let r = j.append(&batch);
-                (j, r, batch)
-            })
-            .await
-            .expect("journal task does not panic");
+        if !batch.is_empty() {
+            let (j, (result, batch)) = blocking(journal, move |j| (j.append(&batch), batch)).await;
             journal = j;
             if let Err(e) = result {
-                // The database write below is still tried; only the crash safety of these rows is lost.
+                // The database write is still tried; only the crash safety of these rows is lost.
                 tracing::error!(target: "pr.billing", error = %e, rows = batch.len(), "appending to the billing journal failed");
             }
-            pending.extend(batch);
-            m::set_journal_pending(pending.len());
+            dirty = true;
+            progress.journaled.fetch_add(batch.len() as u64, Ordering::AcqRel);
+            let _ = forward.send(batch);
         }
-        let mut written_any = false;
+        if dirty && progress.pending() == 0 {
+            let (j, result) = blocking(journal, Journal::clear).await;
+            journal = j;
+            match result {
+                Ok(()) => dirty = false,
+                Err(e) => tracing::error!(target: "pr.billing", error = %e, "emptying the billing journal failed"),
+            }
+        }
+        m::set_journal_pending(progress.pending());
+        if stopping && rx.is_empty() {
+            return journal; // dropping `forward` tells the writer that nothing more comes
+        }
+    }
+}
+
+async fn write_stage(
+    db: PgPool,
+    credits: Arc<Credits>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Settlement>>,
+    backlog: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
+) -> bool {
+    // Journaled, not yet in the database, oldest first.
+    let mut pending: Vec<Settlement> = Vec::new();
+    let mut incoming = Vec::new();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if pending.is_empty() {
+            if rx.recv_many(&mut incoming, 64).await == 0 {
+                return true;
+            }
+        } else {
+            tokio::select! {
+                _ = rx.recv_many(&mut incoming, 64) => {}
+                () = tokio::time::sleep(backoff) => {}
+            }
+        }
+        pending.extend(incoming.drain(..).flatten());
         while !pending.is_empty() {
             let n = pending.len().min(MAX_BATCH);
             match write_batch(&db, &pending[..n]).await {
@@ -264,7 +324,7 @@ async fn run(
                     let done: Vec<Settlement> = pending.drain(..n).collect();
                     credits.settled(&done, &outcome);
                     backlog.fetch_sub(done.len(), Ordering::Relaxed);
-                    written_any = true;
+                    progress.committed.fetch_add(done.len() as u64, Ordering::AcqRel);
                     backoff = Duration::from_millis(100);
                 }
                 Err(e) => {
@@ -275,20 +335,6 @@ async fn run(
                 }
             }
         }
-        if written_any {
-            let left = pending.clone();
-            let (j, result) = tokio::task::spawn_blocking(move || {
-                let mut j = journal;
-                let r = j.rewrite(&left);
-                (j, r)
-            })
-            .await
-            .expect("journal task does not panic");
-            journal = j;
-            if let Err(e) = result {
-                tracing::error!(target: "pr.billing", error = %e, "compacting the billing journal failed");
-            }
-        }
-        m::set_journal_pending(pending.len());
+        progress.wrote.notify_one();
     }
 }
