@@ -54,10 +54,15 @@ impl Journal {
             format!("creating the billing journal folder {} (set PR_BILLING_JOURNAL_DIR)", root.display())
         })?;
         let orphans = orphans(root, replica_id)?;
+        // Locked before it gets its name: a replica starting at the same moment never sees this
+        // folder unlocked (it would adopt it). The lock belongs to the open file, so it survives
+        // the rename; names that are not a replica id are never adopted.
+        let staging = root.join(format!(".{replica_id}.new"));
+        fs::create_dir_all(&staging)?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(staging.join(LOCK_FILE))?;
+        lock.try_lock().map_err(|e| anyhow::anyhow!("locking {}: {e}", staging.display()))?;
         let dir = root.join(replica_id.to_string());
-        fs::create_dir_all(&dir)?;
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE))?;
-        lock.try_lock().map_err(|e| anyhow::anyhow!("locking {}: {e}", dir.display()))?;
+        fs::rename(&staging, &dir)?;
         let file = OpenOptions::new().create(true).append(true).open(dir.join(JOURNAL_FILE))?;
         fsync_dir(&dir)?;
         fsync_dir(root)?;
@@ -184,6 +189,21 @@ mod tests {
         let (_third, more) = Journal::open(&root, Uuid::new_v4()).unwrap();
         assert!(more.is_empty(), "folders with a live owner are left alone");
         drop(live);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn replicas_starting_together_on_one_volume_never_adopt_each_other() {
+        let root = tempfile_dir();
+        let starts: Vec<_> = (0..8)
+            .map(|_| {
+                let root = root.clone();
+                std::thread::spawn(move || Journal::open(&root, Uuid::new_v4()).map(|(j, orphans)| (j, orphans.len())))
+            })
+            .collect();
+        let opened: Vec<_> = starts.into_iter().map(|t| t.join().unwrap().expect("every replica starts")).collect();
+        assert!(opened.iter().all(|(_, orphans)| *orphans == 0), "no live replica was adopted");
+        drop(opened);
         std::fs::remove_dir_all(&root).unwrap();
     }
 
