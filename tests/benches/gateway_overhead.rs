@@ -1,9 +1,9 @@
 //! Gateway overhead: the same OpenAI-compatible upstream stand-in called directly and through
 //! the gateway (the release binary as its own process: key auth, worst-case hold, journaled
 //! durable billing, metrics, access log all on), at fixed request rates and at saturation with
-//! 8 connections, side by side in one run. Two gateways run: the default (credit leases of 16
-//! worst cases: admission in memory) and `PR_CREDIT_LEASE_CALLS=1` (every call extends its lease
-//! in the database: what a per-call database hold costs). Also time to first token of streams,
+//! 8 connections, side by side in one run. Two gateways run: the default (credit leases grow by
+//! up to 16 worst cases at a time) and `PR_CREDIT_LEASE_CALLS=1` (by one worst case: many more
+//! lease extensions in the database while the lease builds up). Also time to first token of streams,
 //! direct vs through the gateway, and the gateway's memory.
 //!
 //!     cargo build --release -p privaterouter-api
@@ -241,7 +241,7 @@ fn main() {
         println!("  direct upstream          {d:>9.0}  errors {de}");
         println!("  gateway (leases)         {g:>9.0}  errors {ge}  ratio to direct {:.3}", g / d);
         println!(
-            "  gateway (hold per call)  {p:>9.0}  errors {pe}  ratio to direct {:.3}  to leases {:.3}\n",
+            "  gateway (lease step 1)   {p:>9.0}  errors {pe}  ratio to direct {:.3}  to leases {:.3}\n",
             p / d,
             p / g
         );
@@ -270,7 +270,7 @@ fn main() {
             let through = load(&client, &gateway_url, &key, "echo", rate, secs).await;
             let held = load(&client, &per_call_url, &key2, "echo", rate, secs).await;
             let (rss, peak) = gateway.rss_mib();
-            for (name, run) in [("direct", &direct), ("gateway", &through), ("hold/call", &held)] {
+            for (name, run) in [("direct", &direct), ("gateway", &through), ("lease 1", &held)] {
                 let ms = |d: Duration| d.as_secs_f64() * 1000.0;
                 let added = if name == "direct" {
                     String::new()

@@ -151,34 +151,24 @@ impl Credits {
         .fetch_optional(&self.db)
         .await
         .map_err(HoldError::Database)?;
-        match granted {
-            Some((granted, fresh)) => {
-                {
-                    let mut l = user.local.lock().expect("credit lock");
-                    // Deltas, so that settlements committed around this statement and applied in
-                    // any order leave the local lease equal to the database's. A fresh row means
-                    // the previous lease was released meanwhile (expired): only the grant counts.
-                    if fresh {
-                        l.lease = granted;
-                    } else {
-                        l.lease += granted;
-                    }
-                    l.renewed = Some(Instant::now());
-                }
-                if self.try_admit(&user, amount) {
-                    Ok(user)
+        if let Some((granted, fresh)) = granted {
+            {
+                let mut l = user.local.lock().expect("credit lock");
+                // Deltas, so that settlements committed around this statement and applied in any
+                // order leave the local lease equal to the database's. A fresh row means the
+                // previous lease was released meanwhile (expired): only the grant counts.
+                if fresh {
+                    l.lease = granted;
                 } else {
-                    Err(HoldError::Insufficient {
-                        needed: amount,
-                        available: self.available_after_refusal(user_id, &user).await,
-                    })
+                    l.lease += granted;
                 }
+                l.renewed = Some(Instant::now());
             }
-            None => Err(HoldError::Insufficient {
-                needed: amount,
-                available: self.available_after_refusal(user_id, &user).await,
-            }),
+            if self.try_admit(&user, amount) {
+                return Ok(user);
+            }
         }
+        Err(HoldError::Insufficient { needed: amount, available: self.available_after_refusal(user_id, &user).await })
     }
 
     async fn available_after_refusal(&self, user_id: Uuid, user: &UserCredit) -> Decimal {
