@@ -21,6 +21,7 @@
 //! networks named `prtest-*`, which `scripts/test` removes.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -438,15 +439,24 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        // Prometheus has scraped each target once (health is "unknown" until then; the first
-        // scrape comes within one 15 s interval).
+        // Prometheus has scraped each target since the API became ready. A target's health is
+        // "unknown" until its first scrape, and a scrape that came before the API listened says
+        // "down" until the next one (15 s later): a target counts once it is up, or once its
+        // last scrape is newer than the one seen when the API became ready.
+        let mut scraped_before_ready: Option<HashMap<String, String>> = None;
         loop {
             let req = Request::get("/api/v1/targets?state=active").basic_auth("prometheus", &self.prometheus_password);
             match self.https("prometheus", req).await {
                 Ok(r) if r.status == 200 => {
                     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
                     let targets = body["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
-                    if !targets.is_empty() && targets.iter().all(|t| t["health"] != "unknown") {
+                    let last_scrape = |t: &serde_json::Value| (t["scrapeUrl"].to_string(), t["lastScrape"].to_string());
+                    let before = scraped_before_ready.get_or_insert_with(|| targets.iter().map(last_scrape).collect());
+                    let settled = |t: &serde_json::Value| {
+                        let (url, scraped) = last_scrape(t);
+                        t["health"] == "up" || (t["health"] != "unknown" && before.get(&url) != Some(&scraped))
+                    };
+                    if !targets.is_empty() && targets.iter().all(settled) {
                         return;
                     }
                     last = format!("targets: {targets:?}");
