@@ -7,23 +7,26 @@ use std::{
     time::Duration,
 };
 
-use privaterouter_hardening::net::{self, Endpoint, Request, Response};
+use privaterouter_hardening::{
+    Target,
+    net::{self, Endpoint, Request, Response},
+};
 
 use crate::harness::{DOMAIN, Kit, Stack, eventually};
 
-/// A TLS connection to api.<domain> through nginx, certificate verified.
-fn api_connection(stack: &Stack) -> impl Read + Write + Send + 'static {
-    let target = stack.target();
+/// A TLS connection to api.<domain> through nginx, certificate verified (blocking).
+fn api_connection(target: &Target) -> impl Read + Write + Send + 'static {
     let host = format!("api.{DOMAIN}");
-    let (tcp, _) = net::connect(&target, &Endpoint::new(&host, 443)).expect("connect to nginx");
-    let tls = net::verifying_connector(&target).unwrap();
+    let (tcp, _) = net::connect(target, &Endpoint::new(&host, 443)).expect("connect to nginx");
+    let tls = net::verifying_connector(target).unwrap();
     tls.connect(&host, tcp).expect("TLS handshake with nginx")
 }
 
 /// Sends `request` as it is on a new connection to api.<domain>; the parsed response.
 async fn raw_api_request(stack: &Stack, request: String) -> Response {
-    let stream = api_connection(stack);
+    let target = stack.target();
     tokio::task::spawn_blocking(move || {
+        let stream = api_connection(&target);
         let (raw, end) = net::send_bytes(stream, request.as_bytes()).expect("send");
         net::parse_response(&raw).unwrap_or_else(|e| panic!("{e} (read ended with {end:?})"))
     })
@@ -66,9 +69,10 @@ async fn requests_in_progress_per_address_are_limited() {
     let stack = Stack::start(kit).await;
     let stack = &stack;
 
+    let target = stack.target();
     let held: Vec<_> = (0..LIMIT)
         .map(|_| {
-            let mut s = api_connection(stack);
+            let mut s = api_connection(&target);
             let head = format!(
                 "POST /api/keys HTTP/1.1\r\nHost: api.{DOMAIN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
             );
