@@ -28,10 +28,11 @@ NGINX_RESOLVER=${NGINX_RESOLVER:-127.0.0.11}
 API_UPSTREAM=${API_UPSTREAM:-api:8000}
 GRAFANA_UPSTREAM=${GRAFANA_UPSTREAM:-grafana:3000}
 PROMETHEUS_UPSTREAM=${PROMETHEUS_UPSTREAM:-prometheus:9090}
-API_MAX_BODY_SIZE=${API_MAX_BODY_SIZE:-10m}
+API_MAX_BODY_SIZE=${API_MAX_BODY_SIZE:-1m}
 API_RATE_LIMIT=${API_RATE_LIMIT:-20r/s}
 API_RATE_BURST=${API_RATE_BURST:-40}
 API_STREAM_TIMEOUT=${API_STREAM_TIMEOUT:-600s}
+CONN_LIMIT_PER_IP=${CONN_LIMIT_PER_IP:-64}
 PROMETHEUS_BASIC_AUTH_USER=${PROMETHEUS_BASIC_AUTH_USER:-prometheus}
 PROMETHEUS_BASIC_AUTH_PASSWORD=${PROMETHEUS_BASIC_AUTH_PASSWORD:-}
 UPSTREAM_RESOLVE_INTERVAL=${UPSTREAM_RESOLVE_INTERVAL:-5}
@@ -42,10 +43,11 @@ require NGINX_RESOLVER "$NGINX_RESOLVER" '[A-Za-z0-9.:_-]+( [A-Za-z0-9.:_-]+)*' 
 require API_UPSTREAM "$API_UPSTREAM" '[A-Za-z0-9._-]+:[0-9]{1,5}' "api:8000"
 require GRAFANA_UPSTREAM "$GRAFANA_UPSTREAM" '[A-Za-z0-9._-]+:[0-9]{1,5}' "grafana:3000"
 require PROMETHEUS_UPSTREAM "$PROMETHEUS_UPSTREAM" '[A-Za-z0-9._-]+:[0-9]{1,5}' "prometheus:9090"
-require API_MAX_BODY_SIZE "$API_MAX_BODY_SIZE" '[0-9]+[kKmMgG]?' "10m"
+require API_MAX_BODY_SIZE "$API_MAX_BODY_SIZE" '[0-9]+[kKmMgG]?' "1m"
 require API_RATE_LIMIT "$API_RATE_LIMIT" '[0-9]+r/[sm]' "20r/s"
 require API_RATE_BURST "$API_RATE_BURST" '[0-9]+' "40"
 require API_STREAM_TIMEOUT "$API_STREAM_TIMEOUT" '[0-9]+(ms|s|m|h)?' "600s"
+require CONN_LIMIT_PER_IP "$CONN_LIMIT_PER_IP" '[1-9][0-9]{0,4}' "64 (1 to 65535)"
 require PROMETHEUS_BASIC_AUTH_USER "$PROMETHEUS_BASIC_AUTH_USER" '[A-Za-z0-9._-]{1,64}' "prometheus"
 require UPSTREAM_RESOLVE_INTERVAL "$UPSTREAM_RESOLVE_INTERVAL" '[0-9]{1,4}' "5 (seconds; 0: never re-resolve)"
 
@@ -65,6 +67,7 @@ for tpl in "$templates"/*.template; do
         -e "s|\${API_RATE_LIMIT}|$API_RATE_LIMIT|g" \
         -e "s|\${API_RATE_BURST}|$API_RATE_BURST|g" \
         -e "s|\${API_STREAM_TIMEOUT}|$API_STREAM_TIMEOUT|g" \
+        -e "s|\${CONN_LIMIT_PER_IP}|$CONN_LIMIT_PER_IP|g" \
         "$tpl" >"$dest"
     # shellcheck disable=SC2016 # a literal ${NAME} left in the output
     if grep -v '^[[:space:]]*#' "$dest" | grep -n '\${[A-Za-z_]*}' >&2; then

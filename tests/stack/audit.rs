@@ -48,6 +48,11 @@ async fn the_committed_kit_passes_every_item() {
         "TLS 1.3 accepted",
         "max-age=63072000",
         "→ 301 Location: https://api.privaterouter.test/",
+        "SNI api.privaterouter.test, GET / HTTP/1.1, Host: unknown-host-probe.privaterouter.test → 421, no body",
+        "SNI api.privaterouter.test, GET / HTTP/1.1, Host: grafana.privaterouter.test → 421, no body",
+        "SNI unknown-host-probe.privaterouter.test, GET / HTTP/1.1, Host: unknown-host-probe.privaterouter.test → TLS handshake refused",
+        "no SNI, GET / HTTP/1.1, Host: <IP address> → TLS handshake refused",
+        "GET / HTTP/1.1, Host: unknown-host-probe.privaterouter.test → connection closed without an answer",
         "without credentials → 401",
         "storage.tsdb.retention.time = 90d",
         "GPU node down: PrivateRouterGpuNodeDown",
@@ -157,6 +162,46 @@ async fn plain_http_served_fails_http_redirect() {
     let report = stack.audit().await;
     let evidence = assert_failures(&report, &["http-redirect"]);
     assert_evidence(&evidence, "http://api.privaterouter.test:80/ → 404 instead of a redirect", &report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_server_that_serves_fails_unknown_host() {
+    let mut kit = Kit::new();
+    // The default TLS server without its answer: nginx serves its root there, Debian's welcome
+    // page (how the kit was before it answered 421).
+    kit.edit_nginx(
+        "conf.d/90-default-servers.conf",
+        "    ssl_reject_handshake on;\n    error_page 400 = @unknown_host;\n    return 421 $pr_no_body;\n",
+        "    ssl_reject_handshake on;\n    error_page 400 = @unknown_host;\n",
+    );
+    let stack = Stack::start(kit).await;
+    let report = stack.audit().await;
+    let evidence = assert_failures(&report, &["unknown-host"]);
+    assert_evidence(
+        &evidence,
+        "SNI api.privaterouter.test, GET / HTTP/1.1, Host: unknown-host-probe.privaterouter.test → 200",
+        &report,
+    );
+    assert_evidence(&evidence, "Host: <IP address> → 200", &report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_by_host_alone_fails_unknown_host() {
+    let mut kit = Kit::new();
+    // No SNI/Host comparison: a handshake for one host reaches the others' content.
+    kit.edit_nginx("snippets/misdirected.conf", "if ($pr_misdirected) {\n    return 421 $pr_no_body;\n}\n", "");
+    let stack = Stack::start(kit).await;
+    let report = stack.audit().await;
+    let evidence = assert_failures(&report, &["unknown-host"]);
+    // Prometheus' login page, the API's 404 and Grafana's 502 (not deployed) over the wrong
+    // handshake; the unknown names stay refused.
+    let host = |sni: &str, host: &str| {
+        format!("SNI {sni}.privaterouter.test, GET / HTTP/1.1, Host: {host}.privaterouter.test → ")
+    };
+    assert_evidence(&evidence, &format!("{}401", host("grafana", "prometheus")), &report);
+    assert_evidence(&evidence, &format!("{}404", host("prometheus", "api")), &report);
+    assert_evidence(&evidence, &format!("{}502", host("api", "grafana")), &report);
+    assert!(!evidence.contains("unknown-host-probe.privaterouter.test →"), "{}", report.to_text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

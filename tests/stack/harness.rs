@@ -104,6 +104,8 @@ pub struct Kit {
     pub models_file: Option<PathBuf>,
     /// More environment for the API container (the catalog's upstream key, the GPU poll interval).
     pub api_env: Vec<(String, String)>,
+    /// More environment for nginx, over compose's defaults (e.g. a small `CONN_LIMIT_PER_IP`).
+    pub nginx_env: Vec<(String, String)>,
 }
 
 impl Default for Kit {
@@ -127,6 +129,7 @@ impl Kit {
             prometheus_token: None,
             models_file: None,
             api_env: Vec::new(),
+            nginx_env: Vec::new(),
         }
     }
 
@@ -334,7 +337,14 @@ impl Stack {
             "nginx",
             "nginx",
             &[80, 443],
-            &[("/run", ""), ("/tmp", ""), ("/var/cache/nginx", ""), ("/var/lib/nginx", ""), ("/var/log/nginx", "")],
+            // Compose's sizes.
+            &[
+                ("/run", "size=16m"),
+                ("/tmp", "size=16m"),
+                ("/var/cache/nginx", "size=128m"),
+                ("/var/lib/nginx", "size=128m"),
+                ("/var/log/nginx", "size=16m"),
+            ],
         )
         .with_cmd(["/etc/nginx/entrypoint.sh", "nginx", "-e", "stderr", "-g", "daemon off;"])
         .with_env_var("PR_DOMAIN", DOMAIN)
@@ -344,6 +354,7 @@ impl Stack {
         .with_env_var("API_RATE_LIMIT", "20r/s")
         .with_env_var("API_RATE_BURST", "40")
         .with_env_var("API_STREAM_TIMEOUT", "600s")
+        .with_env_var("CONN_LIMIT_PER_IP", "64")
         .with_env_var("NGINX_RESOLVER", "127.0.0.11")
         .with_env_var("API_UPSTREAM", format!("{name}-api:8000"))
         .with_mount(read_only(&kit.nginx, "/etc/nginx"))
@@ -353,6 +364,9 @@ impl Stack {
         .with_cap_drop("ALL");
         for cap in ["CHOWN", "DAC_OVERRIDE", "SETGID", "SETUID", "NET_BIND_SERVICE"] {
             nginx = nginx.with_cap_add(cap);
+        }
+        for (key, value) in &kit.nginx_env {
+            nginx = nginx.with_env_var(key, value);
         }
 
         // All at once: the API retries the database, Prometheus resolves per scrape, nginx starts

@@ -7,12 +7,14 @@
 //! scrapes), so they run in parallel under nextest.
 //!
 //! Also here: the end-to-end run through real Prometheus with the upstream and GPU-node
-//! stand-ins as containers (`e2e`, `standins`), nginx's connections to the API (`ingress`), and
-//! the compose file brought up and down by `scripts/up` and `scripts/down` (`compose`).
+//! stand-ins as containers (`e2e`, `standins`), nginx's connections to the API (`ingress`),
+//! nginx's own rules at the edge (`edge`: host names, the per-address limit, the body limit),
+//! and the compose file brought up and down by `scripts/up` and `scripts/down` (`compose`).
 
 mod audit;
 mod compose;
 mod e2e;
+mod edge;
 mod harness;
 mod ingress;
 mod promtool;

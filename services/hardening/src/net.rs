@@ -178,19 +178,23 @@ pub fn send_plain(stream: TcpStream, host: &str, req: &Request) -> Result<Respon
     parse_response(&exchange(stream, &req.to_bytes(host))?)
 }
 
-fn exchange(mut stream: impl Read + Write, request: &[u8]) -> Result<Vec<u8>, String> {
+fn exchange(stream: impl Read + Write, request: &[u8]) -> Result<Vec<u8>, String> {
+    match send_bytes(stream, request)? {
+        // A TLS peer that closes without close_notify, after a complete response, is common.
+        (raw, _) if !raw.is_empty() => Ok(raw),
+        (_, Some(e)) => Err(format!("reading the response: {e}")),
+        (_, None) => Err("connection closed without a response".to_string()),
+    }
+}
+
+/// Writes `request` as it is, then reads until the server closes: returns what arrived (empty
+/// when it closed without answering) and the read error that ended it, if one did (a timeout,
+/// a reset, a TLS peer gone without close_notify).
+pub fn send_bytes(mut stream: impl Read + Write, request: &[u8]) -> Result<(Vec<u8>, Option<std::io::Error>), String> {
     stream.write_all(request).and_then(|()| stream.flush()).map_err(|e| format!("sending the request: {e}"))?;
     let mut raw = Vec::new();
-    match stream.take(MAX_RESPONSE_BYTES).read_to_end(&mut raw) {
-        Ok(_) => {}
-        // A TLS peer that closes without close_notify, after a complete response, is common.
-        Err(_) if !raw.is_empty() => {}
-        Err(e) => return Err(format!("reading the response: {e}")),
-    }
-    if raw.is_empty() {
-        return Err("connection closed without a response".to_string());
-    }
-    Ok(raw)
+    let end = stream.take(MAX_RESPONSE_BYTES).read_to_end(&mut raw).err();
+    Ok((raw, end))
 }
 
 /// Parses an HTTP/1.x response: status line, headers, body (chunked or not).

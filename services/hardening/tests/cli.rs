@@ -28,7 +28,7 @@ fn an_unreachable_deployment_fails_every_check_it_cannot_verify() {
     assert_eq!(report["domain"], "example.test");
     assert_eq!(report["passed"], false);
     let items = report["items"].as_array().unwrap();
-    assert_eq!(items.len(), 12);
+    assert_eq!(items.len(), 13);
     let status = |id: &str| {
         items.iter().find(|i| i["id"] == id).unwrap_or_else(|| panic!("no item {id}"))["status"]
             .as_str()
@@ -42,6 +42,7 @@ fn an_unreachable_deployment_fails_every_check_it_cannot_verify() {
         "tls-ciphers",
         "hsts",
         "http-redirect",
+        "unknown-host",
         "prometheus-auth",
         "retention",
         "alert-rules",

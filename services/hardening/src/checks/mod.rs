@@ -2,6 +2,7 @@
 //! concurrently (each opens its own connections) and are reported in checklist order.
 
 mod grafana;
+mod hosts;
 mod metrics;
 mod prometheus;
 mod tls;
@@ -17,7 +18,7 @@ use crate::{
 pub use metrics::SPELLINGS;
 
 /// Ids of every item, in report order.
-pub const ITEM_IDS: [&str; 12] = [
+pub const ITEM_IDS: [&str; 13] = [
     metrics::NOT_PUBLIC,
     metrics::PORT_CLOSED,
     grafana::DEFAULT_PASSWORD,
@@ -25,6 +26,7 @@ pub const ITEM_IDS: [&str; 12] = [
     tls::CIPHERS,
     web::HSTS,
     web::REDIRECT,
+    hosts::UNKNOWN_HOST,
     prometheus::AUTH,
     prometheus::RETENTION,
     prometheus::ALERT_RULES,
@@ -36,7 +38,7 @@ type Check = fn(&Ctx<'_>) -> Item;
 
 pub fn run_all(target: &Target) -> Report {
     let ctx = Ctx::new(target);
-    let checks: [Check; 12] = [
+    let checks: [Check; 13] = [
         metrics::not_public,
         metrics::port_closed,
         grafana::default_password,
@@ -44,6 +46,7 @@ pub fn run_all(target: &Target) -> Report {
         tls::ciphers,
         web::hsts,
         web::redirect,
+        hosts::unknown_host,
         prometheus::auth,
         prometheus::retention,
         prometheus::alert_rules,
