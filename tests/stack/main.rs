@@ -12,8 +12,11 @@
 
 mod audit;
 mod compose;
+mod containers;
+mod dev_certs;
 mod e2e;
 mod harness;
 mod ingress;
+mod isolation;
 mod promtool;
 mod standins;
