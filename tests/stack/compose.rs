@@ -57,9 +57,17 @@ fn overlaps(a: (u32, u32), b: (u32, u32)) -> bool {
 /// Every IPv4 network in use here: Docker networks' subnets and the host's routes.
 fn used_networks() -> Vec<(u32, u32)> {
     let ids = docker(&["network", "ls", "-q"]);
-    let mut args = vec!["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}"];
-    args.extend(ids.split_whitespace());
-    let mut used: Vec<(u32, u32)> = docker(&args).split_whitespace().filter_map(cidr).collect();
+    // One at a time: a network of another test may go between `ls` and `inspect`.
+    let mut used: Vec<(u32, u32)> = ids
+        .split_whitespace()
+        .filter_map(|id| {
+            Command::new("docker")
+                .args(["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", id])
+                .output()
+                .ok()
+        })
+        .flat_map(|out| String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(cidr).collect::<Vec<_>>())
+        .collect();
     if let Ok(out) = Command::new("ip").args(["-4", "route"]).output() {
         used.extend(
             String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()).filter_map(cidr),
