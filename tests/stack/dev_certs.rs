@@ -28,6 +28,18 @@ fn ok(args: &[&str], dir: &Path) -> String {
     text(&out)
 }
 
+/// `openssl req` with a new P-256 key (`key`): a self-signed certificate when `x509`, else a
+/// signing request, to `out`; `extra` arguments appended.
+fn new_key(dir: &Path, x509: bool, key: &str, out: &str, subject: &str, extra: &[&str]) {
+    let mut args = vec!["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    if x509 {
+        args.extend(["-x509", "-days", "100"]);
+    }
+    args.extend(["-keyout", key, "-out", out, "-subj", subject]);
+    args.extend(extra);
+    ok(&args, dir);
+}
+
 fn gen_dev_certs(tls: &Path) -> Output {
     Command::new(repo_root().join("scripts/gen-dev-certs"))
         .arg(DOMAIN)
@@ -43,48 +55,12 @@ fn sign_leaf(dir: &Path, ca_cert: &Path, ca_key: &Path, name: &str) -> PathBuf {
     let (key, csr, ext, pem) =
         (format!("{stem}.key"), format!("{stem}.csr"), format!("{stem}.ext"), format!("{stem}.pem"));
     std::fs::write(dir.join(&ext), format!("subjectAltName=DNS:{name}\n")).unwrap();
-    ok(
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-        dir,
-    );
+    new_key(dir, false, &key, &csr, &format!("/CN={name}"), &[]);
     let (ca_cert, ca_key) = (ca_cert.to_str().unwrap(), ca_key.to_str().unwrap());
     let serial = format!("{stem}.srl");
-    ok(
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            ca_cert,
-            "-CAkey",
-            ca_key,
-            "-CAcreateserial",
-            "-CAserial",
-            &serial,
-            "-days",
-            "30",
-            "-extfile",
-            &ext,
-            "-out",
-            &pem,
-        ],
-        dir,
-    );
+    let ca = ["-CA", ca_cert, "-CAkey", ca_key, "-CAserial", &serial, "-CAcreateserial"];
+    let args = [&["x509", "-req", "-in", &csr, "-days", "30", "-extfile", &ext, "-out", &pem][..], &ca].concat();
+    ok(&args, dir);
     dir.join(pem)
 }
 
@@ -147,30 +123,13 @@ fn the_dev_ca_signs_only_for_the_domain_and_its_key_is_not_in_the_tls_dir() {
 /// The layout an earlier gen-dev-certs left: an unconstrained CA, its key in TLS_DIR.
 fn old_layout(tls: &Path) {
     std::fs::create_dir_all(tls).unwrap();
-    ok(
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "dev-ca.key",
-            "-out",
-            "dev-ca.pem",
-            "-days",
-            "100",
-            "-subj",
-            "/CN=old dev CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
+    new_key(
         tls,
+        true,
+        "dev-ca.key",
+        "dev-ca.pem",
+        "/CN=old dev CA",
+        &["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
     );
     let leaf = sign_leaf(tls, &tls.join("dev-ca.pem"), &tls.join("dev-ca.key"), &format!("api.{DOMAIN}"));
     let key = tls.join(leaf.file_name().unwrap().to_str().unwrap().replace(".pem", ".key"));
@@ -208,27 +167,7 @@ fn gen_dev_certs_removes_a_stray_ca_key_but_keeps_a_real_certificate() {
     let tls = dir.path().join("tls");
     old_layout(&tls);
     // The operator since installed a certificate of their own (here: self-signed).
-    ok(
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "privkey.pem",
-            "-out",
-            "fullchain.pem",
-            "-days",
-            "100",
-            "-subj",
-            &format!("/CN=api.{DOMAIN}"),
-        ],
-        &tls,
-    );
+    new_key(&tls, true, "privkey.pem", "fullchain.pem", &format!("/CN=api.{DOMAIN}"), &[]);
     let real = std::fs::read(tls.join("fullchain.pem")).unwrap();
 
     let out = gen_dev_certs(&tls);
