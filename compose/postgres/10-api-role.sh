@@ -11,12 +11,12 @@
 # Environment (the postgres container's): POSTGRES_USER, POSTGRES_DB (superuser and
 # database, as the entrypoint knows them), API_DB_USER, API_DB_PASSWORD.
 # Written for sh and for being sourced by bash (an entrypoint sources a script that is not
-# executable): no `exit`, nothing left behind but the variables' values.
-set -eu
+# executable): no `set` that would change the entrypoint's options; `exit` only on failure,
+# which is then the entrypoint's too, as it must be.
 
 if [ -z "${API_DB_PASSWORD:-}" ]; then
     echo "10-api-role.sh: API_DB_PASSWORD is empty (scripts/up generates it into compose/.env)" >&2
-    false
+    exit 1
 fi
 
 psql -v ON_ERROR_STOP=1 --no-psqlrc -q \
@@ -43,4 +43,5 @@ SELECT format('ALTER %s %s OWNER TO %I',
         SELECT 1 FROM pg_depend d
          WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i'))) \gexec
 SQL
+[ $? -eq 0 ] || exit 1
 echo "10-api-role.sh: role ${API_DB_USER:-privaterouter_api} (no superuser) owns database ${POSTGRES_DB:-${POSTGRES_USER:-postgres}}"
