@@ -9,6 +9,11 @@
 //! after its first offline run, so `up` never starts a cargo build here; Grafana and LiteLLM have
 //! no offline image and are left out, which `up` must say. If the test fails, the guard's drop
 //! runs `scripts/down --volumes --yes` and then removes whatever still carries the project label.
+//!
+//! While the project runs, the test also checks what compose confines: the API's database
+//! session is its own role, no superuser, and the API never gets the superuser's password;
+//! postgres keeps only the capabilities its entrypoint needs; nginx's TLS mount holds no CA
+//! key; and the networks isolate what compose says they isolate (`isolation.rs`).
 
 use std::{
     collections::BTreeMap,
@@ -18,7 +23,10 @@ use std::{
 
 use privaterouter_tests::{free_port, random_hex};
 
-use crate::harness::{TempDir, repo_root};
+use crate::{
+    harness::{TempDir, repo_root},
+    isolation,
+};
 
 const DOMAIN: &str = "privaterouter.test";
 
@@ -49,9 +57,17 @@ fn overlaps(a: (u32, u32), b: (u32, u32)) -> bool {
 /// Every IPv4 network in use here: Docker networks' subnets and the host's routes.
 fn used_networks() -> Vec<(u32, u32)> {
     let ids = docker(&["network", "ls", "-q"]);
-    let mut args = vec!["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}"];
-    args.extend(ids.split_whitespace());
-    let mut used: Vec<(u32, u32)> = docker(&args).split_whitespace().filter_map(cidr).collect();
+    // One at a time: a network of another test may go between `ls` and `inspect`.
+    let mut used: Vec<(u32, u32)> = ids
+        .split_whitespace()
+        .filter_map(|id| {
+            Command::new("docker")
+                .args(["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", id])
+                .output()
+                .ok()
+        })
+        .flat_map(|out| String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(cidr).collect::<Vec<_>>())
+        .collect();
     if let Ok(out) = Command::new("ip").args(["-4", "route"]).output() {
         used.extend(
             String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next()).filter_map(cidr),
@@ -146,6 +162,7 @@ impl Project {
             .env("COMPOSE_PROJECT_NAME", &self.name)
             .env("TLS_DIR", self.dir.path().join("tls"))
             .env("ACME_WEBROOT", self.dir.path().join("acme"))
+            .env_remove("DEV_CA_DIR")
             .env_remove("COMPOSE_FILE")
             .env_remove("COMPOSE_PROFILES")
             .output()
@@ -167,6 +184,78 @@ impl Project {
             ("networks", list(&["network", "ls", "--filter", &label, "--format", "{{.Name}}"])),
             ("volumes", list(&["volume", "ls", "--filter", &label, "--format", "{{.Name}}"])),
         ])
+    }
+
+    /// The API's sessions (from its address on the `db` network) use its own role, which is no
+    /// superuser, and its environment holds neither the superuser's password nor its variable.
+    fn assert_api_is_no_superuser(&self) {
+        let api_ip = isolation::addresses(&self.name, "api").remove("db").expect("the API is on the db network");
+        let query = format!(
+            "SELECT a.usename, r.rolsuper FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid \
+             WHERE a.client_addr = '{api_ip}'"
+        );
+        let postgres = format!("{}-postgres", self.name);
+        let sessions = docker(&[
+            "exec",
+            &postgres,
+            "psql",
+            "-U",
+            "privaterouter",
+            "-d",
+            "privaterouter",
+            "-AtF",
+            " ",
+            "-c",
+            &query,
+        ]);
+        let sessions: Vec<&str> = sessions.lines().collect();
+        assert!(!sessions.is_empty(), "the API has no session open (it answered /readyz)");
+        assert!(
+            sessions.iter().all(|s| *s == "privaterouter_api f"),
+            "the API's sessions (role, superuser): {sessions:?}"
+        );
+
+        let env: Vec<String> =
+            serde_json::from_str(&docker(&["inspect", "-f", "{{json .Config.Env}}", &format!("{}-api", self.name)]))
+                .unwrap();
+        let superuser_password = self.env_get("POSTGRES_PASSWORD");
+        assert!(
+            !env.iter().any(|e| e.starts_with("POSTGRES_PASSWORD") || e.contains(&superuser_password)),
+            "the API's environment holds the superuser password: {:?}",
+            env.iter().map(|e| e.split('=').next().unwrap_or_default()).collect::<Vec<_>>()
+        );
+    }
+
+    /// Postgres' bounding capability set (what any of its processes could ever hold) is the
+    /// entrypoint's five: CHOWN, DAC_OVERRIDE, FOWNER, SETGID, SETUID.
+    fn assert_postgres_capabilities(&self) {
+        let status = docker(&["exec", &format!("{}-postgres", self.name), "cat", "/proc/1/status"]);
+        let bounding = status.lines().find_map(|l| l.strip_prefix("CapBnd:")).expect("CapBnd in /proc/1/status");
+        let bits = u64::from_str_radix(bounding.trim(), 16).unwrap();
+        let expected = [0, 1, 3, 6, 7].iter().fold(0u64, |m, cap| m | 1 << cap);
+        assert_eq!(
+            bits, expected,
+            "postgres' capabilities: {bits:#x}, expected {expected:#x} (CHOWN DAC_OVERRIDE FOWNER SETGID SETUID)"
+        );
+    }
+
+    /// Inside the running nginx, the mounted TLS directory holds one private key, the server's,
+    /// and nothing of the development CA's key (which the generator kept in `tls-ca/`).
+    fn assert_no_ca_key_in_nginx(&self) {
+        let nginx = format!("{}-nginx", self.name);
+        let keys = docker(&["exec", &nginx, "grep", "-rl", "PRIVATE KEY", "/etc/privaterouter/tls"]);
+        assert_eq!(
+            keys.lines().collect::<Vec<_>>(),
+            ["/etc/privaterouter/tls/privkey.pem"],
+            "private keys nginx can read"
+        );
+        let ca_key = std::fs::read_to_string(self.dir.path().join("tls-ca/dev-ca.key")).unwrap();
+        let body: String = ca_key.lines().filter(|l| !l.starts_with("-----")).collect();
+        let mounted: String =
+            docker(&["exec", &nginx, "find", "/etc/privaterouter/tls", "-type", "f", "-exec", "cat", "{}", "+"])
+                .lines()
+                .collect();
+        assert!(!mounted.contains(&body), "the development CA's key is readable inside nginx");
     }
 
     /// `curl` as an operator would: the dev CA, api./prometheus.<domain> resolved to loopback.
@@ -222,7 +311,7 @@ impl Drop for Project {
 /// A fingerprint of what the test must never write: `compose/.env` and `tls/`.
 fn repo_state() -> Vec<(PathBuf, Option<(u64, std::time::SystemTime)>)> {
     let root = repo_root();
-    let mut paths = vec![root.join("compose/.env")];
+    let mut paths = vec![root.join("compose/.env"), root.join("tls-ca")];
     if let Ok(entries) = std::fs::read_dir(root.join("tls")) {
         paths.extend(entries.flatten().map(|e| e.path()));
     }
@@ -253,13 +342,19 @@ fn scripts_up_offline_serves_the_api_over_tls_and_down_leaves_nothing() {
     eprintln!("scripts/up took {:.1} s", started.elapsed().as_secs_f64());
 
     // Secrets generated into the temp env file, certificates into the temp TLS dir.
-    for key in ["POSTGRES_PASSWORD", "PR_METRICS_TOKEN", "PROMETHEUS_BASIC_AUTH_PASSWORD", "GRAFANA_ADMIN_PASSWORD"] {
+    for key in [
+        "POSTGRES_PASSWORD",
+        "API_DB_PASSWORD",
+        "PR_METRICS_TOKEN",
+        "PROMETHEUS_BASIC_AUTH_PASSWORD",
+        "GRAFANA_ADMIN_PASSWORD",
+    ] {
         assert!(project.env_get(key).len() >= 32, "{key} was not generated into the env file");
     }
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&project.env_file).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the env file holds secrets");
-    for file in ["dev-ca.pem", "fullchain.pem", "privkey.pem"] {
-        assert!(project.dir.path().join("tls").join(file).exists(), "tls/{file} not in the temp dir");
+    for file in ["tls/dev-ca.pem", "tls/fullchain.pem", "tls/privkey.pem", "tls-ca/dev-ca.key"] {
+        assert!(project.dir.path().join(file).exists(), "{file} not in the temp dir");
     }
 
     // Five services of the project run, each on its project-named container.
@@ -291,6 +386,11 @@ fn scripts_up_offline_serves_the_api_over_tls_and_down_leaves_nothing() {
     assert_eq!(code, "200");
     let (code, _) = project.curl("prometheus", "/-/ready", &[]);
     assert_eq!(code, "401");
+
+    project.assert_api_is_no_superuser();
+    project.assert_postgres_capabilities();
+    project.assert_no_ca_key_in_nginx();
+    isolation::assert_networks_isolate(&project.name);
 
     // Down, volumes included: nothing of the project is left.
     let before = project.leftovers();

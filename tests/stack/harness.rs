@@ -241,6 +241,7 @@ impl Stack {
         assert!(status.success(), "scripts/gen-dev-certs failed");
 
         let pg_password = random_hex(16);
+        let api_db_password = random_hex(16);
         let metrics_token = random_hex(16);
         let prometheus_password = random_hex(16);
         let name = &kit.name;
@@ -252,11 +253,23 @@ impl Stack {
             "postgres",
             "postgres",
             &[],
-            &[("/var/lib/postgresql/data", "")],
+            &[("/var/lib/postgresql/data", ""), ("/var/run/postgresql", "size=1m"), ("/tmp", "size=16m")],
         )
         .with_env_var("POSTGRES_USER", "privaterouter")
         .with_env_var("POSTGRES_PASSWORD", &pg_password)
-        .with_env_var("POSTGRES_DB", "privaterouter");
+        .with_env_var("POSTGRES_DB", "privaterouter")
+        // As compose: the API's own role from the init script, the entrypoint's capabilities only.
+        .with_env_var("API_DB_USER", "privaterouter_api")
+        .with_env_var("API_DB_PASSWORD", &api_db_password)
+        .with_mount(read_only(
+            &repo_root().join("compose/postgres/10-api-role.sh"),
+            "/docker-entrypoint-initdb.d/10-api-role.sh",
+        ))
+        .with_readonly_rootfs(true)
+        .with_cap_drop("ALL");
+        let postgres = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"]
+            .into_iter()
+            .fold(postgres, |p, cap| p.with_cap_add(cap));
 
         let api_ports: &'static [u16] = if kit.publish_metrics_port { &[9100] } else { &[] };
         let mut api = common(
@@ -271,7 +284,7 @@ impl Stack {
         )
         .with_env_var(
             "DATABASE_URL",
-            format!("postgres://privaterouter:{pg_password}@{name}-postgres:5432/privaterouter"),
+            format!("postgres://privaterouter_api:{api_db_password}@{name}-postgres:5432/privaterouter"),
         )
         .with_env_var("PR_PUBLIC_ADDR", "0.0.0.0:8000")
         .with_env_var("PR_METRICS_ADDR", "0.0.0.0:9100")

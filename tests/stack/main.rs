@@ -9,13 +9,19 @@
 //! Also here: the end-to-end run through real Prometheus with the upstream and GPU-node
 //! stand-ins as containers (`e2e`, `standins`), nginx's connections to the API (`ingress`),
 //! nginx's own rules at the edge (`edge`: host names, the per-address limit, the body limit),
-//! and the compose file brought up and down by `scripts/up` and `scripts/down` (`compose`).
+//! and the compose file brought up and down by `scripts/up` and `scripts/down` (`compose`), with
+//! its networks' isolation probed from inside its containers (`isolation`). Without containers:
+//! every compose service's confinement as `compose config` shows it (`containers`) and the
+//! development CA's name constraints and key placement (`dev_certs`).
 
 mod audit;
 mod compose;
+mod containers;
+mod dev_certs;
 mod e2e;
 mod edge;
 mod harness;
 mod ingress;
+mod isolation;
 mod promtool;
 mod standins;
