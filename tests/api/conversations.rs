@@ -1,14 +1,29 @@
-use privaterouter_tests::spawn_gateway;
+use privaterouter_tests::{TestApp, spawn_gateway};
 use serde_json::{Value, json};
+
+/// A user with 1 USD of credit: (id, key).
+async fn funded_user(app: &TestApp) -> (uuid::Uuid, String) {
+    let (_, admin) = app.user(true).await;
+    let (user_id, key) = app.user(false).await;
+    app.topup(&admin, user_id, "1").await;
+    (user_id, key)
+}
+
+/// How many calls of a user were billed.
+async fn usage_rows(app: &TestApp, user_id: uuid::Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE user_id = $1 AND kind = 'usage'")
+        .bind(user_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
 
 #[tokio::test]
 async fn conversations_keep_history_bill_each_message_and_stay_private() {
     let g = spawn_gateway().await;
     let app = &g.app;
-    let (_, admin) = app.user(true).await;
-    let (user_id, key) = app.user(false).await;
+    let (user_id, key) = funded_user(app).await;
     let (_, stranger) = app.user(false).await;
-    app.topup(&admin, user_id, "1").await;
 
     let unknown = app
         .client
@@ -118,13 +133,7 @@ async fn conversations_keep_history_bill_each_message_and_stay_private() {
     }
     assert_eq!(titles, ["c5", "c4", "c3", "c2", "first"]);
 
-    let usage: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE user_id = $1 AND kind = 'usage'")
-            .bind(user_id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(usage, 2);
+    assert_eq!(usage_rows(app, user_id).await, 2);
     let s = app.samples().await;
     assert_eq!(s.get("pr_chat_conversations_created_total", &[]), 5.0);
     assert_eq!(
@@ -137,9 +146,7 @@ async fn conversations_keep_history_bill_each_message_and_stay_private() {
 async fn conversation_messages_send_only_documented_parameters_and_relay_upstream_errors_as_ours() {
     let g = spawn_gateway().await;
     let app = &g.app;
-    let (_, admin) = app.user(true).await;
-    let (user_id, key) = app.user(false).await;
-    app.topup(&admin, user_id, "1").await;
+    let (user_id, key) = funded_user(app).await;
     let conversation = |model: &'static str| {
         let request = app.client.post(app.url("/api/chat/conversations")).bearer_auth(&key);
         async move {
@@ -183,11 +190,5 @@ async fn conversation_messages_send_only_documented_parameters_and_relay_upstrea
         s.get("pr_credit_transactions_total", &[("kind", "usage")]) == 1.0
     })
     .await;
-    let usage: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE user_id = $1 AND kind = 'usage'")
-            .bind(user_id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(usage, 1, "only the message that was answered");
+    assert_eq!(usage_rows(app, user_id).await, 1, "only the message that was answered");
 }

@@ -253,6 +253,15 @@ async fn read_sse(response: reqwest::Response) -> Vec<(Duration, String)> {
     events
 }
 
+/// The content of a stream's chunks, in order.
+fn streamed_text(events: &[(Duration, String)]) -> String {
+    events
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str).map(str::to_owned))
+        .collect()
+}
+
 #[tokio::test]
 async fn streams_are_forwarded_as_they_arrive_and_billed_from_reported_usage() {
     let g = spawn_gateway().await;
@@ -264,12 +273,7 @@ async fn streams_are_forwarded_as_they_arrive_and_billed_from_reported_usage() {
     let events = read_sse(response).await;
     // Words, the usage chunk, [DONE].
     assert_eq!(events.len(), STREAM_WORDS.len() + 2, "{events:?}");
-    let text: String = events
-        .iter()
-        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str).map(str::to_owned))
-        .collect();
-    assert_eq!(text, STREAM_WORDS.concat());
+    assert_eq!(streamed_text(&events), STREAM_WORDS.concat());
     // Not buffered: the stand-in spaces chunks 30 ms apart.
     let first = events[0].0;
     let last = events.last().unwrap().0;
@@ -590,12 +594,7 @@ async fn a_model_that_writes_the_terminator_as_text_is_streamed_to_its_end_and_b
     let events = read_sse(post(&g, &key, &chat("donetext", true)).await).await;
     // The content chunks, the usage chunk, [DONE].
     assert_eq!(events.len(), DONE_TEXT.len() + 2, "{events:?}");
-    let text: String = events
-        .iter()
-        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str).map(str::to_owned))
-        .collect();
-    assert_eq!(text, DONE_TEXT.concat());
+    assert_eq!(streamed_text(&events), DONE_TEXT.concat());
     let usage: Value = serde_json::from_str(&events[events.len() - 2].1).unwrap();
     assert_eq!(usage["usage"]["cost_usd"], CALL_COST);
     assert_eq!(events.last().unwrap().1, "[DONE]");
