@@ -39,7 +39,9 @@ pub fn to_api_error(
     let json = serde_json::from_slice::<Value>(body).ok();
     let error = json.as_ref().map(|v| v.get("error").unwrap_or(v));
     let field = |name: &str| error.and_then(|e| e.get(name)).and_then(Value::as_str);
-    let relayed = || field("message").and_then(|m| sanitise(m, upstream_model, public_model)).unwrap_or_default();
+    // `{"error": {"message"}}` (OpenAI, LiteLLM), `{"message"}` (vLLM's older form), `{"error": "..."}`.
+    let message = field("message").or_else(|| error.and_then(Value::as_str));
+    let relayed = || message.and_then(|m| sanitise(m, upstream_model, public_model)).unwrap_or_default();
     match status.as_u16() {
         400 | 422 => ApiError::UpstreamRejected { status: StatusCode::BAD_REQUEST, message: relayed() },
         413 => ApiError::UpstreamRejected { status: StatusCode::PAYLOAD_TOO_LARGE, message: relayed() },
@@ -146,6 +148,9 @@ mod tests {
             assert_eq!((info.status.as_u16(), info.code), (ours, code), "{upstream}");
             let relayed = info.message.contains("context length exceeded");
             assert_eq!(relayed, ours == 400 || ours == 413, "{upstream}: {}", info.message);
+        }
+        for body in [json!({"message": "bad n"}), json!({"error": "bad n"})] {
+            assert!(error(400, body.clone()).message.ends_with(": bad n"), "{body}");
         }
         let quota = error(429, json!({"error": {"message": "out of money", "code": "insufficient_quota"}}));
         assert_eq!((quota.status.as_u16(), quota.code), (502, "upstream_error"));
