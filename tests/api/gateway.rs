@@ -324,10 +324,13 @@ async fn a_client_that_disconnects_mid_stream_is_still_billed() {
     let s = g
         .app
         .wait_for_metrics("disconnect billed", |s| {
+            // The call is counted when its usage is handed to the billing writer; the row is
+            // written after that.
             s.get(
                 "pr_llm_calls_total",
                 &[("model", "long"), ("endpoint", "chat_completions"), ("status", "client_disconnect")],
             ) == 1.0
+                && s.get("pr_credit_transactions_total", &[("kind", "usage")]) == 1.0
         })
         .await;
     let rows = usage_rows(&g, user_id).await;
@@ -482,12 +485,18 @@ async fn upstream_errors_reach_the_client_bounded_sanitised_and_as_our_status() 
     );
 
     // The operator gets the upstream's answer, bounded, under the request id.
-    let logs = g.app.app_lines();
     for (model, request_id) in &ids {
-        let line = logs
-            .iter()
-            .find(|l| l["logger"] == "pr.upstream" && l["request_id"] == request_id.as_str())
-            .unwrap_or_else(|| panic!("{model}: the upstream's answer is logged"));
+        // Log lines are written by a thread of their own.
+        let line =
+            privaterouter_tests::eventually(&format!("{model}: the answer is logged"), Duration::from_secs(10), || {
+                let line = g
+                    .app
+                    .app_lines()
+                    .into_iter()
+                    .find(|l| l["logger"] == "pr.upstream" && l["request_id"] == request_id.as_str());
+                async move { line }
+            })
+            .await;
         let logged = line["body"].as_str().unwrap();
         assert!(!logged.is_empty() && logged.len() <= 2048, "{model}: {}", logged.len());
     }
