@@ -1,14 +1,29 @@
-use privaterouter_tests::spawn_gateway;
+use privaterouter_tests::{TestApp, spawn_gateway};
 use serde_json::{Value, json};
+
+/// A user with 1 USD of credit: (id, key).
+async fn funded_user(app: &TestApp) -> (uuid::Uuid, String) {
+    let (_, admin) = app.user(true).await;
+    let (user_id, key) = app.user(false).await;
+    app.topup(&admin, user_id, "1").await;
+    (user_id, key)
+}
+
+/// How many calls of a user were billed.
+async fn usage_rows(app: &TestApp, user_id: uuid::Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE user_id = $1 AND kind = 'usage'")
+        .bind(user_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
 
 #[tokio::test]
 async fn conversations_keep_history_bill_each_message_and_stay_private() {
     let g = spawn_gateway().await;
     let app = &g.app;
-    let (_, admin) = app.user(true).await;
-    let (user_id, key) = app.user(false).await;
+    let (user_id, key) = funded_user(app).await;
     let (_, stranger) = app.user(false).await;
-    app.topup(&admin, user_id, "1").await;
 
     let unknown = app
         .client
@@ -118,17 +133,62 @@ async fn conversations_keep_history_bill_each_message_and_stay_private() {
     }
     assert_eq!(titles, ["c5", "c4", "c3", "c2", "first"]);
 
-    let usage: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE user_id = $1 AND kind = 'usage'")
-            .bind(user_id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(usage, 2);
+    assert_eq!(usage_rows(app, user_id).await, 2);
     let s = app.samples().await;
     assert_eq!(s.get("pr_chat_conversations_created_total", &[]), 5.0);
     assert_eq!(
         s.get("pr_llm_calls_total", &[("model", "echo"), ("endpoint", "conversation_message"), ("status", "success")]),
         2.0
     );
+}
+
+#[tokio::test]
+async fn conversation_messages_send_only_documented_parameters_and_relay_upstream_errors_as_ours() {
+    let g = spawn_gateway().await;
+    let app = &g.app;
+    let (user_id, key) = funded_user(app).await;
+    let conversation = |model: &'static str| {
+        let request = app.client.post(app.url("/api/chat/conversations")).bearer_auth(&key);
+        async move {
+            let created: Value = request.json(&json!({"model": model})).send().await.unwrap().json().await.unwrap();
+            created["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let send = |id: String, body: Value| {
+        let request =
+            app.client.post(app.url(&format!("/api/chat/conversations/{id}/messages"))).bearer_auth(&key).json(&body);
+        async move { request.send().await.unwrap() }
+    };
+
+    let id = conversation("echo").await;
+    for field in ["api_base", "mock_response", "metadata", "litellm_params"] {
+        let mut body = json!({"content": "hi"});
+        body[field] = json!("x");
+        let response = send(id.clone(), body).await;
+        assert_eq!(response.status(), 400, "{field}");
+    }
+    assert!(g.upstream.requests().is_empty(), "a refused message sends nothing upstream");
+    assert_eq!(send(id.clone(), json!({"content": "hi"})).await.status(), 201);
+    let forwarded = privaterouter_api::llm::request_fields::CHAT_COMPLETIONS.forwarded;
+    let sent = g.upstream.requests();
+    assert_eq!(sent.len(), 1);
+    for k in sent[0].as_object().unwrap().keys() {
+        assert!(forwarded.contains(&k.as_str()), "{k} reached the upstream");
+    }
+
+    // An upstream that refuses the gateway's key: a 502 of ours, nothing stored, nothing billed.
+    let failing = conversation("fail401").await;
+    let response = send(failing.clone(), json!({"content": "hi"})).await;
+    assert_eq!(response.status(), 502);
+    assert!(response.headers().get("www-authenticate").is_none());
+    let e: Value = response.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "upstream_auth_failed");
+    assert!(e["error"]["request_id"].is_string());
+    let shown = app.get_json(&format!("/api/chat/conversations/{failing}"), &key).await;
+    assert!(shown["messages"].as_array().unwrap().is_empty(), "{shown}");
+    app.wait_for_metrics("the answered message is billed", |s| {
+        s.get("pr_credit_transactions_total", &[("kind", "usage")]) == 1.0
+    })
+    .await;
+    assert_eq!(usage_rows(app, user_id).await, 1, "only the message that was answered");
 }

@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use privaterouter_tests::{
     Gateway, random_hex, spawn_gateway, spawn_gateway_with,
-    upstream::{COMPLETION_TOKENS, PROMPT_TOKENS, STREAM_WORDS},
+    upstream::{COMPLETION_TOKENS, DONE_TEXT, PROMPT_TOKENS, STREAM_WORDS, UPSTREAM_KEY},
 };
 use serde_json::{Value, json};
 
@@ -51,8 +51,24 @@ async fn completion_is_proxied_metered_and_billed_once() {
     assert_eq!(
         ids,
         [
-            "echo", "nousage", "long", "slow", "fail500", "fail400", "dead", "wait", "twosec", "overcap", "absurd",
-            "capped", "pooled"
+            "echo",
+            "nousage",
+            "long",
+            "slow",
+            "fail500",
+            "fail400",
+            "dead",
+            "wait",
+            "twosec",
+            "overcap",
+            "absurd",
+            "fail401",
+            "hugeerror",
+            "internals",
+            "ratelimited",
+            "donetext",
+            "capped",
+            "pooled"
         ]
     );
     assert_eq!(models["object"], "list");
@@ -119,8 +135,8 @@ async fn refusals_errors_and_unknown_models() {
     let (user_id, key) = funded(&g, "1.00").await;
     let cases = [
         ("nope-model", 404, "model_not_found"),
-        ("fail500", 500, "upstream_error"),
-        ("fail400", 400, "upstream_error"),
+        ("fail500", 502, "upstream_error"),
+        ("fail400", 400, "upstream_rejected"),
         ("dead", 502, "upstream_unavailable"),
         ("slow", 504, "upstream_timeout"),
     ];
@@ -132,9 +148,15 @@ async fn refusals_errors_and_unknown_models() {
         assert!(body["error"]["request_id"].is_string());
     }
     let body: Value = post(&g, &key, &chat("fail500", false)).await.json().await.unwrap();
-    assert_eq!(body["error"]["message"], "upstream exploded", "the upstream's message is passed through");
+    assert_eq!(
+        body["error"]["message"], "The model's upstream failed (it answered 500).",
+        "an upstream failure is ours to describe"
+    );
     let body: Value = post(&g, &key, &chat("fail400", false)).await.json().await.unwrap();
-    assert_eq!(body["error"]["message"], "context length exceeded");
+    assert_eq!(
+        body["error"]["message"], "The model's upstream rejected the request: context length exceeded",
+        "what the upstream found wrong with the request is passed on"
+    );
 
     for (bad, why) in [
         (json!({"messages": [{"role": "user", "content": "x"}]}), "no model"),
@@ -231,6 +253,15 @@ async fn read_sse(response: reqwest::Response) -> Vec<(Duration, String)> {
     events
 }
 
+/// The content of a stream's chunks, in order.
+fn streamed_text(events: &[(Duration, String)]) -> String {
+    events
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str).map(str::to_owned))
+        .collect()
+}
+
 #[tokio::test]
 async fn streams_are_forwarded_as_they_arrive_and_billed_from_reported_usage() {
     let g = spawn_gateway().await;
@@ -242,12 +273,7 @@ async fn streams_are_forwarded_as_they_arrive_and_billed_from_reported_usage() {
     let events = read_sse(response).await;
     // Words, the usage chunk, [DONE].
     assert_eq!(events.len(), STREAM_WORDS.len() + 2, "{events:?}");
-    let text: String = events
-        .iter()
-        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str).map(str::to_owned))
-        .collect();
-    assert_eq!(text, STREAM_WORDS.concat());
+    assert_eq!(streamed_text(&events), STREAM_WORDS.concat());
     // Not buffered: the stand-in spaces chunks 30 ms apart.
     let first = events[0].0;
     let last = events.last().unwrap().0;
@@ -298,10 +324,13 @@ async fn a_client_that_disconnects_mid_stream_is_still_billed() {
     let s = g
         .app
         .wait_for_metrics("disconnect billed", |s| {
+            // The call is counted when its usage is handed to the billing writer; the row is
+            // written after that.
             s.get(
                 "pr_llm_calls_total",
                 &[("model", "long"), ("endpoint", "chat_completions"), ("status", "client_disconnect")],
             ) == 1.0
+                && s.get("pr_credit_transactions_total", &[("kind", "usage")]) == 1.0
         })
         .await;
     let rows = usage_rows(&g, user_id).await;
@@ -410,4 +439,180 @@ async fn the_ledger_holds_under_concurrency_and_matches_the_metrics() {
         .map(|st| s.get("pr_llm_calls_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("status", st)]))
         .sum();
     assert_eq!(successes as usize, total_calls);
+}
+
+/// The stand-in's error answers, as the client sees them: (model, status, code).
+const UPSTREAM_ERRORS: [(&str, u16, &str); 4] = [
+    ("fail401", 502, "upstream_auth_failed"),
+    ("hugeerror", 400, "upstream_rejected"),
+    ("internals", 400, "upstream_rejected"),
+    ("ratelimited", 429, "upstream_rate_limited"),
+];
+
+#[tokio::test]
+async fn upstream_errors_reach_the_client_bounded_sanitised_and_as_our_status() {
+    let g = spawn_gateway().await;
+    let (user_id, key) = funded(&g, "1.00").await;
+    let mut ids = Vec::new();
+    for (model, status, code) in UPSTREAM_ERRORS {
+        let response = post(&g, &key, &chat(model, false)).await;
+        assert_eq!(response.status(), status, "{model}");
+        assert!(
+            response.headers().get("www-authenticate").is_none(),
+            "{model}: an upstream's challenge is not the client's"
+        );
+        let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(retry_after.as_deref(), (model == "ratelimited").then_some("7"), "{model}");
+        let text = response.text().await.unwrap();
+        assert!(text.len() < 1024, "{model}: a bounded body, not the upstream's ({} bytes)", text.len());
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["error"]["code"], code, "{model}: {body}");
+        assert_eq!(body["error"]["request_id"], request_id.as_str());
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.chars().count() <= 512, "{model}: {}", message.len());
+        for secret in [UPSTREAM_KEY, "litellm", "http", "sk-", "Traceback", "Model Group", "up-", "10.1.2.3", "org-"] {
+            assert!(!message.contains(secret), "{model}: `{secret}` reached the client: {message}");
+        }
+        ids.push((model, request_id));
+    }
+    let body: Value = post(&g, &key, &chat("internals", false)).await.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "The model's upstream rejected the request: Error code: 400 - prompt too long for internals at [url] with \
+         [redacted]",
+        "the upstream's own words, less its internals, with the public model name"
+    );
+
+    // The operator gets the upstream's answer, bounded, under the request id.
+    for (model, request_id) in &ids {
+        // Log lines are written by a thread of their own.
+        let line =
+            privaterouter_tests::eventually(&format!("{model}: the answer is logged"), Duration::from_secs(10), || {
+                let line = g
+                    .app
+                    .app_lines()
+                    .into_iter()
+                    .find(|l| l["logger"] == "pr.upstream" && l["request_id"] == request_id.as_str());
+                async move { line }
+            })
+            .await;
+        let logged = line["body"].as_str().unwrap();
+        assert!(!logged.is_empty() && logged.len() <= 2048, "{model}: {}", logged.len());
+    }
+
+    assert!(usage_rows(&g, user_id).await.is_empty(), "failed calls are not billed");
+    let balance = g.app.get_json("/api/billing/balance", &key).await;
+    assert_eq!((dec(balance["balance_usd"].as_str().unwrap()), dec(balance["held_usd"].as_str().unwrap())), (1.0, 0.0));
+    let s = g.app.samples().await;
+    for (model, ..) in UPSTREAM_ERRORS {
+        let calls = s.get(
+            "pr_llm_calls_total",
+            &[("model", model), ("endpoint", "chat_completions"), ("status", "upstream_error")],
+        );
+        assert_eq!(calls, if model == "internals" { 2.0 } else { 1.0 }, "{model}");
+    }
+    let auth = s.get(
+        "pr_http_exceptions_total",
+        &[("method", "POST"), ("route", "/v1/chat/completions"), ("exception_type", "upstream_auth_failed")],
+    );
+    assert_eq!(auth, 1.0);
+}
+
+/// Fields that steer LiteLLM (or the upstream's price) rather than the model.
+const STEERING: [&str; 10] = [
+    "api_base",
+    "api_key",
+    "base_url",
+    "mock_response",
+    "fallbacks",
+    "num_retries",
+    "timeout",
+    "metadata",
+    "litellm_logging_obj",
+    "service_tier",
+];
+
+fn steering_value(field: &str) -> Value {
+    match field {
+        "api_base" | "base_url" => json!("http://attacker.invalid/v1"),
+        "api_key" => json!("sk-attacker"),
+        "mock_response" => json!("free answer"),
+        "fallbacks" => json!(["expensive-model"]),
+        "num_retries" => json!(50),
+        "timeout" => json!(3600),
+        "metadata" => json!({"tags": ["x"]}),
+        "service_tier" => json!("priority"),
+        _ => json!(true),
+    }
+}
+
+#[tokio::test]
+async fn only_documented_openai_parameters_reach_the_upstream() {
+    let g = spawn_gateway().await;
+    let (user_id, key) = funded(&g, "1.00").await;
+    for field in STEERING {
+        for stream in [false, true] {
+            let mut body = chat("echo", stream);
+            body[field] = steering_value(field);
+            let response = post(&g, &key, &body).await;
+            assert_eq!(response.status(), 400, "{field}");
+            let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+            let e: Value = response.json().await.unwrap();
+            assert_eq!(e["error"]["code"], "unsupported_parameter", "{field}: {e}");
+            assert_eq!(e["error"]["request_id"], request_id.as_str());
+            assert!(e["error"]["message"].as_str().unwrap().contains(&format!("`{field}`")), "{field}: {e}");
+        }
+    }
+    assert!(g.upstream.requests().is_empty(), "a refused call sends nothing upstream");
+    let balance = g.app.get_json("/api/billing/balance", &key).await;
+    assert_eq!(dec(balance["held_usd"].as_str().unwrap()), 0.0, "a refused call holds nothing");
+
+    // The documented parameters pass unchanged; a steering field set to null is dropped.
+    let allowed = json!({"temperature": 0.25, "top_p": 0.5, "user": "end-user-7", "seed": 42, "stop": ["\n\n"],
+        "presence_penalty": 0.1, "response_format": {"type": "text"}, "max_completion_tokens": 100});
+    let mut body = chat("echo", false);
+    for (k, v) in allowed.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body["metadata"] = Value::Null;
+    assert_eq!(post(&g, &key, &body).await.status(), 200);
+    let sent = g.upstream.requests();
+    assert_eq!(sent.len(), 1);
+    for (k, v) in allowed.as_object().unwrap() {
+        assert_eq!(&sent[0][k], v, "{k} reaches the upstream unchanged");
+    }
+    let forwarded = privaterouter_api::llm::request_fields::CHAT_COMPLETIONS.forwarded;
+    for k in sent[0].as_object().unwrap().keys() {
+        assert!(forwarded.contains(&k.as_str()), "{k} reached the upstream");
+    }
+    assert!(sent[0].get("metadata").is_none());
+
+    let rows = privaterouter_tests::eventually("the call is settled", Duration::from_secs(10), || async {
+        let rows = usage_rows(&g, user_id).await;
+        (!rows.is_empty()).then_some(rows)
+    })
+    .await;
+    assert_eq!(rows.len(), 1, "only the call that was served is billed");
+}
+
+#[tokio::test]
+async fn a_model_that_writes_the_terminator_as_text_is_streamed_to_its_end_and_billed_as_reported() {
+    let g = spawn_gateway().await;
+    let (user_id, key) = funded(&g, "1.00").await;
+    let events = read_sse(post(&g, &key, &chat("donetext", true)).await).await;
+    // The content chunks, the usage chunk, [DONE].
+    assert_eq!(events.len(), DONE_TEXT.len() + 2, "{events:?}");
+    assert_eq!(streamed_text(&events), DONE_TEXT.concat());
+    let usage: Value = serde_json::from_str(&events[events.len() - 2].1).unwrap();
+    assert_eq!(usage["usage"]["cost_usd"], CALL_COST);
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+
+    let rows = privaterouter_tests::eventually("the stream is settled", Duration::from_secs(10), || async {
+        let rows = usage_rows(&g, user_id).await;
+        (!rows.is_empty()).then_some(rows)
+    })
+    .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!((dec(&rows[0].0), rows[0].1, rows[0].2, rows[0].3), (dec(CALL_COST), 12, 34, false), "not estimated");
 }

@@ -116,6 +116,37 @@ fn async_stream(
     })
 }
 
+/// A LiteLLM-style 400 message: exception names, a URL, a key, the upstream model, a traceback.
+pub const INTERNALS_MESSAGE: &str = "litellm.BadRequestError: OpenAIException - Error code: 400 - prompt too long \
+    for up-internals at http://10.1.2.3:4000/v1 with sk-internal-0123456789\nReceived Model Group=up-internals\n\
+    Traceback (most recent call last):\n  File \"/usr/lib/python3/litellm/main.py\", line 1, in completion";
+
+/// Content of the `up-done-text` stream: the terminator's text inside a chunk.
+pub const DONE_TEXT: [&str; 3] = ["A stream ends with ", "data: [DONE]", " on a line of its own."];
+
+fn done_text_stream(model: String) -> Response {
+    let mut writes: Vec<String> = Vec::new();
+    for (i, word) in DONE_TEXT.iter().enumerate() {
+        let event = chunk(&model, word);
+        if i == 1 {
+            // The event arrives in pieces, cut inside the terminator's text.
+            let cut = event.find("[DO").unwrap() + 3;
+            writes.push(event[..cut].to_owned());
+            writes.push(event[cut..].to_owned());
+        } else {
+            writes.push(event);
+        }
+    }
+    writes.push(usage_chunk(&model));
+    writes.push("data: [DONE]\n\n".to_owned());
+    let stream = futures_util::stream::unfold(writes.into_iter(), |mut rest| async move {
+        let item = rest.next()?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Some((Ok::<_, std::io::Error>(item), rest))
+    });
+    Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(stream)).unwrap()
+}
+
 async fn completions(State(up): State<Upstream>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
     up.received.lock().unwrap().push(body.clone());
     if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {UPSTREAM_KEY}")) {
@@ -171,6 +202,28 @@ async fn completions(State(up): State<Upstream>, headers: HeaderMap, Json(body):
             Json(json!({"error": {"message": "context length exceeded", "type": "invalid_request_error"}})),
         )
             .into_response(),
+        // Error answers a client must not see as they are: the upstream refusing the gateway's own
+        // key (with its own challenge), a 1 MB JSON error, LiteLLM's internals, a rate limit.
+        "up-401" => (
+            StatusCode::UNAUTHORIZED,
+            [("www-authenticate", "Bearer realm=\"litellm\"")],
+            Json(json!({"error": {"message": format!("Invalid proxy server token passed. Received API Key = {UPSTREAM_KEY}")}})),
+        )
+            .into_response(),
+        "up-huge-error" => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"message": format!("too long: {}", "x".repeat(1 << 20))}})),
+        )
+            .into_response(),
+        "up-internals" => (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": INTERNALS_MESSAGE}}))).into_response(),
+        "up-429" => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "7")],
+            Json(json!({"error": {"message": "Rate limit reached for up-429 in organization org-secret"}})),
+        )
+            .into_response(),
+        // A model that writes the stream's terminator as text, split over several writes.
+        "up-done-text" if streaming => done_text_stream(model),
         other => {
             (StatusCode::NOT_FOUND, Json(json!({"error": {"message": format!("no model {other}")}}))).into_response()
         }
@@ -200,6 +253,11 @@ pub fn catalog_toml_for(base: &str, dead: &str, key_env: &str) -> String {
         ("twosec", "up-2s", base),
         ("overcap", "up-overcap", base),
         ("absurd", "up-absurd", base),
+        ("fail401", "up-401", base),
+        ("hugeerror", "up-huge-error", base),
+        ("internals", "up-internals", base),
+        ("ratelimited", "up-429", base),
+        ("donetext", "up-done-text", base),
     ] {
         out.push_str(&format!(
             "[[models]]\nname = \"{name}\"\nupstream = \"{base}\"\nupstream_model = \"{up_model}\"\napi_key_env = \"{key_env}\"\ninput_usd_per_mtok = 1.5\noutput_usd_per_mtok = 6.0\n\n"

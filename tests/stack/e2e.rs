@@ -272,7 +272,7 @@ async fn workload_metrics_gpu_alert_and_dashboard_through_real_prometheus() {
             let r = e.api(Request::get(format!("/no/such/route/{}", random_hex(2)))).await;
             assert_eq!(r.status, 404, "{}", r.text());
             let r = e.api(bearer(Request::post_json("/v1/chat/completions", &chat("fail500")), &key)).await;
-            assert_eq!(r.status, 500, "a failing upstream is a 5xx: {}", r.text());
+            assert_eq!(r.status, 502, "a failing upstream is a 502 of ours: {}", r.text());
         }
         if half == 0 {
             let r = e.api(bearer(Request::post_json("/v1/chat/completions", &chat("echo")), &key)).await;
@@ -298,7 +298,7 @@ async fn workload_metrics_gpu_alert_and_dashboard_through_real_prometheus() {
         (&http("unmatched", "GET", "404"), 4.0),
         (&http("/v1/chat/completions", "POST", "200"), 2.0),
         (&http("/v1/chat/completions", "POST", "404"), 1.0),
-        (&http("/v1/chat/completions", "POST", "500"), 4.0),
+        (&http("/v1/chat/completions", "POST", "502"), 4.0),
         (&http("/api/admin/users/{id}/credits", "POST", "201"), 1.0),
         (&http("/api/admin/gpu-nodes", "POST", "201"), 2.0),
         // No other 5xx anywhere: the readiness polls and the rest were all answered.

@@ -102,8 +102,17 @@ pub enum ApiError {
     UpstreamTimeout,
     #[error("no healthy GPU node in pool {0}")]
     NoHealthyNode(String),
-    #[error("upstream answered {status}: {message}")]
-    Upstream { status: StatusCode, message: String },
+    /// The upstream refused the request as invalid (its 400/413/422); `message` is its own,
+    /// sanitised and bounded (empty when it gave none).
+    #[error("upstream rejected the request: {message}")]
+    UpstreamRejected { status: StatusCode, message: String },
+    #[error("upstream rate limited")]
+    UpstreamRateLimited { retry_after: Option<u32> },
+    /// The upstream refused the gateway's own credentials (its 401/403).
+    #[error("upstream refused the gateway's credentials ({upstream_status})")]
+    UpstreamAuthFailed { upstream_status: u16 },
+    #[error("upstream failed ({upstream_status})")]
+    UpstreamError { upstream_status: u16 },
     #[error("shutting down")]
     ShuttingDown,
     #[error("database unavailable")]
@@ -151,7 +160,9 @@ impl ApiError {
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NoHealthyNode(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Upstream { status, .. } => *status,
+            Self::UpstreamRejected { status, .. } => *status,
+            Self::UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpstreamAuthFailed { .. } | Self::UpstreamError { .. } => StatusCode::BAD_GATEWAY,
             Self::ShuttingDown | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -215,13 +226,40 @@ impl ApiError {
                     format!("No healthy GPU node is available in pool `{pool}`. Try again shortly."),
                 )
             },
-            Self::Upstream { message, .. } => ErrorInfo {
-                exception_type: status.is_server_error().then_some("upstream_error"),
+            Self::UpstreamRejected { message, .. } => ErrorInfo::new(
+                status,
+                "invalid_request_error",
+                "upstream_rejected",
+                if message.is_empty() {
+                    "The model's upstream rejected the request.".to_owned()
+                } else {
+                    format!("The model's upstream rejected the request: {message}")
+                },
+            ),
+            Self::UpstreamRateLimited { .. } => ErrorInfo::new(
+                status,
+                "rate_limit_error",
+                "upstream_rate_limited",
+                "The model's upstream is rate limiting requests. Try again later.",
+            ),
+            Self::UpstreamAuthFailed { upstream_status } => ErrorInfo {
+                exception_type: Some("upstream_auth_failed"),
+                detail: Some(format!("the upstream answered {upstream_status}: check the model's upstream key")),
                 ..ErrorInfo::new(
                     status,
-                    if status.is_server_error() { "server_error" } else { "invalid_request_error" },
+                    "server_error",
+                    "upstream_auth_failed",
+                    "The model's upstream refused this gateway's credentials (a server configuration problem, not your API key).",
+                )
+            },
+            Self::UpstreamError { upstream_status } => ErrorInfo {
+                exception_type: Some("upstream_error"),
+                detail: Some(format!("the upstream answered {upstream_status}")),
+                ..ErrorInfo::new(
+                    status,
+                    "server_error",
                     "upstream_error",
-                    message.clone(),
+                    format!("The model's upstream failed (it answered {upstream_status})."),
                 )
             },
             Self::DatabaseUnavailable(e) => ErrorInfo {
@@ -261,11 +299,16 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let info = self.info();
         let mut response = info.status.into_response();
+        // Only our own authentication failures ask for credentials; an upstream's never reach
+        // the client as a 401 (see `llm::upstream_errors`).
         if info.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer realm=\"privaterouter\""),
             );
+        }
+        if let Self::UpstreamRateLimited { retry_after: Some(secs) } = self {
+            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
         }
         response.extensions_mut().insert(info);
         response

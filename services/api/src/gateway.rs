@@ -7,6 +7,7 @@
 //! does not stop the call from being billed for what the upstream reported.
 
 use std::{
+    borrow::Cow,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -28,6 +29,7 @@ use crate::{
     billing::{Hold, HoldError, Settlement, fmt_usd},
     catalog::{Model, Target, chat_completions_url},
     error::ApiError,
+    llm::{request_fields, upstream_errors},
     state::AppState,
     telemetry::metrics as m,
 };
@@ -50,6 +52,13 @@ impl Endpoint {
         match self {
             Self::ChatCompletions => "chat_completions",
             Self::ConversationMessage => "conversation_message",
+        }
+    }
+
+    /// The request fields this endpoint forwards upstream.
+    fn fields(self) -> &'static request_fields::Family {
+        match self {
+            Self::ChatCompletions | Self::ConversationMessage => &request_fields::CHAT_COMPLETIONS,
         }
     }
 }
@@ -192,18 +201,20 @@ fn send_error(e: &reqwest::Error) -> (ApiError, CallStatus) {
     }
 }
 
-/// Turns an upstream error response into ours, keeping its status and its message.
-async fn upstream_failure(response: reqwest::Response) -> ApiError {
-    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let text = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_else(|| text.chars().take(500).collect());
-    ApiError::Upstream {
-        status,
-        message: if message.is_empty() { format!("upstream answered {status}") } else { message },
-    }
+/// Reads at most `limit` bytes of a body within `within`; what arrived by then.
+async fn read_bounded(response: reqwest::Response, limit: usize, within: Duration) -> Bytes {
+    let mut buf = BytesMut::new();
+    let mut body = response.bytes_stream();
+    let _ = tokio::time::timeout(within, async {
+        while let Some(Ok(chunk)) = body.next().await {
+            buf.extend_from_slice(&chunk[..chunk.len().min(limit - buf.len())]);
+            if buf.len() >= limit {
+                break;
+            }
+        }
+    })
+    .await;
+    buf.freeze()
 }
 
 fn tokens_from(usage: &Value) -> Option<(u64, u64)> {
@@ -232,6 +243,7 @@ impl Call {
         body: &mut Map<String, Value>,
     ) -> Result<Self, ApiError> {
         let started = Instant::now();
+        request_fields::check(endpoint.fields(), body)?;
         let cap = output_cap(body, &model)?;
         body.insert("model".into(), Value::String(model.upstream_model.clone()));
         let request = Bytes::from(serde_json::to_vec(body).map_err(|e| ApiError::Internal(e.into()))?);
@@ -297,16 +309,26 @@ impl Call {
             Ok(Ok(r)) => r,
         };
         if !response.status().is_success() {
-            let server_error = response.status().is_server_error();
             let status = response.status();
-            let error = upstream_failure(response).await;
-            if server_error {
+            let error = self.upstream_failure(response).await;
+            if status.is_server_error() {
                 return failed(error, CallStatus::UpstreamError, &format!("inference answered {status}"));
             }
             self.observe(sent.elapsed(), CallStatus::UpstreamError);
             return Err(error);
         }
         Ok(response)
+    }
+
+    /// Our error for an upstream's error answer (`llm::upstream_errors`); its body, bounded, is
+    /// logged for the operator under the request id.
+    async fn upstream_failure(&self, response: reqwest::Response) -> ApiError {
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+        let body = read_bounded(response, upstream_errors::MAX_BODY_BYTES, self.state.upstream.request).await;
+        tracing::warn!(target: "pr.upstream", request_id = self.request_id.as_str(), model = self.model.name,
+            status = status.as_u16(), body = upstream_errors::for_log(&body), "the upstream answered an error");
+        upstream_errors::to_api_error(status, retry_after.as_ref(), &body, &self.model.upstream_model, self.model.name)
     }
 
     /// Bills the call (once) at the reported usage: absurd counts are clamped and an output
@@ -577,8 +599,19 @@ fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     }
 }
 
+/// The data of an SSE event: its `data:` lines (one optional space after the colon removed),
+/// joined by newlines as the SSE spec says; `None` when it has none.
+fn event_data(event: &str) -> Option<Cow<'_, str>> {
+    let mut lines = event.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d));
+    let first = lines.next()?;
+    let Some(second) = lines.next() else { return Some(Cow::Borrowed(first)) };
+    Some(Cow::Owned([first, second].into_iter().chain(lines).collect::<Vec<_>>().join("\n")))
+}
+
+/// The stream's terminator: an event whose data is exactly `[DONE]` (`data: [DONE]` or
+/// `data:[DONE]`); the same text inside a chunk's content is not.
 fn event_is_done(event: &[u8]) -> bool {
-    event.windows(12).any(|w| w == b"data: [DONE]")
+    std::str::from_utf8(event).ok().and_then(event_data).is_some_and(|d| d.trim_end() == "[DONE]")
 }
 
 /// Records usage, output size and the first token of one event; the event that carries usage is
@@ -594,13 +627,10 @@ fn inspect_event(
     let Ok(text) = std::str::from_utf8(event) else {
         return event.clone();
     };
-    let Some(data) = text.lines().find_map(|l| l.strip_prefix("data:")).map(str::trim) else {
+    let Some(data) = event_data(text) else {
         return event.clone();
     };
-    if data == "[DONE]" {
-        return event.clone();
-    }
-    let Ok(mut chunk) = serde_json::from_str::<Value>(data) else {
+    let Ok(mut chunk) = serde_json::from_str::<Value>(&data) else {
         return event.clone();
     };
     if let Some(content) = chunk.pointer("/choices/0/delta/content").and_then(Value::as_str) {
@@ -629,7 +659,16 @@ mod tests {
         assert_eq!(find_event_end(b"data: a\n\ndata: b"), Some((7, 2)));
         assert_eq!(find_event_end(b"data: a\r\n\r\n"), Some((7, 4)));
         assert_eq!(find_event_end(b"data: a\n"), None);
+    }
+
+    #[test]
+    fn only_a_whole_data_line_ends_the_stream() {
         assert!(event_is_done(b"data: [DONE]\n\n"));
+        assert!(event_is_done(b"data:[DONE]\r\n\r\n"));
+        assert!(event_is_done(b": keep-alive\ndata: [DONE]\n\n"));
+        assert!(!event_is_done(br#"data: {"choices":[{"delta":{"content":"say data: [DONE]"}}]}"#));
+        assert!(!event_is_done(b"data: x\ndata: [DONE]\n\n"), "the event's data is two lines");
+        assert!(!event_is_done(b"data: [DONE] and more\n\n"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod fleet;
 pub mod gateway;
+pub mod llm;
 pub mod routes;
 pub mod startup;
 pub mod state;
