@@ -296,6 +296,16 @@ impl Call {
             }
             Ok(Ok(r)) => r,
         };
+        // Redirects are not followed (see `AppState::http`): one is a broken upstream, 502.
+        if response.status().is_redirection() {
+            let reason = format!("inference answered a redirect ({}); redirects are not followed", response.status());
+            let message = "The model's upstream answered with a redirect, which is not followed.".to_owned();
+            return failed(
+                ApiError::Upstream { status: StatusCode::BAD_GATEWAY, message },
+                CallStatus::UpstreamError,
+                &reason,
+            );
+        }
         if !response.status().is_success() {
             let server_error = response.status().is_server_error();
             let status = response.status();
