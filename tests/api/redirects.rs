@@ -36,6 +36,13 @@ async fn app_with_catalog(bounced_upstream: &str) -> (TestApp, tempfile::NamedTe
     (app, catalog)
 }
 
+/// Registers a GPU node; returns its id.
+async fn register(app: &TestApp, admin: &str, node: Value) -> String {
+    let created = app.client.post(app.url("/api/admin/gpu-nodes")).bearer_auth(admin).json(&node).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+}
+
 async fn node_health(app: &TestApp, admin: &str, id: &str) -> Value {
     app.get_json(&format!("/api/admin/gpu-nodes/{id}"), admin).await["health"].clone()
 }
@@ -74,17 +81,9 @@ async fn an_agent_that_redirects_is_down_and_its_token_goes_nowhere() {
     let (_, admin) = app.user(true).await;
     let recorder = Recorder::start().await;
     let bouncer = redirector(302, format!("{}/v1/gpus", recorder.url())).await;
-    let created = app
-        .client
-        .post(app.url("/api/admin/gpu-nodes"))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "bouncer", "agent_url": format!("http://{bouncer}"),
-            "inference_url": "http://127.0.0.1:9/v1", "agent_token_env": "PR_GPU_AGENT_TOKEN_BOUNCE"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let id = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let node = json!({"name": "bouncer", "agent_url": format!("http://{bouncer}"),
+        "inference_url": "http://127.0.0.1:9/v1", "agent_token_env": "PR_GPU_AGENT_TOKEN_BOUNCE"});
+    let id = register(&app, &admin, node).await;
     let health = eventually("the redirecting agent is polled", Duration::from_secs(10), || async {
         let health = node_health(&app, &admin, &id).await;
         health["last_error"].is_string().then_some(health)
@@ -103,17 +102,9 @@ async fn an_inference_server_that_redirects_is_a_502_not_billed_and_marked_down(
     let (app, _catalog) = app_with_catalog("http://127.0.0.1:9/v1").await;
     let (_, admin) = app.user(true).await;
     let agent = Agent::start(Behaviour::Healthy(10.0)).await;
-    let created = app
-        .client
-        .post(app.url("/api/admin/gpu-nodes"))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "bouncer", "agent_url": agent.url(), "inference_url": format!("http://{bouncer}/v1"),
-            "pool": "gpu"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let id = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let node = json!({"name": "bouncer", "agent_url": agent.url(), "inference_url": format!("http://{bouncer}/v1"),
+        "pool": "gpu"});
+    let id = register(&app, &admin, node).await;
     eventually("the node is up", Duration::from_secs(10), || async {
         (node_health(&app, &admin, &id).await["up"] == true).then_some(())
     })
