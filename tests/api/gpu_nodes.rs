@@ -375,7 +375,7 @@ async fn a_node_registered_before_the_token_rule_is_down_and_never_sent_the_vari
 async fn gpu_node_urls_must_be_literal_ips_inside_the_allowed_networks() {
     let app = spawn_app_with(|c| {
         c.gpu_poll_interval_secs = 1;
-        c.gpu_node_allowed_nets = vec!["127.0.0.1/32".parse().unwrap()];
+        c.gpu_node_allowed_nets = "127.0.0.1/32".parse().unwrap();
     })
     .await;
     let (_, admin) = app.user(true).await;

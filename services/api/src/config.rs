@@ -8,6 +8,28 @@ use ipnet::IpNet;
 
 pub use privaterouter_common::Secret;
 
+/// A comma-separated list of CIDRs (a bare address is a /32 or /128). Unlike a clap list, an
+/// empty value (`VAR=` in an env file) is the empty list rather than a start-up error.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetList(pub Vec<IpNet>);
+
+impl std::str::FromStr for NetList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                part.parse::<IpNet>()
+                    .or_else(|_| part.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| format!("`{part}` is not a CIDR (like 10.0.0.0/8) or an IP address"))
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
 #[derive(Parser, Debug, Clone)]
 pub struct Config {
     /// Public API listener (the only one nginx proxies to).
@@ -83,8 +105,8 @@ pub struct Config {
     /// Empty (the default): any address. When set, those URLs must use literal IP addresses (a
     /// host name could resolve elsewhere later); nodes outside are refused at registration and
     /// never polled or routed to.
-    #[arg(long, env = "PR_GPU_NODE_ALLOWED_NETS", value_delimiter = ',', num_args = 0..)]
-    pub gpu_node_allowed_nets: Vec<IpNet>,
+    #[arg(long, env = "PR_GPU_NODE_ALLOWED_NETS", default_value = "")]
+    pub gpu_node_allowed_nets: NetList,
 
     /// How long a resolved API key is cached: a revoked key stops working on every replica
     /// within this time (at once on the replica that revoked it).
@@ -189,7 +211,7 @@ impl Config {
             stream_idle_timeout_secs: 60,
             upstream_connect_timeout_secs: 5,
             key_cache_ttl_ms: 1000,
-            gpu_node_allowed_nets: Vec::new(),
+            gpu_node_allowed_nets: NetList::default(),
             gpu_poll_interval_secs: 15,
             gpu_poll_timeout_ms: 3000,
             billing_journal_dir: std::env::temp_dir().join(format!("pr-journal-{}", uuid::Uuid::new_v4())),
@@ -204,5 +226,21 @@ impl Config {
             max_system_prompt_chars: 32_000,
             max_title_chars: 200,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_lists_take_cidrs_and_addresses_and_an_empty_value_is_none() {
+        let parse = |v: &str| Config::try_parse_from(["api", "--database-url", "x", "--gpu-node-allowed-nets", v]);
+        assert_eq!(parse("").unwrap().gpu_node_allowed_nets, NetList::default());
+        let nets = parse("10.0.0.0/8, 192.168.1.7,fd00::/8").unwrap().gpu_node_allowed_nets;
+        let want = ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"].map(|n| n.parse::<IpNet>().unwrap());
+        assert_eq!(nets.0, want);
+        let err = parse("10.0.0.0/8,bogus").unwrap_err().to_string();
+        assert!(err.contains("`bogus` is not a CIDR"), "{err}");
     }
 }

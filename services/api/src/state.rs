@@ -40,7 +40,7 @@ impl AppState {
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let fleet = Arc::new(Fleet::new(AllowedNets::new(config.gpu_node_allowed_nets.clone())));
+        let fleet = Arc::new(Fleet::new(AllowedNets::new(config.gpu_node_allowed_nets.0.clone())));
         Ok(Self {
             keys: KeyCache::new(Duration::from_millis(config.key_cache_ttl_ms)),
             upstream: UpstreamTimeouts {
