@@ -21,8 +21,14 @@ fi
 
 psql -v ON_ERROR_STOP=1 --no-psqlrc -q \
     --username "${POSTGRES_USER:-postgres}" --dbname "${POSTGRES_DB:-${POSTGRES_USER:-postgres}}" \
-    --set role="${API_DB_USER:-privaterouter_api}" --set pw="$API_DB_PASSWORD" \
+    --set role="${API_DB_USER:-privaterouter_api}" \
     --set db="${POSTGRES_DB:-${POSTGRES_USER:-postgres}}" <<'SQL'
+-- The password is read from the environment, not passed as an argument (which any process in
+-- the container could read in /proc), and the statement that carries it is never logged, not
+-- even when it fails.
+SET log_statement = 'none';
+SET log_min_error_statement = 'panic';
+\getenv pw API_DB_PASSWORD
 SELECT format('CREATE ROLE %I', :'role')
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \gexec
 ALTER ROLE :"role" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS

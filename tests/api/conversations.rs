@@ -1,4 +1,4 @@
-use privaterouter_tests::{TestApp, spawn_gateway};
+use privaterouter_tests::{TestApp, spawn_gateway, spawn_gateway_with};
 use serde_json::{Value, json};
 
 /// A user with 1 USD of credit: (id, key).
@@ -191,4 +191,117 @@ async fn conversation_messages_send_only_documented_parameters_and_relay_upstrea
     })
     .await;
     assert_eq!(usage_rows(app, user_id).await, 1, "only the message that was answered");
+}
+
+async fn create(app: &TestApp, key: &str, body: &Value) -> (u16, Value) {
+    let r = app.client.post(app.url("/api/chat/conversations")).bearer_auth(key).json(body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn send(app: &TestApp, key: &str, id: &str, content: &str) -> (u16, Value) {
+    let url = app.url(&format!("/api/chat/conversations/{id}/messages"));
+    let r = app.client.post(url).bearer_auth(key).json(&json!({"content": content})).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, code: &str, mentions: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains(mentions), "{body}");
+    assert!(body["error"]["request_id"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn creating_a_conversation_needs_available_credit() {
+    let g = spawn_gateway().await;
+    let (_, admin) = g.app.user(true).await;
+    let (user_id, key) = g.app.user(false).await;
+    let (status, body) = create(&g.app, &key, &json!({"model": "echo"})).await;
+    assert_error(status, &body, 402, "insufficient_credits", "0.00 USD is available");
+    assert_eq!(body["error"]["type"], "insufficient_quota");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM conversations").fetch_one(&g.app.pool).await.unwrap();
+    assert_eq!(stored, 0);
+    g.app.topup(&admin, user_id, "0.01").await;
+    assert_eq!(create(&g.app, &key, &json!({"model": "echo"})).await.0, 201);
+}
+
+#[tokio::test]
+async fn titles_system_prompts_and_messages_are_limited_in_characters() {
+    let g = spawn_gateway_with(|c| {
+        c.max_title_chars = 10;
+        c.max_system_prompt_chars = 20;
+        c.max_message_chars = 30;
+    })
+    .await;
+    let (_, key) = funded_user(&g.app).await;
+    let (status, body) = create(&g.app, &key, &json!({"model": "echo", "title": "é".repeat(11)})).await;
+    assert_error(status, &body, 400, "invalid_title", "PR_MAX_TITLE_CHARS");
+    let (status, body) = create(&g.app, &key, &json!({"model": "echo", "system": "s".repeat(21)})).await;
+    assert_error(status, &body, 400, "invalid_system", "PR_MAX_SYSTEM_PROMPT_CHARS");
+    // At the limits (counted in characters, not bytes): accepted.
+    let (status, body) =
+        create(&g.app, &key, &json!({"model": "echo", "title": "é".repeat(10), "system": "s".repeat(20)})).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap();
+    let (status, body) = send(&g.app, &key, id, &"m".repeat(31)).await;
+    assert_error(status, &body, 400, "invalid_content", "PR_MAX_MESSAGE_CHARS");
+    assert!(g.upstream.requests().is_empty(), "refused before any call");
+    assert_eq!(send(&g.app, &key, id, &"m".repeat(30)).await.0, 201);
+}
+
+#[tokio::test]
+async fn a_conversation_holds_at_most_the_configured_messages_and_a_refused_send_is_not_billed() {
+    let g = spawn_gateway_with(|c| c.max_messages_per_conversation = 5).await;
+    let (user_id, key) = funded_user(&g.app).await;
+    let (_, body) = create(&g.app, &key, &json!({"model": "echo", "system": "be brief"})).await;
+    let id = body["id"].as_str().unwrap();
+    // system + 2 × (user, assistant) = 5 messages.
+    for text in ["one", "two"] {
+        assert_eq!(send(&g.app, &key, id, text).await.0, 201);
+    }
+    let (status, body) = send(&g.app, &key, id, "three").await;
+    assert_error(status, &body, 409, "limit_exceeded", "PR_MAX_MESSAGES_PER_CONVERSATION");
+    assert_eq!(g.upstream.requests().len(), 2, "the refused message never reached the model");
+    let shown = g.app.get_json(&format!("/api/chat/conversations/{id}"), &key).await;
+    assert_eq!(shown["messages"].as_array().unwrap().len(), 5);
+    let usage = privaterouter_tests::eventually("two calls billed", std::time::Duration::from_secs(10), || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE user_id = $1 AND kind = 'usage'")
+                .bind(user_id)
+                .fetch_one(&g.app.pool)
+                .await
+                .unwrap();
+        (n == 2).then_some(n)
+    })
+    .await;
+    assert_eq!(usage, 2);
+}
+
+#[tokio::test]
+async fn conversations_per_user_are_limited_exactly_under_concurrency() {
+    let g = spawn_gateway_with(|c| c.max_conversations_per_user = 3).await;
+    let (user_id, key) = funded_user(&g.app).await;
+    let (_, other) = funded_user(&g.app).await;
+    let bodies: Vec<Value> = (0..20).map(|i| json!({"model": "echo", "title": format!("c{i}")})).collect();
+    let attempts = bodies.iter().map(|body| create(&g.app, &key, body));
+    let results = futures_util::future::join_all(attempts).await;
+    let statuses: Vec<u16> = results.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 3, "{statuses:?}");
+    for (status, body) in results.iter().filter(|(s, _)| *s != 201) {
+        assert_error(
+            *status,
+            body,
+            409,
+            "limit_exceeded",
+            "The limit of 3 conversations is reached (PR_MAX_CONVERSATIONS_PER_USER)",
+        );
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM conversations WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_one(&g.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 3);
+    // The limit is per user.
+    assert_eq!(create(&g.app, &other, &json!({"model": "echo"})).await.0, 201);
 }

@@ -3,6 +3,7 @@ use std::time::{Duration, Instant};
 use privaterouter_tests::{
     TestApp,
     agent::{Agent, Behaviour},
+    eventually,
     prom::Samples,
     spawn_app_with, spawn_gateway_with, upstream,
 };
@@ -113,12 +114,12 @@ async fn the_poller_follows_each_node_and_a_slow_node_delays_no_one() {
 #[tokio::test]
 async fn the_registry_is_admin_only_validated_and_never_returns_a_token() {
     // SAFETY: set before the app starts; nothing else in this test process reads it concurrently.
-    unsafe { std::env::set_var("PR_TEST_AGENT_TOKEN", "agent-secret-token-123") };
+    unsafe { std::env::set_var("PR_GPU_AGENT_TOKEN_TEST", "agent-secret-token-123") };
     let app = spawn_app_with(|c| c.gpu_poll_interval_secs = 1).await;
     let (_, admin) = app.user(true).await;
     let (_, user) = app.user(false).await;
     let agent = Agent::start(Behaviour::Healthy(5.0)).await;
-    let body = json!({"name": "n1", "agent_url": agent.url(), "inference_url": "http://127.0.0.1:9/v1", "agent_token_env": "PR_TEST_AGENT_TOKEN"});
+    let body = json!({"name": "n1", "agent_url": agent.url(), "inference_url": "http://127.0.0.1:9/v1", "agent_token_env": "PR_GPU_AGENT_TOKEN_TEST"});
 
     let forbidden =
         app.client.post(app.url("/api/admin/gpu-nodes")).bearer_auth(&user).json(&body).send().await.unwrap();
@@ -137,7 +138,7 @@ async fn the_registry_is_admin_only_validated_and_never_returns_a_token() {
         (json!({"name": "bad name!", "agent_url": agent.url(), "inference_url": "http://x/v1"}), "name"),
         (json!({"name": "n2", "agent_url": "ftp://x", "inference_url": "http://x/v1"}), "agent url"),
         (
-            json!({"name": "n3", "agent_url": agent.url(), "inference_url": "http://x/v1", "agent_token_env": "NOT_SET_ANYWHERE_42"}),
+            json!({"name": "n3", "agent_url": agent.url(), "inference_url": "http://x/v1", "agent_token_env": "PR_GPU_AGENT_TOKEN_NOT_SET_42"}),
             "token variable unset",
         ),
         (json!({"name": "n4", "agent_url": agent.url()}), "missing inference_url"),
@@ -270,4 +271,140 @@ async fn a_node_that_fails_requests_is_marked_down_before_its_next_poll() {
     let s = g.app.samples().await;
     assert_eq!(up(&s, &dead, "dead"), Some(0.0), "marked down by the failed request, long before its next poll");
     assert_eq!(served_by(&g, &key, &[&inf_ok]).await, (200, vec![1]), "the next call goes to the healthy node");
+}
+
+async fn post_node(app: &TestApp, admin: &str, body: &Value) -> (u16, Value) {
+    let r = app.client.post(app.url("/api/admin/gpu-nodes")).bearer_auth(admin).json(body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn patch_node(app: &TestApp, admin: &str, id: &str, body: &Value) -> (u16, Value) {
+    let url = app.url(&format!("/api/admin/gpu-nodes/{id}"));
+    let r = app.client.patch(url).bearer_auth(admin).json(body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// A row written straight into the registry, as one registered before today's rules would be.
+async fn insert_legacy_node(app: &TestApp, name: &str, agent_url: &str, token_env: Option<&str>) -> String {
+    let id: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO gpu_nodes (name, agent_url, inference_url, pool, agent_token_env) \
+         VALUES ($1, $2, 'http://127.0.0.1:9/v1', 'p', $3) RETURNING id",
+    )
+    .bind(name)
+    .bind(agent_url)
+    .bind(token_env)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    id.to_string()
+}
+
+/// Waits until the node's health shows a `last_error` containing `needle`; returns the health.
+async fn wait_for_error(app: &TestApp, admin: &str, id: &str, needle: &str) -> Value {
+    eventually(&format!("node {id} fails with {needle:?}"), Duration::from_secs(10), || async {
+        let node = app.get_json(&format!("/api/admin/gpu-nodes/{id}"), admin).await;
+        let error = node["health"]["last_error"].as_str().unwrap_or_default();
+        error.contains(needle).then(|| node["health"].clone())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn agent_token_env_must_be_a_pr_gpu_agent_token_variable_on_create_and_patch() {
+    // SAFETY: set before the app starts; nothing else in this test process reads them concurrently.
+    unsafe {
+        std::env::set_var("PR_TEST_DB_PASSWORD", "database-secret-456");
+        std::env::set_var("PR_GPU_AGENT_TOKEN_RULE", "agent-token-789");
+    }
+    let app = spawn_app_with(|_| {}).await;
+    let (_, admin) = app.user(true).await;
+    let agent = Agent::start(Behaviour::Healthy(5.0)).await;
+    // Set in the API's environment but not meant for agents: refused, naming the rule.
+    for var in ["PR_TEST_DB_PASSWORD", "DATABASE_URL", "PR_GPU_AGENT_TOKEN_", "PR_GPU_AGENT_TOKEN_lower"] {
+        let body = json!({"name": "n", "agent_url": agent.url(), "inference_url": "http://127.0.0.1:9/v1", "agent_token_env": var});
+        let (status, body) = post_node(&app, &admin, &body).await;
+        assert_eq!(status, 422, "{var}: {body}");
+        assert_eq!(body["error"]["code"], "agent_token_env_not_allowed");
+        assert!(body["error"]["message"].as_str().unwrap().contains("PR_GPU_AGENT_TOKEN_"), "{body}");
+        assert!(body["error"]["request_id"].is_string());
+    }
+    let nodes: i64 = sqlx::query_scalar("SELECT count(*) FROM gpu_nodes").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(nodes, 0);
+
+    let body = json!({"name": "n", "agent_url": agent.url(), "inference_url": "http://127.0.0.1:9/v1", "agent_token_env": "PR_GPU_AGENT_TOKEN_RULE"});
+    let (status, created) = post_node(&app, &admin, &body).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let (status, refused) = patch_node(&app, &admin, id, &json!({"agent_token_env": "PR_TEST_DB_PASSWORD"})).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (422, Some("agent_token_env_not_allowed")));
+    let shown = app.get_json(&format!("/api/admin/gpu-nodes/{id}"), &admin).await;
+    assert_eq!(shown["agent_token_env"], "PR_GPU_AGENT_TOKEN_RULE", "a refused PATCH changes nothing");
+    eventually("the node is polled with its token", Duration::from_secs(10), || async {
+        agent.authorizations().contains(&Some("Bearer agent-token-789".into())).then_some(())
+    })
+    .await;
+    assert!(agent.authorizations().iter().all(|a| a.as_deref() == Some("Bearer agent-token-789")));
+}
+
+#[tokio::test]
+async fn a_node_registered_before_the_token_rule_is_down_and_never_sent_the_variable() {
+    // SAFETY: set before the app starts; nothing else in this test process reads them concurrently.
+    unsafe {
+        std::env::set_var("PR_TEST_LEGACY_SECRET", "legacy-secret-321");
+        std::env::set_var("PR_GPU_AGENT_TOKEN_FIXED", "fixed-token-654");
+    }
+    let app = spawn_app_with(|c| c.gpu_poll_interval_secs = 1).await;
+    let (_, admin) = app.user(true).await;
+    let agent = Agent::start(Behaviour::Healthy(5.0)).await;
+    let id = insert_legacy_node(&app, "legacy", &agent.url(), Some("PR_TEST_LEGACY_SECRET")).await;
+
+    let health = wait_for_error(&app, &admin, &id, "PR_GPU_AGENT_TOKEN_").await;
+    assert_eq!(health["up"], false);
+    assert!(health["last_error"].as_str().unwrap().contains("refused to send the value of PR_TEST_LEGACY_SECRET"));
+    assert!(agent.authorizations().is_empty(), "nothing was sent: {:?}", agent.authorizations());
+
+    // The operator gives it an allowed variable: it comes back, with that token only.
+    let (status, _) = patch_node(&app, &admin, &id, &json!({"agent_token_env": "PR_GPU_AGENT_TOKEN_FIXED"})).await;
+    assert_eq!(status, 200);
+    app.wait_for_metrics("legacy node up", |s| up(s, &id, "legacy") == Some(1.0)).await;
+    let sent = agent.authorizations();
+    assert!(!sent.is_empty() && sent.iter().all(|a| a.as_deref() == Some("Bearer fixed-token-654")), "{sent:?}");
+}
+
+#[tokio::test]
+async fn gpu_node_urls_must_be_literal_ips_inside_the_allowed_networks() {
+    let app = spawn_app_with(|c| {
+        c.gpu_poll_interval_secs = 1;
+        c.gpu_node_allowed_nets = "127.0.0.1/32".parse().unwrap();
+    })
+    .await;
+    let (_, admin) = app.user(true).await;
+    let agent = Agent::start(Behaviour::Healthy(5.0)).await;
+    let port = agent.addr.port();
+    for (agent_url, inference_url, why) in [
+        (format!("http://localhost:{port}"), "http://127.0.0.1:9/v1".to_owned(), "not an IP address"),
+        (
+            agent.url(),
+            "http://10.0.0.5:8000/v1".to_owned(),
+            "10.0.0.5 is outside PR_GPU_NODE_ALLOWED_NETS (127.0.0.1/32)",
+        ),
+        (format!("http://[::1]:{port}"), "http://127.0.0.1:9/v1".to_owned(), "::1 is outside"),
+        // 2130706434 is how a URL may spell 127.0.0.2.
+        (format!("http://2130706434:{port}"), "http://127.0.0.1:9/v1".to_owned(), "127.0.0.2 is outside"),
+    ] {
+        let body = json!({"name": "n", "agent_url": agent_url, "inference_url": inference_url});
+        let (status, body) = post_node(&app, &admin, &body).await;
+        assert_eq!(status, 422, "{agent_url} {inference_url}: {body}");
+        assert_eq!(body["error"]["code"], "gpu_node_address_not_allowed");
+        assert!(body["error"]["message"].as_str().unwrap().contains(why), "{body}");
+    }
+    let ok = add_node(&app, &admin, "inside", &agent.url(), "http://127.0.0.1:9/v1", "p").await;
+    app.wait_for_metrics("the node inside is up", |s| up(s, &ok, "inside") == Some(1.0)).await;
+
+    // A row from before the setting, by host name: down, never polled.
+    let outside = Agent::start(Behaviour::Healthy(5.0)).await;
+    let legacy = insert_legacy_node(&app, "legacy", &format!("http://localhost:{}", outside.addr.port()), None).await;
+    let health = wait_for_error(&app, &admin, &legacy, "PR_GPU_NODE_ALLOWED_NETS").await;
+    assert_eq!(health["up"], false);
+    assert!(outside.authorizations().is_empty(), "a node outside the allowed networks is never contacted");
 }

@@ -185,3 +185,106 @@ async fn the_cli_creates_the_first_admin_without_any_default_credential() {
     let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&app.pool).await.unwrap();
     assert_eq!(users, 1, "no default users exist besides the one created");
 }
+
+async fn create_key_with(app: &privaterouter_tests::TestApp, key: &str) -> (String, String) {
+    let created = app.client.post(app.url("/api/keys")).bearer_auth(key).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    (created["id"].as_str().unwrap().to_owned(), created["key"].as_str().unwrap().to_owned())
+}
+
+async fn status_with(app: &privaterouter_tests::TestApp, key: &str) -> u16 {
+    app.client.get(app.url("/api/keys")).bearer_auth(key).send().await.unwrap().status().as_u16()
+}
+
+async fn revoke_with(app: &privaterouter_tests::TestApp, key: &str, id: &str) {
+    let revoked = app.client.delete(app.url(&format!("/api/keys/{id}"))).bearer_auth(key).send().await.unwrap();
+    assert_eq!(revoked.status(), 204);
+}
+
+#[tokio::test]
+async fn revoking_a_key_revokes_every_key_created_with_it() {
+    let app = spawn_app().await;
+    let (_, root) = app.user(false).await;
+    // root → a → b → c
+    let (a_id, a) = create_key_with(&app, &root).await;
+    let (b_id, b) = create_key_with(&app, &a).await;
+    let (_, c) = create_key_with(&app, &b).await;
+    let listed = app.get_json(&format!("/api/keys/{b_id}"), &root).await;
+    assert_eq!(listed["parent_key_id"], a_id.as_str(), "a key shows the key it was created with");
+
+    // Revoking b takes c with it; its ancestors keep working.
+    revoke_with(&app, &root, &b_id).await;
+    assert_eq!([status_with(&app, &root).await, status_with(&app, &a).await], [200, 200]);
+    assert_eq!([status_with(&app, &b).await, status_with(&app, &c).await], [401, 401]);
+
+    // a → b2 → c2; c2 revokes its ancestor a (any key of a user may revoke any of its keys):
+    // a's whole tree goes, c2 included, and root stays.
+    let (_, b2) = create_key_with(&app, &a).await;
+    let (_, c2) = create_key_with(&app, &b2).await;
+    revoke_with(&app, &c2, &a_id).await;
+    for key in [&a, &b2, &c2] {
+        assert_eq!(status_with(&app, key).await, 401);
+    }
+    assert_eq!(status_with(&app, &root).await, 200);
+    let active: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(active, 1, "only the root is left");
+}
+
+#[tokio::test]
+async fn a_key_revoked_elsewhere_cannot_create_keys_while_still_cached_here() {
+    let app = spawn_app().await;
+    let (_, root) = app.user(false).await;
+    let (doomed_id, doomed) = create_key_with(&app, &root).await;
+    // A replica that caches keys for ten minutes, and has this one cached.
+    let db2 = privaterouter_tests::TestDb { container: None, url: app.db.url.clone() };
+    let replica = spawn_app_on(db2, |c| c.key_cache_ttl_ms = 600_000).await;
+    assert_eq!(status_with(&replica, &doomed).await, 200);
+
+    revoke_with(&app, &root, &doomed_id).await;
+    let minted = replica.client.post(replica.url("/api/keys")).bearer_auth(&doomed).send().await.unwrap();
+    assert_eq!(minted.status(), 401, "a revoked key mints no key that would outlive it");
+    let children: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE parent_key_id = $1")
+        .bind(doomed_id.parse::<uuid::Uuid>().unwrap())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(children, 0);
+}
+
+#[tokio::test]
+async fn active_keys_per_user_are_limited_exactly_under_concurrency() {
+    let app = privaterouter_tests::spawn_app_with(|c| c.max_api_keys_per_user = 5).await;
+    let (user_id, key) = app.user(false).await;
+    let attempts = (0..20).map(|_| app.client.post(app.url("/api/keys")).bearer_auth(&key).send());
+    let responses = futures_util::future::join_all(attempts).await;
+    let mut statuses = Vec::new();
+    for response in responses {
+        let response = response.unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 409 {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "limit_exceeded");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("5 active API keys") && message.contains("PR_MAX_API_KEYS_PER_USER"), "{message}");
+            assert!(body["error"]["request_id"].is_string());
+        }
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 4, "4 more than the first key: {statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 16, "{statuses:?}");
+    let active: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL")
+        .bind(user_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(active, 5);
+
+    // Revoked keys do not count.
+    let list = app.get_json("/api/keys", &key).await;
+    let other = list["data"].as_array().unwrap().iter().find(|k| k["prefix"] != key[..9]).unwrap()["id"].clone();
+    revoke_with(&app, &key, other.as_str().unwrap()).await;
+    create_key_with(&app, &key).await;
+}

@@ -13,5 +13,6 @@ mod keys;
 mod listeners;
 mod metrics;
 mod readiness;
+mod redirects;
 mod request_id;
 mod shutdown;

@@ -1,7 +1,8 @@
 //! GPU-agent stand-ins on loopback ports (hardware is the other thing the standards allow a
 //! double for). Each answers `GET /v1/gpus` in the agent's exact shape, with a behaviour the test
 //! switches at run time: healthy at a given utilization, failing with 500, hanging past any
-//! timeout, or gone (its listener closed, so connections are refused).
+//! timeout, or gone (its listener closed, so connections are refused). It notes the
+//! `Authorization` header of every request it receives.
 
 use std::{
     net::SocketAddr,
@@ -9,7 +10,13 @@ use std::{
     time::Duration,
 };
 
-use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
@@ -20,19 +27,31 @@ pub enum Behaviour {
     Hanging,
 }
 
+#[derive(Clone)]
+struct Shared {
+    behaviour: Arc<Mutex<Behaviour>>,
+    /// The `Authorization` header of each request received (None: there was none).
+    authorizations: Arc<Mutex<Vec<Option<String>>>>,
+}
+
 pub struct Agent {
     pub addr: SocketAddr,
-    behaviour: Arc<Mutex<Behaviour>>,
+    shared: Shared,
     server: Option<JoinHandle<()>>,
 }
 
 impl Agent {
     pub async fn start(behaviour: Behaviour) -> Self {
-        let behaviour = Arc::new(Mutex::new(behaviour));
+        let shared = Shared { behaviour: Arc::new(Mutex::new(behaviour)), authorizations: Arc::default() };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = Some(serve(listener, behaviour.clone()));
-        Self { addr, behaviour, server }
+        let server = Some(serve(listener, shared.clone()));
+        Self { addr, shared, server }
+    }
+
+    /// The `Authorization` header of every request received so far, in order.
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.shared.authorizations.lock().unwrap().clone()
     }
 
     pub fn url(&self) -> String {
@@ -40,7 +59,7 @@ impl Agent {
     }
 
     pub fn set(&self, behaviour: Behaviour) {
-        *self.behaviour.lock().unwrap() = behaviour;
+        *self.shared.behaviour.lock().unwrap() = behaviour;
     }
 
     /// Closes the listener: connections are refused from now on.
@@ -55,19 +74,21 @@ impl Agent {
     pub async fn restart(&mut self) {
         self.stop().await;
         let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
-        self.server = Some(serve(listener, self.behaviour.clone()));
+        self.server = Some(serve(listener, self.shared.clone()));
     }
 }
 
-fn serve(listener: tokio::net::TcpListener, behaviour: Arc<Mutex<Behaviour>>) -> JoinHandle<()> {
-    let app = Router::new().route("/v1/gpus", get(gpus)).with_state(behaviour);
+fn serve(listener: tokio::net::TcpListener, shared: Shared) -> JoinHandle<()> {
+    let app = Router::new().route("/v1/gpus", get(gpus)).with_state(shared);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     })
 }
 
-async fn gpus(State(behaviour): State<Arc<Mutex<Behaviour>>>) -> axum::response::Response {
-    let current = *behaviour.lock().unwrap();
+async fn gpus(State(shared): State<Shared>, headers: HeaderMap) -> axum::response::Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    shared.authorizations.lock().unwrap().push(authorization);
+    let current = *shared.behaviour.lock().unwrap();
     match current {
         Behaviour::Healthy(util) => Json(json!({
             "node_name": "stand-in",

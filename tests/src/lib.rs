@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod prom;
+pub mod redirect;
 pub mod upstream;
 
 use std::{

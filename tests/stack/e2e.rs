@@ -31,7 +31,7 @@ use crate::{
 
 /// One stand-in call: 12 input tokens at 1.5 $/Mtok + 34 output tokens at 6 $/Mtok.
 const CALL_COST: f64 = 0.000222;
-const AGENT_TOKEN_ENV: &str = "PR_E2E_GPU_AGENT_TOKEN";
+const AGENT_TOKEN_ENV: &str = "PR_GPU_AGENT_TOKEN_E2E";
 const WAIT: Duration = Duration::from_secs(60);
 
 struct E2e {

@@ -354,8 +354,8 @@ impl Stack {
             &[
                 ("/run", "size=16m"),
                 ("/tmp", "size=16m"),
-                ("/var/cache/nginx", "size=128m"),
-                ("/var/lib/nginx", "size=128m"),
+                ("/var/cache/nginx", "size=64m"),
+                ("/var/lib/nginx", "size=64m"),
                 ("/var/log/nginx", "size=16m"),
             ],
         )

@@ -26,15 +26,31 @@ pub fn addresses(project: &str, service: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Whether `from`'s container opens a TCP connection to `ip:port` (bash's /dev/tcp; three
-/// seconds, as a dropped SYN never answers).
+/// The image the probes run in (bash, timeout), from `scripts/build-images base`.
+const PROBE_IMAGE: &str = "privaterouter/base:bookworm";
+
+/// Whether `from`'s container opens a TCP connection to `ip:port`: bash's /dev/tcp, three
+/// seconds (a dropped SYN never answers), run in a probe container that shares `from`'s network
+/// namespace, so the probe does not depend on what `from`'s own image has. Anything but a
+/// connection, a refusal or a timeout (the probe could not run) fails the test instead of
+/// passing for isolation.
 fn connects(project: &str, from: &str, ip: &str, port: u16) -> bool {
     let script = format!("exec 3<>/dev/tcp/{ip}/{port}");
     let out = Command::new("docker")
-        .args(["exec", &format!("{project}-{from}"), "timeout", "3", "bash", "-c", &script])
+        .args(["run", "--rm", "--network", &format!("container:{project}-{from}"), "--label"])
+        .arg(format!("{}=1", privaterouter_tests::TEST_LABEL))
+        .args([PROBE_IMAGE, "timeout", "3", "bash", "-c", &script])
         .output()
-        .expect("docker exec runs");
-    out.status.success()
+        .expect("docker run runs");
+    match out.status.code() {
+        Some(0) => true,
+        // bash: connection refused or no route; timeout: no answer.
+        Some(1) | Some(124) => false,
+        code => panic!(
+            "the probe from {from} to {ip}:{port} did not run (exit {code:?}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
 }
 
 /// One isolation claim: `outsider` cannot reach `target` on `network` at `port`, while

@@ -2,6 +2,9 @@
 //! is stored (keys are high-entropy, so a fast hash is the right tool). Lookups sit on the hot
 //! path of every call, so resolved keys are cached for `PR_KEY_CACHE_TTL_MS` (1 s by default):
 //! a revocation evicts the local entry at once and reaches every other replica within the TTL.
+//!
+//! A key created with a key is its child (`parent_key_id`): revoking a key revokes all its
+//! descendants, so a stolen key cannot outlive its revocation through keys it minted.
 
 use std::{
     collections::HashMap,
@@ -76,19 +79,42 @@ pub fn display_prefix(key: &str) -> String {
     key.chars().take(KEY_PREFIX.len() + 6).collect()
 }
 
-/// Creates a key for `user_id`; returns (key id, the key itself, shown once).
-pub async fn create_key(db: &PgPool, user_id: Uuid, name: &str) -> Result<(Uuid, String), sqlx::Error> {
+/// Creates a key for `user_id`, the child of `parent` (the key that asked for it, if any);
+/// returns (key id, the key itself, shown once).
+pub async fn create_key(
+    db: impl sqlx::PgExecutor<'_>,
+    user_id: Uuid,
+    name: &str,
+    parent: Option<Uuid>,
+) -> Result<(Uuid, String), sqlx::Error> {
     let key = generate_key();
     let id: Uuid = sqlx::query_scalar(
-        "INSERT INTO api_keys (user_id, name, prefix, key_hash) VALUES ($1, $2, $3, $4) RETURNING id",
+        "INSERT INTO api_keys (user_id, name, prefix, key_hash, parent_key_id) VALUES ($1, $2, $3, $4, $5) RETURNING id",
     )
     .bind(user_id)
     .bind(name)
     .bind(display_prefix(&key))
     .bind(&hash_key(&key)[..])
+    .bind(parent)
     .fetch_one(db)
     .await?;
     Ok((id, key))
+}
+
+/// Revokes `key_id` and every key descending from it (those still active); returns the ids of
+/// the whole tree, for the cache to forget.
+pub async fn revoke_tree(db: impl sqlx::PgExecutor<'_>, user_id: Uuid, key_id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH RECURSIVE tree AS ( \
+             SELECT id FROM api_keys WHERE id = $1 AND user_id = $2 \
+             UNION SELECT k.id FROM api_keys k JOIN tree t ON k.parent_key_id = t.id WHERE k.user_id = $2), \
+         revoked AS (UPDATE api_keys SET revoked_at = now() WHERE id IN (SELECT id FROM tree) AND revoked_at IS NULL) \
+         SELECT id FROM tree",
+    )
+    .bind(key_id)
+    .bind(user_id)
+    .fetch_all(db)
+    .await
 }
 
 #[derive(Clone)]
@@ -137,9 +163,9 @@ impl KeyCache {
         Ok(user)
     }
 
-    /// Drops every cached entry of a key (called on revocation).
-    pub fn evict_key_id(&self, key_id: Uuid) {
-        self.inner.write().expect("key cache lock").retain(|_, e| e.user.is_none_or(|u| u.key_id != key_id));
+    /// Drops every cached entry of these keys (called on revocation).
+    pub fn evict_key_ids(&self, key_ids: &[Uuid]) {
+        self.inner.write().expect("key cache lock").retain(|_, e| e.user.is_none_or(|u| !key_ids.contains(&u.key_id)));
     }
 }
 

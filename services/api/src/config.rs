@@ -8,6 +8,28 @@ use ipnet::IpNet;
 
 pub use privaterouter_common::Secret;
 
+/// A comma-separated list of CIDRs (a bare address is a /32 or /128). Unlike a clap list, an
+/// empty value (`VAR=` in an env file) is the empty list rather than a start-up error.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetList(pub Vec<IpNet>);
+
+impl std::str::FromStr for NetList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                part.parse::<IpNet>()
+                    .or_else(|_| part.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| format!("`{part}` is not a CIDR (like 10.0.0.0/8) or an IP address"))
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
 #[derive(Parser, Debug, Clone)]
 pub struct Config {
     /// Public API listener (the only one nginx proxies to).
@@ -79,6 +101,13 @@ pub struct Config {
     #[arg(long, env = "PR_GPU_POLL_TIMEOUT_MS", default_value_t = 3000)]
     pub gpu_poll_timeout_ms: u64,
 
+    /// Comma-separated CIDRs that GPU nodes' `agent_url` and `inference_url` must point into.
+    /// Empty (the default): any address. When set, those URLs must use literal IP addresses (a
+    /// host name could resolve elsewhere later); nodes outside are refused at registration and
+    /// never polled or routed to.
+    #[arg(long, env = "PR_GPU_NODE_ALLOWED_NETS", default_value = "")]
+    pub gpu_node_allowed_nets: NetList,
+
     /// How long a resolved API key is cached: a revoked key stops working on every replica
     /// within this time (at once on the replica that revoked it).
     #[arg(long, env = "PR_KEY_CACHE_TTL_MS", default_value_t = 1000)]
@@ -108,6 +137,30 @@ pub struct Config {
     /// How often the ledger self-check runs (0: never).
     #[arg(long, env = "PR_LEDGER_CHECK_INTERVAL_SECS", default_value_t = 300)]
     pub ledger_check_interval_secs: u64,
+
+    /// Most API keys a user may have that are not revoked.
+    #[arg(long, env = "PR_MAX_API_KEYS_PER_USER", default_value_t = 100)]
+    pub max_api_keys_per_user: u32,
+
+    /// Most conversations a user may have.
+    #[arg(long, env = "PR_MAX_CONVERSATIONS_PER_USER", default_value_t = 1000)]
+    pub max_conversations_per_user: u32,
+
+    /// Most stored messages of one conversation (system prompt included; a send stores two).
+    #[arg(long, env = "PR_MAX_MESSAGES_PER_CONVERSATION", default_value_t = 1000)]
+    pub max_messages_per_conversation: u32,
+
+    /// Longest message a client may send to a conversation, in characters.
+    #[arg(long, env = "PR_MAX_MESSAGE_CHARS", default_value_t = 100_000)]
+    pub max_message_chars: usize,
+
+    /// Longest system prompt of a conversation, in characters.
+    #[arg(long, env = "PR_MAX_SYSTEM_PROMPT_CHARS", default_value_t = 32_000)]
+    pub max_system_prompt_chars: usize,
+
+    /// Longest conversation title, in characters.
+    #[arg(long, env = "PR_MAX_TITLE_CHARS", default_value_t = 200)]
+    pub max_title_chars: usize,
 }
 
 impl Config {
@@ -158,6 +211,7 @@ impl Config {
             stream_idle_timeout_secs: 60,
             upstream_connect_timeout_secs: 5,
             key_cache_ttl_ms: 1000,
+            gpu_node_allowed_nets: NetList::default(),
             gpu_poll_interval_secs: 15,
             gpu_poll_timeout_ms: 3000,
             billing_journal_dir: std::env::temp_dir().join(format!("pr-journal-{}", uuid::Uuid::new_v4())),
@@ -165,6 +219,28 @@ impl Config {
             credit_lease_ttl_secs: 120,
             credit_lease_idle_ms: 5000,
             ledger_check_interval_secs: 300,
+            max_api_keys_per_user: 100,
+            max_conversations_per_user: 1000,
+            max_messages_per_conversation: 1000,
+            max_message_chars: 100_000,
+            max_system_prompt_chars: 32_000,
+            max_title_chars: 200,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_lists_take_cidrs_and_addresses_and_an_empty_value_is_none() {
+        let parse = |v: &str| Config::try_parse_from(["api", "--database-url", "x", "--gpu-node-allowed-nets", v]);
+        assert_eq!(parse("").unwrap().gpu_node_allowed_nets, NetList::default());
+        let nets = parse("10.0.0.0/8, 192.168.1.7,fd00::/8").unwrap().gpu_node_allowed_nets;
+        let want = ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"].map(|n| n.parse::<IpNet>().unwrap());
+        assert_eq!(nets.0, want);
+        let err = parse("10.0.0.0/8,bogus").unwrap_err().to_string();
+        assert!(err.contains("`bogus` is not a CIDR"), "{err}");
     }
 }

@@ -92,6 +92,15 @@ pub enum ApiError {
     Conflict(String),
     #[error("unprocessable: {0}")]
     Unprocessable(String),
+    /// A per-user limit (count of keys, conversations, messages) is reached.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+    /// A value the configuration forbids (GPU node token variable or address).
+    #[error("not allowed ({code}): {message}")]
+    NotAllowed { code: &'static str, message: String },
+    /// Something that needs available credit (creating a conversation) when there is none.
+    #[error("no available credit: {available}")]
+    CreditRequired { available: rust_decimal::Decimal },
     #[error("insufficient credits: needed {needed}, available {available}")]
     InsufficientCredits { needed: rust_decimal::Decimal, available: rust_decimal::Decimal, prompt_bound: u64, cap: u64 },
     #[error("model not found: {0}")]
@@ -154,7 +163,9 @@ impl ApiError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unprocessable(_) | Self::NotAllowed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::LimitExceeded(_) => StatusCode::CONFLICT,
+            Self::CreditRequired { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
@@ -181,6 +192,21 @@ impl ApiError {
             Self::Unprocessable(message) => {
                 ErrorInfo::new(status, "invalid_request_error", "unprocessable", message.clone())
             }
+            Self::LimitExceeded(message) => {
+                ErrorInfo::new(status, "invalid_request_error", "limit_exceeded", message.clone())
+            }
+            Self::NotAllowed { code, message } => {
+                ErrorInfo::new(status, "invalid_request_error", code, message.clone())
+            }
+            Self::CreditRequired { available } => ErrorInfo::new(
+                status,
+                "insufficient_quota",
+                "insufficient_credits",
+                format!(
+                    "This needs available credit; {} USD is available. Add credits first.",
+                    crate::billing::fmt_usd(*available)
+                ),
+            ),
             Self::InsufficientCredits { needed, available, prompt_bound, cap } => ErrorInfo::new(
                 status,
                 "insufficient_quota",
@@ -259,7 +285,11 @@ impl ApiError {
                     status,
                     "server_error",
                     "upstream_error",
-                    format!("The model's upstream failed (it answered {upstream_status})."),
+                    if (300..400).contains(upstream_status) {
+                        format!("The model's upstream answered a redirect ({upstream_status}), which is not followed.")
+                    } else {
+                        format!("The model's upstream failed (it answered {upstream_status}).")
+                    },
                 )
             },
             Self::DatabaseUnavailable(e) => ErrorInfo {

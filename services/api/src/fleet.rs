@@ -21,6 +21,8 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::gpu::node_policy::{self, AllowedNets};
+
 pub const GPU_NODE_UP: &str = "pr_gpu_node_up";
 pub const GPU_NODE_UTILIZATION_PCT: &str = "pr_gpu_node_utilization_pct";
 
@@ -53,6 +55,7 @@ pub struct Health {
 pub struct Fleet {
     nodes: RwLock<HashMap<Uuid, (NodeRow, Health)>>,
     round_robin: AtomicUsize,
+    allowed_nets: AllowedNets,
 }
 
 /// A node chosen for one call.
@@ -63,6 +66,15 @@ pub struct Pick {
 }
 
 impl Fleet {
+    pub fn new(allowed_nets: AllowedNets) -> Self {
+        Self { allowed_nets, ..Self::default() }
+    }
+
+    /// `PR_GPU_NODE_ALLOWED_NETS`, also checked at registration.
+    pub fn allowed_nets(&self) -> &AllowedNets {
+        &self.allowed_nets
+    }
+
     pub fn health(&self, id: Uuid) -> Option<Health> {
         self.nodes.read().expect("fleet lock").get(&id).map(|(_, h)| h.clone())
     }
@@ -168,13 +180,14 @@ impl Fleet {
         for row in &rows {
             self.upsert(row.clone());
         }
-        let results = futures_util::future::join_all(rows.iter().map(|row| probe(http, row, timeout))).await;
+        let results =
+            futures_util::future::join_all(rows.iter().map(|row| probe(http, &self.allowed_nets, row, timeout))).await;
         self.record(rows.iter().zip(results));
     }
 
     /// Polls one node now (a node just registered or enabled is usable without waiting a round).
     pub async fn poll_node(&self, http: &reqwest::Client, row: &NodeRow, timeout: Duration) {
-        let result = probe(http, row, timeout).await;
+        let result = probe(http, &self.allowed_nets, row, timeout).await;
         self.record(std::iter::once((row, result)));
     }
 
@@ -224,10 +237,25 @@ pub async fn run_poller(
     }
 }
 
-/// Asks one agent for its GPUs: healthy means 200 with at least one GPU.
-async fn probe(http: &reqwest::Client, row: &NodeRow, timeout: Duration) -> Result<(usize, Option<f64>), String> {
+/// Asks one agent for its GPUs: healthy means 200 with at least one GPU. A row that breaks the
+/// node policy (registered before it, or under another configuration) is down and never sent
+/// anything: its inference URL is then never used either, since only nodes up are routed to.
+async fn probe(
+    http: &reqwest::Client,
+    allowed_nets: &AllowedNets,
+    row: &NodeRow,
+    timeout: Duration,
+) -> Result<(usize, Option<f64>), String> {
+    allowed_nets.check("agent_url", &row.agent_url)?;
+    allowed_nets.check("inference_url", &row.inference_url)?;
     let mut request = http.get(format!("{}/v1/gpus", row.agent_url.trim_end_matches('/'))).timeout(timeout);
     if let Some(var) = &row.agent_token_env {
+        if !node_policy::token_env_allowed(var) {
+            return Err(format!(
+                "refused to send the value of {var} to this agent: {}; set a new agent_token_env with PATCH",
+                node_policy::AGENT_TOKEN_ENV_RULE
+            ));
+        }
         match std::env::var(var) {
             Ok(token) if !token.is_empty() => request = request.bearer_auth(token),
             _ => return Err(format!("agent token variable {var} is not set in the API's environment")),
@@ -237,6 +265,9 @@ async fn probe(http: &reqwest::Client, row: &NodeRow, timeout: Duration) -> Resu
         .send()
         .await
         .map_err(|e| if e.is_timeout() { "agent timed out".to_owned() } else { format!("agent unreachable: {e}") })?;
+    if response.status().is_redirection() {
+        return Err(format!("agent answered a redirect ({}); redirects are not followed", response.status()));
+    }
     if !response.status().is_success() {
         return Err(format!("agent answered {}", response.status()));
     }

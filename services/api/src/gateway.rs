@@ -201,6 +201,9 @@ fn send_error(e: &reqwest::Error) -> (ApiError, CallStatus) {
     }
 }
 
+/// The longest wait for an upstream's error body once its status is known.
+const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Reads at most `limit` bytes of a body within `within`; what arrived by then.
 async fn read_bounded(response: reqwest::Response, limit: usize, within: Duration) -> Bytes {
     let mut buf = BytesMut::new();
@@ -308,6 +311,12 @@ impl Call {
             }
             Ok(Ok(r)) => r,
         };
+        // Redirects are not followed (see `AppState::http`): one is a broken upstream, 502.
+        if response.status().is_redirection() {
+            let reason = format!("inference answered a redirect ({}); redirects are not followed", response.status());
+            let error = ApiError::UpstreamError { upstream_status: response.status().as_u16() };
+            return failed(error, CallStatus::UpstreamError, &reason);
+        }
         if !response.status().is_success() {
             let status = response.status();
             let error = self.upstream_failure(response).await;
@@ -325,7 +334,10 @@ impl Call {
     async fn upstream_failure(&self, response: reqwest::Response) -> ApiError {
         let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-        let body = read_bounded(response, upstream_errors::MAX_BODY_BYTES, self.state.upstream.request).await;
+        // An error body is short: an upstream that trickles one out does not get to hold the
+        // call (and its credit hold) for another whole request timeout.
+        let within = self.state.upstream.request.min(ERROR_BODY_TIMEOUT);
+        let body = read_bounded(response, upstream_errors::MAX_BODY_BYTES, within).await;
         tracing::warn!(target: "pr.upstream", request_id = self.request_id.as_str(), model = self.model.name,
             status = status.as_u16(), body = upstream_errors::for_log(&body), "the upstream answered an error");
         upstream_errors::to_api_error(status, retry_after.as_ref(), &body, &self.model.upstream_model, self.model.name)

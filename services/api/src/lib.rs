@@ -1,6 +1,7 @@
 //! PrivateRouter API: an OpenAI-compatible LLM gateway with a public listener and a separate
 //! internal listener for Prometheus metrics.
 
+pub mod accounts;
 pub mod auth;
 pub mod billing;
 pub mod catalog;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod fleet;
 pub mod gateway;
+pub mod gpu;
 pub mod llm;
 pub mod routes;
 pub mod startup;

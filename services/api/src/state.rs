@@ -12,6 +12,7 @@ use sqlx::PgPool;
 
 use crate::{
     auth::KeyCache, billing::Billing, catalog::Catalog, config::Config, fleet::Fleet, gateway::UpstreamTimeouts,
+    gpu::node_policy::AllowedNets,
 };
 
 #[derive(Clone)]
@@ -20,7 +21,9 @@ pub struct AppState {
     pub db: PgPool,
     pub catalog: Arc<Catalog>,
     pub keys: KeyCache,
-    /// One pooled client for every upstream.
+    /// One pooled client for every outbound call (upstreams, GPU agents and inference servers).
+    /// It never follows redirects: a redirect would carry the request (and its credentials or
+    /// prompt) to a host nobody registered; a redirect answer is a failed call instead.
     pub http: reqwest::Client,
     pub upstream: UpstreamTimeouts,
     /// Holds, settlement, journal (exact prepaid billing).
@@ -35,7 +38,9 @@ impl AppState {
             .connect_timeout(Duration::from_secs(config.upstream_connect_timeout_secs))
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let fleet = Arc::new(Fleet::new(AllowedNets::new(config.gpu_node_allowed_nets.0.clone())));
         Ok(Self {
             keys: KeyCache::new(Duration::from_millis(config.key_cache_ttl_ms)),
             upstream: UpstreamTimeouts {
@@ -44,7 +49,7 @@ impl AppState {
             },
             config: Arc::new(config),
             billing,
-            fleet: Arc::default(),
+            fleet,
             db,
             catalog: Arc::new(catalog),
             http,

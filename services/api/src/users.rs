@@ -30,6 +30,6 @@ pub async fn create_user(db: &PgPool, email: &str, role: Role) -> Result<(Uuid, 
     };
     sqlx::query("INSERT INTO user_balances (user_id) VALUES ($1)").bind(user_id).execute(&mut *tx).await?;
     tx.commit().await?;
-    let (_, key) = auth::create_key(db, user_id, "default").await?;
+    let (_, key) = auth::create_key(db, user_id, "default", None).await?;
     Ok((user_id, key))
 }

@@ -45,13 +45,21 @@ pub fn to_api_error(
     match status.as_u16() {
         400 | 422 => ApiError::UpstreamRejected { status: StatusCode::BAD_REQUEST, message: relayed() },
         413 => ApiError::UpstreamRejected { status: StatusCode::PAYLOAD_TOO_LARGE, message: relayed() },
-        429 if field("code") == Some("insufficient_quota") || field("type") == Some("insufficient_quota") => {
+        429 if out_of_quota(field("code"), field("type"), message) => {
             ApiError::UpstreamError { upstream_status: status.as_u16() }
         }
         429 => ApiError::UpstreamRateLimited { retry_after: retry_after.and_then(retry_after_secs) },
         401 | 403 => ApiError::UpstreamAuthFailed { upstream_status: status.as_u16() },
         s => ApiError::UpstreamError { upstream_status: s },
     }
+}
+
+/// The operator's upstream account is out of credit: OpenAI says so in `code`/`type`; LiteLLM
+/// puts its own status in `code` and the provider's words in the message.
+fn out_of_quota(code: Option<&str>, kind: Option<&str>, message: Option<&str>) -> bool {
+    code == Some("insufficient_quota")
+        || kind == Some("insufficient_quota")
+        || message.is_some_and(|m| m.contains("insufficient_quota") || m.contains("exceeded your current quota"))
 }
 
 /// `Retry-After` in seconds; the HTTP-date form is not passed on.
@@ -68,7 +76,9 @@ fn retry_after_secs(value: &HeaderValue) -> Option<u32> {
 /// redacted, the upstream model named by its public name, control characters dropped, at most
 /// [`MAX_RELAYED_CHARS`]. `None` when nothing is left.
 pub fn sanitise(message: &str, upstream_model: &str, public_model: &str) -> Option<String> {
-    let mut line = message.trim_start().split(['\n', '\r']).next().unwrap_or_default().trim();
+    // Unicode's line and paragraph separators and NEL end a line too.
+    let mut line =
+        message.trim_start().split(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}']).next().unwrap_or_default().trim();
     // `litellm.BadRequestError: OpenAIException - Error code: 400 - ...`
     if line.starts_with("litellm.") {
         line = line.split_once(": ").map_or("", |(_, rest)| rest);
@@ -82,15 +92,16 @@ pub fn sanitise(message: &str, upstream_model: &str, public_model: &str) -> Opti
     let words: Vec<String> = line
         .split_whitespace()
         .map(|word| {
-            let bare = word.trim_matches(|c: char| !c.is_alphanumeric());
             if word.contains("://") {
                 "[url]".to_owned()
-            } else if bare.starts_with("sk-") || looks_like_a_secret(bare) {
+            } else if holds_a_secret(word) {
                 "[redacted]".to_owned()
-            } else if bare.to_ascii_lowercase().contains("litellm") {
+            } else if is_an_address(word) {
+                "[address]".to_owned()
+            } else if word.to_ascii_lowercase().contains("litellm") {
                 "[upstream]".to_owned()
-            } else if !upstream_model.is_empty() && upstream_model != public_model && word.contains(upstream_model) {
-                word.replace(upstream_model, public_model)
+            } else if let Some(named) = rename(word, upstream_model, public_model) {
+                named
             } else {
                 word.to_owned()
             }
@@ -104,13 +115,48 @@ pub fn sanitise(message: &str, upstream_model: &str, public_model: &str) -> Opti
     (!out.is_empty()).then_some(out)
 }
 
-/// A long opaque token (a key, a signed URL's signature): 32 or more letters, digits, `-` or
-/// `_`, with both letters and digits.
+/// A word that carries a key anywhere in it (`api_key=sk-…`, `'sk-…'`, a JWT) or is one: an
+/// `sk-` fragment (OpenAI-style keys), a fragment starting `eyJ` (a JWT's encoded header) or a
+/// long opaque token (see [`looks_like_a_secret`]).
+fn holds_a_secret(word: &str) -> bool {
+    let key_fragments = word.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    let base64_fragments = word.split(|c: char| !(c.is_ascii_alphanumeric() || "-_+/=".contains(c)));
+    key_fragments.into_iter().any(|f| f.starts_with("sk-") || f.starts_with("eyJ"))
+        || base64_fragments.into_iter().any(looks_like_a_secret)
+}
+
+/// A long opaque token (a key, a signed URL's signature, a base64 secret): 32 or more letters,
+/// digits, `-`, `_`, `+`, `/` or `=`, with both letters and digits.
 fn looks_like_a_secret(word: &str) -> bool {
     word.len() >= 32
-        && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_+/=".contains(&b))
         && word.bytes().any(|b| b.is_ascii_digit())
         && word.bytes().any(|b| b.is_ascii_alphabetic())
+}
+
+/// An internal address without a scheme: an IPv4 address or `host:port` (`10.0.0.5:4000`,
+/// `model-server:8000`), with or without punctuation around it; a bare `12:30` is a time.
+fn is_an_address(word: &str) -> bool {
+    let bare = word.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    let ipv4 =
+        bare.split(['.', ':']).take(4).filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())).count() == 4;
+    let host_port = bare.rsplit_once(':').is_some_and(|(host, port)| {
+        host.bytes().any(|b| b.is_ascii_alphabetic())
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            && !port.is_empty()
+            && port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+    });
+    ipv4 || host_port
+}
+
+/// `word` with the upstream model's name (in any letter case) replaced by the public one.
+fn rename(word: &str, upstream_model: &str, public_model: &str) -> Option<String> {
+    if upstream_model.is_empty() || upstream_model.eq_ignore_ascii_case(public_model) {
+        return None;
+    }
+    let at = word.to_ascii_lowercase().find(&upstream_model.to_ascii_lowercase())?;
+    Some(format!("{}{public_model}{}", &word[..at], &word[at + upstream_model.len()..]))
 }
 
 /// The start of an error body for the operator's log (lossy UTF-8, bounded).
@@ -154,6 +200,12 @@ mod tests {
         }
         let quota = error(429, json!({"error": {"message": "out of money", "code": "insufficient_quota"}}));
         assert_eq!((quota.status.as_u16(), quota.code), (502, "upstream_error"));
+        // LiteLLM's shape: its own status as the code, the provider's words in the message.
+        let quota = error(
+            429,
+            json!({"error": {"message": "litellm.RateLimitError: OpenAIException - You exceeded your current quota", "code": "429"}}),
+        );
+        assert_eq!((quota.status.as_u16(), quota.code), (502, "upstream_error"));
     }
 
     #[test]
@@ -180,5 +232,14 @@ mod tests {
             sanitise("token 0123456789abcdef0123456789abcdef0 refused", "x", "y").unwrap(),
             "token [redacted] refused"
         );
+        // Keys inside a word, JWTs, base64 secrets; addresses without a scheme; other line ends.
+        let m = "bad api_key=sk-proj-abc1 key:'sk-x' jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIx.c2ln \
+                 aws wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY1 at 10.0.0.5 or model-server:8000, for UP-SECRET\u{2028}Traceback";
+        assert_eq!(
+            sanitise(m, "up-secret", "public").unwrap(),
+            "bad [redacted] [redacted] jwt [redacted] aws [redacted] at [address] or [address] for public"
+        );
+        // Ordinary words stay: a task id, a ratio, a time.
+        assert_eq!(sanitise("task-12 took 1:2 of 12:30", "x", "y").unwrap(), "task-12 took 1:2 of 12:30");
     }
 }

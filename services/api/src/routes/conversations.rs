@@ -1,5 +1,6 @@
 //! Chat conversations: stored histories that are sent to the model with each new message, and
-//! billed like completions. Only the owner sees a conversation (others get 404).
+//! billed like completions. Only the owner sees a conversation (others get 404). What a user may
+//! store is bounded (`PR_MAX_*`, `crate::accounts::limits`), and creating one needs credit.
 
 use axum::{
     Json, Router,
@@ -13,6 +14,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::{
+    accounts::limits,
     auth::AuthUser,
     billing::fmt_usd,
     error::{ApiError, ApiResult},
@@ -21,8 +23,6 @@ use crate::{
     state::AppState,
     telemetry::{RequestContext, metrics::CHAT_CONVERSATIONS_CREATED_TOTAL},
 };
-
-const MAX_CONTENT_CHARS: usize = 100_000;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -69,10 +69,27 @@ async fn create(
 ) -> ApiResult<(StatusCode, Json<Conversation>)> {
     let model =
         state.catalog.get(&req.model).ok_or_else(|| ApiError::ModelNotFound(req.model.chars().take(128).collect()))?;
-    if req.title.chars().count() > 200 {
-        return Err(ApiError::bad_request("invalid_title", "title must be at most 200 characters"));
+    let config = &state.config;
+    limits::check_chars(&req.title, config.max_title_chars, "title", "PR_MAX_TITLE_CHARS", "invalid_title")?;
+    let system = req.system.filter(|s| !s.is_empty());
+    if let Some(system) = &system {
+        let max = config.max_system_prompt_chars;
+        limits::check_chars(system, max, "system", "PR_MAX_SYSTEM_PROMPT_CHARS", "invalid_system")?;
+    }
+    // A conversation is stored for free; only a user who can pay for its messages may start one.
+    let (_, _, available) = state.billing.balance(user.user_id).await?;
+    if available <= rust_decimal::Decimal::ZERO {
+        return Err(ApiError::CreditRequired { available });
     }
     let mut tx = state.db.begin().await?;
+    limits::lock_user(&mut tx, user.user_id).await?;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM conversations WHERE user_id = $1")
+        .bind(user.user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let max = config.max_conversations_per_user;
+    let advice = "Conversations cannot be deleted yet; ask the operator to raise the limit.";
+    limits::check(count, 1, max, "conversations", "PR_MAX_CONVERSATIONS_PER_USER", advice)?;
     let conversation: Conversation = sqlx::query_as(
         "INSERT INTO conversations (user_id, title, model) VALUES ($1, $2, $3) RETURNING id, title, model, created_at, updated_at",
     )
@@ -81,10 +98,7 @@ async fn create(
     .bind(model.name)
     .fetch_one(&mut *tx)
     .await?;
-    if let Some(system) = req.system.filter(|s| !s.is_empty()) {
-        if system.chars().count() > MAX_CONTENT_CHARS {
-            return Err(ApiError::bad_request("invalid_system", "system prompt is too long"));
-        }
+    if let Some(system) = system {
         sqlx::query("INSERT INTO messages (conversation_id, role, content) VALUES ($1, 'system', $2)")
             .bind(conversation.id)
             .bind(system)
@@ -155,20 +169,33 @@ async fn send(
     Path(id): Path<String>,
     AppJson(req): AppJson<SendMessage>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    if req.content.is_empty() || req.content.chars().count() > MAX_CONTENT_CHARS {
-        return Err(ApiError::bad_request("invalid_content", "content must be 1-100000 characters"));
+    if req.content.is_empty() {
+        return Err(ApiError::bad_request("invalid_content", "content must not be empty"));
     }
+    let max = state.config.max_message_chars;
+    limits::check_chars(&req.content, max, "content", "PR_MAX_MESSAGE_CHARS", "invalid_content")?;
     let conversation = owned(&state, &user, &id).await?;
     let model = state
         .catalog
         .get(&conversation.model)
         .cloned()
         .ok_or_else(|| ApiError::ModelNotFound(conversation.model.clone()))?;
-    let mut messages: Vec<Value> = history(&state, conversation.id)
-        .await?
-        .into_iter()
-        .map(|m| json!({ "role": m.role, "content": m.content }))
-        .collect();
+    let history = history(&state, conversation.id).await?;
+    // Checked before the call, so a reply that could not be stored is never billed. Concurrent
+    // sends to one conversation may pass together: the limit can be overshot by two messages per
+    // extra concurrent send (holding a lock across a model call would be worse).
+    let max = state.config.max_messages_per_conversation;
+    let advice = "Start a new conversation.";
+    limits::check(
+        history.len() as i64,
+        2,
+        max,
+        "messages in a conversation",
+        "PR_MAX_MESSAGES_PER_CONVERSATION",
+        advice,
+    )?;
+    let mut messages: Vec<Value> =
+        history.into_iter().map(|m| json!({ "role": m.role, "content": m.content })).collect();
     messages.push(json!({ "role": "user", "content": req.content }));
     let mut body = Map::new();
     body.insert("messages".into(), Value::Array(messages));

@@ -1,5 +1,6 @@
 //! Admin registry of GPU nodes: `/api/admin/gpu-nodes`. The agent's token is never stored or
-//! returned: a node names the API's environment variable that holds it (`agent_token_env`).
+//! returned: a node names the API's environment variable that holds it (`agent_token_env`),
+//! which must be a `PR_GPU_AGENT_TOKEN_*` variable (`crate::gpu::node_policy`).
 
 use axum::{
     Json, Router,
@@ -17,6 +18,7 @@ use crate::{
     error::{ApiError, ApiResult},
     extract::AppJson,
     fleet::{NODE_COLUMNS, NodeRow},
+    gpu::node_policy::{self, AGENT_TOKEN_ENV_RULE},
     state::AppState,
 };
 
@@ -74,14 +76,15 @@ async fn create(
     if !validate_http_url(&req.agent_url) || !validate_http_url(&req.inference_url) {
         return Err(ApiError::bad_request("invalid_url", "agent_url and inference_url must be http(s) URLs"));
     }
+    for (field, url) in [("agent_url", &req.agent_url), ("inference_url", &req.inference_url)] {
+        state
+            .fleet
+            .allowed_nets()
+            .check(field, url)
+            .map_err(|message| ApiError::NotAllowed { code: "gpu_node_address_not_allowed", message })?;
+    }
     if let Some(var) = &req.agent_token_env {
-        let valid = !var.is_empty() && var.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-        if !valid || std::env::var(var).map_or(true, |v| v.is_empty()) {
-            return Err(ApiError::bad_request(
-                "invalid_agent_token_env",
-                "agent_token_env must name an environment variable (A-Z 0-9 _) that is set for the API",
-            ));
-        }
+        check_token_env(var)?;
     }
     let row: NodeRow = match sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO gpu_nodes (name, agent_url, inference_url, pool, agent_token_env) VALUES ($1, $2, $3, $4, $5) \
@@ -104,6 +107,20 @@ async fn create(
     state.fleet.upsert(row.clone());
     poll_soon(&state, row.clone());
     Ok((StatusCode::CREATED, Json(view(&state, &row))))
+}
+
+/// A token variable must pass the prefix rule (422: a policy refusal) and be set (400).
+fn check_token_env(var: &str) -> ApiResult<()> {
+    if !node_policy::token_env_allowed(var) {
+        return Err(ApiError::NotAllowed { code: "agent_token_env_not_allowed", message: AGENT_TOKEN_ENV_RULE.into() });
+    }
+    if std::env::var(var).map_or(true, |v| v.is_empty()) {
+        return Err(ApiError::bad_request(
+            "invalid_agent_token_env",
+            format!("agent_token_env names {var}, which is not set in the API's environment"),
+        ));
+    }
+    Ok(())
 }
 
 /// Polls a node right away instead of at the next round.
@@ -138,11 +155,14 @@ async fn show(State(state): State<AppState>, _admin: AdminUser, Path(id): Path<S
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UpdateNode {
-    enabled: bool,
+    enabled: Option<bool>,
+    /// A new token variable, under the same rule as at registration (how a node registered
+    /// before the `PR_GPU_AGENT_TOKEN_*` rule is brought back).
+    agent_token_env: Option<String>,
 }
 
-/// Enable or disable a node: a disabled node is neither polled nor routed to, and its series
-/// leave `/metrics`.
+/// Enable or disable a node (a disabled node is neither polled nor routed to, and its series
+/// leave `/metrics`), or change its token variable.
 async fn update(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -150,11 +170,16 @@ async fn update(
     AppJson(req): AppJson<UpdateNode>,
 ) -> ApiResult<Json<Value>> {
     let row = find(&state, &id).await?;
+    if let Some(var) = &req.agent_token_env {
+        check_token_env(var)?;
+    }
     let row: NodeRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE gpu_nodes SET enabled = $2 WHERE id = $1 RETURNING {NODE_COLUMNS}"
+        "UPDATE gpu_nodes SET enabled = COALESCE($2, enabled), agent_token_env = COALESCE($3, agent_token_env) \
+         WHERE id = $1 RETURNING {NODE_COLUMNS}"
     )))
     .bind(row.id)
     .bind(req.enabled)
+    .bind(&req.agent_token_env)
     .fetch_one(&state.db)
     .await?;
     if row.enabled {

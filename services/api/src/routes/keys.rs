@@ -1,4 +1,6 @@
-//! `/api/keys`: create (the key is shown once), list, show, revoke.
+//! `/api/keys`: create (the key is shown once), list, show, revoke. A key created here is the
+//! child of the key that created it; revoking a key revokes its descendants too. Any active key
+//! of a user may revoke any key of that user (an ancestor included).
 
 use axum::{
     Json, Router,
@@ -12,6 +14,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::{
+    accounts::limits,
     auth::{self, AuthUser},
     error::{ApiError, ApiResult},
     extract::AppJson,
@@ -27,9 +30,13 @@ struct KeyView {
     id: Uuid,
     name: String,
     prefix: String,
+    /// The key this one was created with (None: created from the command line).
+    parent_key_id: Option<Uuid>,
     created_at: DateTime<Utc>,
     revoked_at: Option<DateTime<Utc>>,
 }
+
+const KEY_COLUMNS: &str = "id, name, prefix, parent_key_id, created_at, revoked_at";
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -47,14 +54,33 @@ async fn create(
     if name.len() > 100 || name.chars().any(char::is_control) {
         return Err(ApiError::bad_request("invalid_name", "name must be at most 100 printable characters"));
     }
-    let (id, key) = auth::create_key(&state.db, user.user_id, &name).await?;
+    let mut tx = state.db.begin().await?;
+    // Under the user's lock: a revocation of this key (or an ancestor) either committed before,
+    // and the check below sees it, or waits for this key to exist and revokes it as well.
+    limits::lock_user(&mut tx, user.user_id).await?;
+    let (parent_active, active): (bool, i64) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = $2 AND revoked_at IS NULL), \
+                (SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL)",
+    )
+    .bind(user.user_id)
+    .bind(user.key_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    // The key was revoked on another replica and is still in this one's cache.
+    if !parent_active {
+        return Err(ApiError::Unauthorized);
+    }
+    let max = state.config.max_api_keys_per_user;
+    limits::check(active, 1, max, "active API keys", "PR_MAX_API_KEYS_PER_USER", "Revoke a key first.")?;
+    let (id, key) = auth::create_key(&mut *tx, user.user_id, &name, Some(user.key_id)).await?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(json!({ "id": id, "name": name, "key": key, "prefix": auth::display_prefix(&key) }))))
 }
 
 async fn list(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Value>> {
-    let keys: Vec<KeyView> = sqlx::query_as(
-        "SELECT id, name, prefix, created_at, revoked_at FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id",
-    )
+    let keys: Vec<KeyView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id"
+    )))
     .bind(user.user_id)
     .fetch_all(&state.db)
     .await?;
@@ -63,7 +89,7 @@ async fn list(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<V
 
 async fn find(state: &AppState, user: &AuthUser, id: &str) -> ApiResult<KeyView> {
     let id: Uuid = id.parse().map_err(|_| ApiError::NotFound("API key"))?;
-    sqlx::query_as("SELECT id, name, prefix, created_at, revoked_at FROM api_keys WHERE id = $1 AND user_id = $2")
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND user_id = $2")))
         .bind(id)
         .bind(user.user_id)
         .fetch_optional(&state.db)
@@ -77,10 +103,12 @@ async fn show(State(state): State<AppState>, user: AuthUser, Path(id): Path<Stri
 
 async fn revoke(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let key = find(&state, &user, &id).await?;
-    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
-        .bind(key.id)
-        .execute(&state.db)
-        .await?;
-    state.keys.evict_key_id(key.id);
+    let mut tx = state.db.begin().await?;
+    // Under the user's lock, so no child of the tree is being created meanwhile (see `create`).
+    limits::lock_user(&mut tx, user.user_id).await?;
+    let tree = auth::revoke_tree(&mut *tx, user.user_id, key.id).await?;
+    tx.commit().await?;
+    // At once here; other replicas drop theirs within the cache TTL.
+    state.keys.evict_key_ids(&tree);
     Ok(StatusCode::NO_CONTENT)
 }

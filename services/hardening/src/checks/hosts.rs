@@ -40,6 +40,9 @@ struct Probe {
     target: String,
     /// `HTTP/1.1` or `HTTP/1.0` (where a missing Host is allowed).
     version: &'static str,
+    /// Plain HTTP sent to the TLS port, without a handshake (`scheme` is then `Https`, for the
+    /// port): nginx answers it with an error page of its own unless told otherwise.
+    plain_on_tls: bool,
 }
 
 pub fn unknown_host(ctx: &Ctx<'_>) -> Item {
@@ -79,6 +82,7 @@ fn probes(known: &[String; 3], unknown: &str) -> Vec<Probe> {
         host,
         target: target.to_string(),
         version,
+        plain_on_tls: false,
     };
     let name = |n: &str| Host::Name(n.to_string());
     let mut list = vec![
@@ -97,6 +101,8 @@ fn probes(known: &[String; 3], unknown: &str) -> Vec<Probe> {
         probe(Scheme::Http, None, Host::Absent, "/", "HTTP/1.1"),
         probe(Scheme::Http, None, Host::Absent, "/", "HTTP/1.0"),
         probe(Scheme::Http, None, name(api), &format!("http://{unknown}/"), "HTTP/1.1"),
+        // Plain HTTP to the TLS port.
+        Probe { plain_on_tls: true, ..probe(Scheme::Https, None, name(unknown), "/", "HTTP/1.1") },
     ];
     // Each host's handshake with the next host's name in Host: nginx picks the server block by
     // Host, so without a check this reaches the other host's content.
@@ -110,6 +116,7 @@ fn probes(known: &[String; 3], unknown: &str) -> Vec<Probe> {
 impl Probe {
     fn describe(&self, port: u16) -> String {
         let conn = match (self.scheme, &self.sni) {
+            _ if self.plain_on_tls => format!("plain http to the TLS port :{port}"),
             (Scheme::Https, Some(sni)) => format!("https :{port} SNI {sni}"),
             (Scheme::Https, None) => format!("https :{port} no SNI"),
             (Scheme::Http, _) => format!("http :{port}"),
@@ -154,6 +161,7 @@ fn run(
     let (tcp, addr) = net::connect(ctx.target, ep)?;
     let request = probe.request(addr.ip());
     let reply = match probe.scheme {
+        _ if probe.plain_on_tls => net::send_bytes(tcp, &request),
         Scheme::Http => net::send_bytes(tcp, &request),
         Scheme::Https => match handshake(connector, tcp, probe.sni.as_deref()) {
             Ok(stream) => net::send_bytes(stream, &request),
@@ -324,7 +332,12 @@ mod tests {
         let ports = (tls.local_addr().unwrap().port(), plain.local_addr().unwrap().port());
         thread::spawn(move || {
             for s in tls.incoming().flatten() {
-                if let Ok(stream) = acceptor.accept(s) {
+                // Plain HTTP on the TLS port (no handshake record first) is answered as nginx
+                // does there: like any other request for that server.
+                let mut first = [0u8; 1];
+                if s.peek(&mut first).is_ok_and(|n| n == 1) && first[0] != 0x16 {
+                    answer(s, true, server);
+                } else if let Ok(stream) = acceptor.accept(s) {
                     answer(stream, true, server);
                 }
             }
@@ -381,6 +394,12 @@ mod tests {
         );
         assert!(
             text.contains("http :80, GET / HTTP/1.1, Host: <IP address> → connection closed without an answer"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "plain http to the TLS port :443, GET / HTTP/1.1, Host: unknown-host-probe.example.test → 421, no body"
+            ),
             "{text}"
         );
     }
