@@ -564,6 +564,26 @@ async fn only_documented_openai_parameters_reach_the_upstream() {
             assert!(e["error"]["message"].as_str().unwrap().contains(&format!("`{field}`")), "{field}: {e}");
         }
     }
+    // Inside documented fields: a server-side tool, audio output, a URL into the operator's
+    // network for the upstream to fetch.
+    for (field, value, named) in [
+        ("tools", json!([{"type": "web_search_20250305", "name": "web_search"}]), "`tools[0].type`"),
+        ("modalities", json!(["text", "audio"]), "`modalities`"),
+        (
+            "messages",
+            json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://prometheus:9090/"}}]}]),
+            "`messages[0].content`",
+        ),
+    ] {
+        let mut body = chat("echo", false);
+        body[field] = value;
+        let response = post(&g, &key, &body).await;
+        assert_eq!(response.status(), 400, "{field}");
+        let e: Value = response.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "unsupported_parameter", "{field}: {e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains(named), "{field}: {e}");
+        assert!(e["error"]["request_id"].is_string(), "{e}");
+    }
     assert!(g.upstream.requests().is_empty(), "a refused call sends nothing upstream");
     let balance = g.app.get_json("/api/billing/balance", &key).await;
     assert_eq!(dec(balance["held_usd"].as_str().unwrap()), 0.0, "a refused call holds nothing");

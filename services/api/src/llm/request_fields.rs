@@ -16,6 +16,9 @@ pub struct Family {
     /// Named in error messages.
     pub name: &'static str,
     pub forwarded: &'static [&'static str],
+    /// Checks inside forwarded fields: a value that would make the upstream do what the catalog
+    /// does not price or what the gateway must not do for a client. The reason, when refused.
+    pub values: fn(&Map<String, Value>) -> Result<(), String>,
 }
 
 /// `POST /v1/chat/completions` (and the conversation path, which builds such a body). The
@@ -25,7 +28,6 @@ pub const CHAT_COMPLETIONS: Family = Family {
     forwarded: &[
         "messages",
         "model",
-        "audio",
         "frequency_penalty",
         "function_call",
         "functions",
@@ -54,12 +56,82 @@ pub const CHAT_COMPLETIONS: Family = Family {
         "user",
         "verbosity",
     ],
+    values: chat_values,
 };
+
+/// Tool types the upstream runs on the client's side (the model only writes the call): server-side
+/// tools (web search, code execution, ...) are charged by the provider per use, which the
+/// catalog's token prices do not cover.
+const CLIENT_SIDE_TOOLS: &[&str] = &["function", "custom"];
+
+/// URL schemes a message may point the upstream at: the upstream (LiteLLM, vLLM) fetches an
+/// image or file URL itself, from inside the operator's network, so `http://prometheus:9090/...`
+/// would make it a proxy into that network. `https:` (public services; nothing internal in the
+/// stack serves TLS) and inline `data:` only.
+const FETCHABLE_SCHEMES: &[&str] = &["https://", "data:"];
+
+/// Values of Chat Completions requests: text output only (`modalities`), client-side tools only,
+/// and message parts whose URLs are `https:` or `data:`.
+fn chat_values(body: &Map<String, Value>) -> Result<(), String> {
+    if let Some(modalities) = body.get("modalities").and_then(Value::as_array)
+        && modalities.iter().any(|m| m != "text")
+    {
+        return Err(
+            "`modalities` other than \"text\" (audio output is priced differently from the catalog's text prices)"
+                .into(),
+        );
+    }
+    for (i, tool) in body.get("tools").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let kind = tool.get("type").and_then(Value::as_str).unwrap_or("");
+        if !CLIENT_SIDE_TOOLS.contains(&kind) {
+            let kind: String = kind.chars().filter(|c| !c.is_control()).take(MAX_NAME_CHARS).collect();
+            return Err(format!(
+                "`tools[{i}].type` \"{kind}\" (only \"function\" and \"custom\" tools; server-side tools are charged by the upstream beyond the catalog's prices)"
+            ));
+        }
+    }
+    let messages = body.get("messages").and_then(Value::as_array).into_iter().flatten();
+    for (i, message) in messages.enumerate() {
+        if let Some(url) = message.get("content").and_then(Value::as_array).and_then(|parts| first_url(parts)) {
+            if !FETCHABLE_SCHEMES.iter().any(|s| url.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s))) {
+                return Err(format!(
+                    "a URL in `messages[{i}].content` that is not https: or data: (the upstream would fetch it from inside the operator's network)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first string inside message parts that names a URL (`image_url.url`, `file.file_id` or
+/// `file_url` given as a URL, `input_audio`, ...): any string with a scheme, wherever it sits.
+fn first_url(parts: &[Value]) -> Option<&str> {
+    fn walk(v: &Value) -> Option<&str> {
+        match v {
+            Value::String(s) => has_scheme(s).then_some(s.as_str()),
+            Value::Array(a) => a.iter().find_map(walk),
+            Value::Object(o) => o.iter().filter(|(k, _)| *k != "text").find_map(|(_, v)| walk(v)),
+            _ => None,
+        }
+    }
+    parts.iter().find_map(walk)
+}
+
+/// `scheme:` as RFC 3986 spells one (a letter, then letters, digits, `+`, `-`, `.`), followed by
+/// `//` or being `data:`: a URL, not text that happens to contain a colon.
+fn has_scheme(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once(':') else { return false };
+    let is_scheme = scheme.len() <= 32
+        && scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    is_scheme && (rest.starts_with("//") || scheme.eq_ignore_ascii_case("data"))
+}
 
 /// Fields refused for a reason of their own (every other unlisted field: "not a parameter of
 /// this endpoint"). Names ending in `*` are prefixes.
 const REFUSED: &[(&str, &str)] = &[
     ("metadata", "steers the upstream proxy's logging and routing"),
+    ("audio", "audio output is priced differently from the catalog's text prices"),
     ("store", "would store the conversation in the operator's upstream account"),
     ("service_tier", "changes the upstream's price, which the catalog fixes"),
     ("web_search_options", "adds upstream charges the catalog does not price"),
@@ -89,7 +161,8 @@ pub fn check(family: &Family, body: &mut Map<String, Value>) -> Result<(), ApiEr
     body.retain(|k, v| !v.is_null() || family.forwarded.contains(&k.as_str()));
     let mut refused: Vec<&str> = body.keys().map(String::as_str).filter(|k| !family.forwarded.contains(k)).collect();
     if refused.is_empty() {
-        return Ok(());
+        return (family.values)(body)
+            .map_err(|why| ApiError::bad_request("unsupported_parameter", format!("Unsupported value: {why}.")));
     }
     refused.sort_unstable();
     let mut named: Vec<String> = refused
@@ -166,6 +239,38 @@ mod tests {
         let e = check(&CHAT_COMPLETIONS, &mut b).unwrap_err().info();
         assert!(e.message.len() < 2000, "{}", e.message.len());
         assert!(e.message.contains("and 990 more"));
+    }
+
+    #[test]
+    fn server_side_tools_audio_output_and_internal_urls_are_refused() {
+        let refused = |v: Value| check(&CHAT_COMPLETIONS, &mut body(v)).unwrap_err().info().message;
+        let allowed = |v: Value| check(&CHAT_COMPLETIONS, &mut body(v)).unwrap();
+        let user = |content: Value| json!({"model": "m", "messages": [{"role": "user", "content": content}]});
+
+        assert!(
+            refused(json!({"model": "m", "tools": [{"type": "function"}, {"type": "web_search_20250305"}]}))
+                .contains("`tools[1].type` \"web_search_20250305\"")
+        );
+        allowed(json!({"model": "m", "tools": [{"type": "function", "function": {"name": "f"}}, {"type": "custom"}]}));
+        assert!(refused(json!({"model": "m", "modalities": ["text", "audio"]})).contains("`modalities`"));
+        allowed(json!({"model": "m", "modalities": ["text"]}));
+        assert!(refused(json!({"model": "m", "audio": {"voice": "alloy"}})).contains("`audio`"));
+
+        for url in ["http://prometheus:9090/api/v1/query", "file:///etc/passwd", "gopher://x", "HTTP://10.0.0.1/"] {
+            let image = user(json!([{"type": "image_url", "image_url": {"url": url}}]));
+            assert!(refused(image).contains("`messages[0].content`"), "{url}");
+        }
+        assert!(
+            refused(user(json!([{"type": "file", "file": {"file_id": "http://10.0.0.1/a.pdf"}}])))
+                .contains("not https")
+        );
+        for url in ["https://example.com/cat.png", "HTTPS://example.com/cat.png", "data:image/png;base64,iVBOR"] {
+            allowed(user(
+                json!([{"type": "text", "text": "see http://x/"}, {"type": "image_url", "image_url": {"url": url}}]),
+            ));
+        }
+        // Text, as a string or a part, may say anything.
+        allowed(user(json!("fetch http://prometheus:9090/ for me")));
     }
 
     #[test]
