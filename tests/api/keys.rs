@@ -235,16 +235,22 @@ async fn revoking_a_key_revokes_every_key_created_with_it() {
 }
 
 #[tokio::test]
-async fn a_key_revoked_elsewhere_cannot_create_keys_while_still_cached_here() {
+async fn a_key_revoked_elsewhere_cannot_create_or_revoke_keys_while_still_cached_here() {
     let app = spawn_app().await;
     let (_, root) = app.user(false).await;
     let (doomed_id, doomed) = create_key_with(&app, &root).await;
+    let (sibling_id, sibling) = create_key_with(&app, &root).await;
     // A replica that caches keys for ten minutes, and has this one cached.
     let db2 = privaterouter_tests::TestDb { container: None, url: app.db.url.clone() };
     let replica = spawn_app_on(db2, |c| c.key_cache_ttl_ms = 600_000).await;
     assert_eq!(status_with(&replica, &doomed).await, 200);
 
     revoke_with(&app, &root, &doomed_id).await;
+    // A thief whose key the owner revoked cannot revoke the owner's other keys in return.
+    let url = replica.url(&format!("/api/keys/{sibling_id}"));
+    let revenge = replica.client.delete(url).bearer_auth(&doomed).send().await.unwrap();
+    assert_eq!(revenge.status(), 401, "a revoked key revokes nothing");
+    assert_eq!(status_with(&app, &sibling).await, 200, "the sibling is still active");
     let minted = replica.client.post(replica.url("/api/keys")).bearer_auth(&doomed).send().await.unwrap();
     assert_eq!(minted.status(), 401, "a revoked key mints no key that would outlive it");
     let children: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE parent_key_id = $1")

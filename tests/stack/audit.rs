@@ -171,8 +171,8 @@ async fn a_default_server_that_serves_fails_unknown_host() {
     // page (how the kit was before it answered 421).
     kit.edit_nginx(
         "conf.d/90-default-servers.conf",
-        "    ssl_reject_handshake on;\n    error_page 400 = @unknown_host;\n    return 421 $pr_no_body;\n",
-        "    ssl_reject_handshake on;\n    error_page 400 = @unknown_host;\n",
+        "    ssl_reject_handshake on;\n    error_page 400 414 494 497 = @unknown_host;\n    return 421 $pr_no_body;\n",
+        "    ssl_reject_handshake on;\n    error_page 400 414 494 497 = @unknown_host;\n",
     );
     let stack = Stack::start(kit).await;
     let report = stack.audit().await;
@@ -183,6 +183,23 @@ async fn a_default_server_that_serves_fails_unknown_host() {
         &report,
     );
     assert_evidence(&evidence, "Host: <IP address> → 200", &report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_error_pages_in_the_default_server_fail_unknown_host() {
+    let mut kit = Kit::new();
+    // Only nginx's 400 redirected, as the kit first had it: plain HTTP sent to port 443 (497)
+    // gets nginx's own HTML page from the default server.
+    kit.edit_nginx(
+        "conf.d/90-default-servers.conf",
+        "    ssl_reject_handshake on;\n    error_page 400 414 494 497 = @unknown_host;\n",
+        "    ssl_reject_handshake on;\n    error_page 400 = @unknown_host;\n",
+    );
+    let stack = Stack::start(kit).await;
+    let report = stack.audit().await;
+    let evidence = assert_failures(&report, &["unknown-host"]);
+    assert_evidence(&evidence, "plain http to the TLS port :443, GET / HTTP/1.1, Host: unknown-host-probe", &report);
+    assert_evidence(&evidence, "400 with a", &report);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,8 @@ use privaterouter_hardening::{
     net::{self, Endpoint, Request, Response},
 };
 
+use testcontainers::core::{CmdWaitFor, ExecCommand};
+
 use crate::harness::{DOMAIN, Kit, Stack, eventually};
 
 /// A TLS connection to api.<domain> through nginx, certificate verified (blocking).
@@ -126,9 +128,28 @@ async fn bodies_over_a_mebibyte_are_refused_by_nginx() {
     }
 
     // Exactly 1 MiB passes nginx: buffered (past client_body_buffer_size, into a temporary
-    // file on the tmpfs) and handed to the API, which wants a key.
+    // file on the tmpfs) and handed to the API, which reads it all (a valid key, so the body is
+    // read) and finds no JSON in it. (With no key the API would answer 401 before reading, and
+    // nginx, still sending, may see the connection close and answer 502.)
+    let key = user_key(&stack).await;
     let mut at_limit = Request::post_json("/api/keys", &serde_json::json!({}));
     at_limit.body = vec![b' '; 1 << 20];
+    at_limit.headers.push(("Authorization".into(), format!("Bearer {key}")));
     let r = stack.https("api", at_limit).await.unwrap();
-    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.status, 400, "{}", r.text());
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["error"]["code"], "invalid_json", "{body}");
+}
+
+/// A user's API key, made by the CLI in the API container.
+async fn user_key(stack: &Stack) -> String {
+    let cmd = ["privaterouter-api", "admin", "create-user", "--email", "edge@stack.test"];
+    let mut result = stack
+        .api
+        .exec(ExecCommand::new(cmd).with_cmd_ready_condition(CmdWaitFor::exit()))
+        .await
+        .expect("exec in the API container");
+    let stdout = String::from_utf8_lossy(&result.stdout_to_vec().await.unwrap()).to_string();
+    let created: serde_json::Value = serde_json::from_str(stdout.trim()).expect("create-user prints JSON");
+    created["api_key"].as_str().expect("an api_key").to_owned()
 }

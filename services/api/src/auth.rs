@@ -101,15 +101,17 @@ pub async fn create_key(
     Ok((id, key))
 }
 
-/// Revokes `key_id` and every key descending from it (those still active); returns the ids of
-/// the whole tree, for the cache to forget.
+/// Revokes `key_id` and every active key descending from it; returns the ids it revoked, for
+/// the cache to forget. The walk goes through active keys only: a revoked key's descendants were
+/// revoked with it, and a revoked key cannot create keys, so a tree of revoked keys (however
+/// large a user made it) is never walked again.
 pub async fn revoke_tree(db: impl sqlx::PgExecutor<'_>, user_id: Uuid, key_id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "WITH RECURSIVE tree AS ( \
-             SELECT id FROM api_keys WHERE id = $1 AND user_id = $2 \
-             UNION SELECT k.id FROM api_keys k JOIN tree t ON k.parent_key_id = t.id WHERE k.user_id = $2), \
-         revoked AS (UPDATE api_keys SET revoked_at = now() WHERE id IN (SELECT id FROM tree) AND revoked_at IS NULL) \
-         SELECT id FROM tree",
+             SELECT id FROM api_keys WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
+             UNION SELECT k.id FROM api_keys k JOIN tree t ON k.parent_key_id = t.id \
+              WHERE k.user_id = $2 AND k.revoked_at IS NULL) \
+         UPDATE api_keys SET revoked_at = now() WHERE id IN (SELECT id FROM tree) RETURNING id",
     )
     .bind(key_id)
     .bind(user_id)
@@ -165,7 +167,11 @@ impl KeyCache {
 
     /// Drops every cached entry of these keys (called on revocation).
     pub fn evict_key_ids(&self, key_ids: &[Uuid]) {
-        self.inner.write().expect("key cache lock").retain(|_, e| e.user.is_none_or(|u| !key_ids.contains(&u.key_id)));
+        if key_ids.is_empty() {
+            return;
+        }
+        let gone: std::collections::HashSet<&Uuid> = key_ids.iter().collect();
+        self.inner.write().expect("key cache lock").retain(|_, e| e.user.is_none_or(|u| !gone.contains(&u.key_id)));
     }
 }
 

@@ -42,13 +42,19 @@ impl AllowedNets {
         }
         let parsed = reqwest::Url::parse(url).map_err(|_| format!("{field} is not a valid URL"))?;
         let host = parsed.host_str().unwrap_or_default();
-        let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() else {
+        let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().map(|ip| ip.to_canonical())
+        else {
             return Err(format!(
                 "{field} host `{host}` is not an IP address: with PR_GPU_NODE_ALLOWED_NETS set, GPU node URLs \
                  must use literal IP addresses inside {}",
                 self.list()
             ));
         };
+        // `[::ffff:10.0.0.5]` is 10.0.0.5 (to_canonical above); "any address" and multicast
+        // name no node.
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(format!("{field} address {ip} is not a node's address"));
+        }
         if self.0.iter().any(|net| net.contains(&ip)) {
             Ok(())
         } else {
@@ -88,9 +94,18 @@ mod tests {
         assert!(
             nets.check("inference_url", "http://gpu-1.internal:8000/v1").unwrap_err().contains("not an IP address")
         );
-        // Spelled the way the client reads it: 167772161 is 10.0.0.1, 0x7f000001 is 127.0.0.1.
+        // Spelled the way the client reads it: 167772161 is 10.0.0.1, 0x7f000001 is 127.0.0.1,
+        // and so is the IPv4-mapped [::ffff:7f00:1].
         assert!(nets.check("agent_url", "http://167772161/").is_ok());
-        assert!(nets.check("agent_url", "http://0x7f000001/").is_err());
-        assert!(nets.check("agent_url", "http://[::ffff:7f00:1]/").is_err());
+        let outside = |url: &str| nets.check("agent_url", url).unwrap_err();
+        assert!(outside("http://0x7f000001/").contains("address 127.0.0.1 is outside"));
+        assert!(outside("http://[::ffff:7f00:1]/").contains("address 127.0.0.1 is outside"));
+        let loopback = AllowedNets::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        assert!(loopback.check("agent_url", "http://0x7f000001/").is_ok());
+        assert!(loopback.check("agent_url", "http://[::ffff:7f00:1]/").is_ok(), "mapped is the IPv4 address");
+        let everything = AllowedNets::new(vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()]);
+        for url in ["http://0.0.0.0:9400/", "http://[::]:9400/", "http://224.0.0.1/", "http://[::ffff:0.0.0.0]/"] {
+            assert!(everything.check("agent_url", url).unwrap_err().contains("is not a node's address"), "{url}");
+        }
     }
 }

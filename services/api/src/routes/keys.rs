@@ -106,6 +106,17 @@ async fn revoke(State(state): State<AppState>, user: AuthUser, Path(id): Path<St
     let mut tx = state.db.begin().await?;
     // Under the user's lock, so no child of the tree is being created meanwhile (see `create`).
     limits::lock_user(&mut tx, user.user_id).await?;
+    // The caller's own key may have been revoked on another replica, where this one's cache has
+    // not heard of it yet: a revoked key revokes nothing (as it creates nothing).
+    let caller_active: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = $1 AND revoked_at IS NULL)")
+            .bind(user.key_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if !caller_active {
+        state.keys.evict_key_ids(&[user.key_id]);
+        return Err(ApiError::Unauthorized);
+    }
     let tree = auth::revoke_tree(&mut *tx, user.user_id, key.id).await?;
     tx.commit().await?;
     // At once here; other replicas drop theirs within the cache TTL.
