@@ -92,12 +92,12 @@ fn chat_values(body: &Map<String, Value>) -> Result<(), String> {
     }
     let messages = body.get("messages").and_then(Value::as_array).into_iter().flatten();
     for (i, message) in messages.enumerate() {
-        if let Some(url) = message.get("content").and_then(Value::as_array).and_then(|parts| first_url(parts)) {
-            if !FETCHABLE_SCHEMES.iter().any(|s| url.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s))) {
-                return Err(format!(
-                    "a URL in `messages[{i}].content` that is not https: or data: (the upstream would fetch it from inside the operator's network)"
-                ));
-            }
+        if let Some(url) = message.get("content").and_then(Value::as_array).and_then(|parts| first_url(parts))
+            && !FETCHABLE_SCHEMES.iter().any(|s| url.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s)))
+        {
+            return Err(format!(
+                "a URL in `messages[{i}].content` that is not https: or data: (the upstream would fetch it from inside the operator's network)"
+            ));
         }
     }
     Ok(())
