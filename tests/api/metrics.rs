@@ -1,4 +1,4 @@
-use privaterouter_tests::{spawn_app, spawn_app_with};
+use privaterouter_tests::{spawn_app, spawn_app_with, spawn_gateway};
 
 const REQS: &str = "pr_http_requests_total";
 const DURATION: &str = "pr_http_request_duration_seconds";
@@ -48,6 +48,8 @@ async fn every_request_is_counted_with_exact_labels() {
         (("GET", "/__test/panic", "500"), 1.0),
         (("GET", "/__test/db-error", "500"), 1.0),
         (("GET", "/__test/sleep", "504"), 1.0),
+        // The zero series every process starts with (see `a_fresh_scrape_shows_every_spec_family`).
+        (("POST", "/v1/chat/completions", "200"), 0.0),
     ];
     for ((method, route, status), n) in expect {
         let labels = [("method", method), ("route", route), ("status", status)];
@@ -79,7 +81,8 @@ async fn every_request_is_counted_with_exact_labels() {
         let labels = [("method", method), ("route", route), ("exception_type", kind)];
         assert_eq!(s.get(EXCEPTIONS, &labels), n, "{EXCEPTIONS} {labels:?}");
     }
-    assert_eq!(s.series(EXCEPTIONS).len(), exceptions.len(), "4xx are not exceptions: {:?}", s.series(EXCEPTIONS));
+    let counted: Vec<_> = s.series(EXCEPTIONS).into_iter().filter(|x| x.value > 0.0).collect();
+    assert_eq!(counted.len(), exceptions.len(), "4xx are not exceptions: {counted:?}");
 
     for name in [REQS, DURATION, IN_FLIGHT, EXCEPTIONS] {
         assert!(s.help.get(name).is_some_and(|h| h.len() > 20), "HELP for {name}");
@@ -159,4 +162,79 @@ async fn random_paths_and_methods_do_not_grow_label_sets() {
             assert!(!route.contains("warm"), "raw path leaked into a label: {route}");
         }
     }
+}
+
+/// The metric families the spec lists, all on the first scrape of a fresh process: until then
+/// dashboards and `rate()` would show "no data" instead of 0.
+const SPEC_FAMILIES: [&str; 11] = [
+    REQS,
+    DURATION,
+    IN_FLIGHT,
+    EXCEPTIONS,
+    "pr_llm_calls_total",
+    "pr_llm_tokens_total",
+    "pr_llm_cost_usd_total",
+    "pr_chat_conversations_created_total",
+    "pr_credit_transactions_total",
+    "pr_gpu_node_up",
+    "pr_gpu_node_utilization_pct",
+];
+
+#[tokio::test]
+async fn a_fresh_scrape_shows_every_spec_family() {
+    let g = spawn_gateway().await;
+    // Scraped before any request has reached the app.
+    let s = g.app.samples().await;
+
+    for name in SPEC_FAMILIES {
+        assert!(s.types.contains_key(name), "TYPE line for {name}");
+        assert!(s.help.get(name).is_some_and(|h| h.len() > 20), "HELP line for {name}");
+    }
+
+    // HTTP families: zero series on the gateway route only (the series its first request increments).
+    let gateway = [("method", "POST"), ("route", "/v1/chat/completions")];
+    let ok = [gateway[0], gateway[1], ("status", "200")];
+    assert_eq!(s.value(REQS, &ok), Some(0.0));
+    assert_eq!(s.value(&format!("{DURATION}_count"), &ok), Some(0.0));
+    assert_eq!(s.value(&format!("{DURATION}_bucket"), &[ok[0], ok[1], ok[2], ("le", "+Inf")]), Some(0.0));
+    assert_eq!(s.value(IN_FLIGHT, &gateway), Some(0.0));
+    for name in [REQS, IN_FLIGHT] {
+        assert_eq!(s.series(name).len(), 1, "one zero series of {name}: {:?}", s.series(name));
+    }
+    // One per exception type, not their cross product with every route and method.
+    let types = privaterouter_api::telemetry::metrics::EXCEPTION_TYPES;
+    for kind in types {
+        assert_eq!(s.value(EXCEPTIONS, &[gateway[0], gateway[1], ("exception_type", kind)]), Some(0.0), "{kind}");
+    }
+    assert_eq!(s.series(EXCEPTIONS).len(), types.len(), "{:?}", s.series(EXCEPTIONS));
+
+    // LLM families: per catalog model, its successful chat completion, both token directions, its cost.
+    let catalog = privaterouter_api::catalog::Catalog::load(&g.catalog_path()).unwrap();
+    let models: Vec<&str> = catalog.models().iter().map(|m| m.name).collect();
+    assert!(models.len() > 10 && models.contains(&"echo"));
+    for model in &models {
+        let call = [("model", *model), ("endpoint", "chat_completions"), ("status", "success")];
+        assert_eq!(s.value("pr_llm_calls_total", &call), Some(0.0), "{model}");
+        for direction in ["input", "output"] {
+            let labels = [("model", *model), ("direction", direction)];
+            assert_eq!(s.value("pr_llm_tokens_total", &labels), Some(0.0), "{model} {direction}");
+        }
+        assert_eq!(s.value("pr_llm_cost_usd_total", &[("model", model)]), Some(0.0), "{model}");
+    }
+    assert_eq!(s.series("pr_llm_calls_total").len(), models.len());
+    assert_eq!(s.series("pr_llm_tokens_total").len(), 2 * models.len());
+    assert_eq!(s.series("pr_llm_cost_usd_total").len(), models.len());
+    assert_eq!(s.types["pr_llm_cost_usd_total"], "counter");
+
+    assert_eq!(s.value("pr_chat_conversations_created_total", &[]), Some(0.0));
+    for kind in ["topup", "usage", "admin_adjust", "refund"] {
+        assert_eq!(s.value("pr_credit_transactions_total", &[("kind", kind)]), Some(0.0), "{kind}");
+    }
+    assert_eq!(s.series("pr_credit_transactions_total").len(), 4);
+
+    // No GPU node is registered: the families are declared, with no series (an invented node at 0
+    // would fire the "all GPU nodes down" alert).
+    assert_eq!(s.types["pr_gpu_node_up"], "gauge");
+    assert_eq!(s.types["pr_gpu_node_utilization_pct"], "gauge");
+    assert!(s.series("pr_gpu_node_up").is_empty() && s.series("pr_gpu_node_utilization_pct").is_empty());
 }

@@ -122,9 +122,7 @@ impl Fleet {
 
     pub fn render(&self, out: &mut String) {
         let nodes = self.nodes.read().expect("fleet lock");
-        if nodes.is_empty() {
-            return;
-        }
+        // HELP and TYPE even without a node: the families are declared, with no series to show.
         let mut rows: Vec<&(NodeRow, Health)> = nodes.values().collect();
         rows.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         let _ = writeln!(

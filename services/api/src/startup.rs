@@ -43,6 +43,8 @@ impl Application {
             None => crate::catalog::Catalog::default(),
         };
         tracing::info!(models = catalog.models().len(), "model catalog loaded");
+        let models: Vec<&'static str> = catalog.models().iter().map(|m| m.name).collect();
+        crate::telemetry::metrics::zero_series(&models);
         let billing = crate::billing::Billing::start(db.clone(), config.billing()).await?;
         let state = AppState::new(config, db, catalog, billing)?;
         let internal_router = routes::internal::router(

@@ -22,6 +22,8 @@ pub enum CreditKind {
 }
 
 impl CreditKind {
+    pub const ALL: [Self; 4] = [Self::Topup, Self::Usage, Self::AdminAdjust, Self::Refund];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Topup => "topup",

@@ -65,6 +65,63 @@ pub fn zero_billing_series() {
     set_journal_pending(0);
 }
 
+/// `exception_type` label values of `pr_http_exceptions_total`: the types `error.rs` gives and the
+/// middleware's own (`panic`, `timeout`), a closed set.
+pub const EXCEPTION_TYPES: [&str; 11] = [
+    "panic",
+    "timeout",
+    "database",
+    "database_unavailable",
+    "shutting_down",
+    "internal",
+    "upstream_error",
+    "upstream_auth_failed",
+    "upstream_unavailable",
+    "upstream_timeout",
+    "no_healthy_node",
+];
+
+/// The (method, route) that carries the HTTP families' zero series: the gateway's route, which
+/// every deployment serves and whose first real request increments these very series (so they
+/// are never a label pair that cannot occur).
+const ZERO_METHOD: &str = "POST";
+const ZERO_ROUTE: &str = "/v1/chat/completions";
+
+/// Puts every family the spec lists on the first scrape, so `rate()` and `sum()` answer 0 rather
+/// than "no data" until traffic arrives (the exporter prints a family only once it has a series).
+/// Only bounded sets get zero series: one (method, route, status 200) of the gateway route for the
+/// HTTP families and one per exception type on it; per catalog model its successful
+/// chat-completions call, both token directions and its cost; every credit kind. GPU node series
+/// exist only for registered nodes (a made-up node at 0 would fire the "all nodes down" alert):
+/// their families are printed as HELP/TYPE lines alone until a node is registered.
+pub fn zero_series(models: &[&'static str]) {
+    use crate::{
+        billing::ledger::CreditKind,
+        gateway::{CallStatus, Endpoint},
+    };
+    let http = [("method", ZERO_METHOD), ("route", ZERO_ROUTE), ("status", "200")];
+    metrics::counter!(HTTP_REQUESTS_TOTAL, &http).increment(0);
+    // Registered without an observation: rendered with every bucket, `_sum` and `_count` at 0.
+    let _ = metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, &http);
+    metrics::gauge!(HTTP_REQUESTS_IN_FLIGHT, "method" => ZERO_METHOD, "route" => ZERO_ROUTE).increment(0.0);
+    for exception_type in EXCEPTION_TYPES {
+        metrics::counter!(HTTP_EXCEPTIONS_TOTAL, "method" => ZERO_METHOD, "route" => ZERO_ROUTE, "exception_type" => exception_type)
+            .increment(0);
+    }
+    for &model in models {
+        let (endpoint, status) = (Endpoint::ChatCompletions.label(), CallStatus::Success.label());
+        metrics::counter!(LLM_CALLS_TOTAL, "model" => model, "endpoint" => endpoint, "status" => status).increment(0);
+        for direction in ["input", "output"] {
+            metrics::counter!(LLM_TOKENS_TOTAL, "model" => model, "direction" => direction).increment(0);
+        }
+        LLM_COST.add(model, Decimal::ZERO);
+    }
+    metrics::counter!(CHAT_CONVERSATIONS_CREATED_TOTAL).increment(0);
+    for kind in CreditKind::ALL {
+        metrics::counter!(CREDIT_TRANSACTIONS_TOTAL, "kind" => kind.as_str()).increment(0);
+    }
+}
+
 /// Upstream calls last from tens of milliseconds to minutes (long non-streaming completions).
 pub const LLM_DURATION_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
 /// The gateway's own share of a call: sub-millisecond when healthy.
@@ -87,9 +144,7 @@ impl CostCounter {
 
     pub fn render(&self, out: &mut String) {
         let totals = self.totals.lock().expect("cost counter lock");
-        if totals.is_empty() {
-            return;
-        }
+        // HELP and TYPE even without a model (an empty catalog): the family is declared.
         out.push_str(&format!(
             "# HELP {LLM_COST_USD_TOTAL} Running sum of the cost in USD of billed LLM calls (equals the usage rows of the ledger), by model.\n# TYPE {LLM_COST_USD_TOTAL} counter\n"
         ));

@@ -37,7 +37,10 @@ use super::{
     access_log::{self, AccessLine, AccessLog, UserSlot},
     client_ip::TrustedProxies,
     logging::unix_now,
-    metrics::{HTTP_EXCEPTIONS_TOTAL, HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_IN_FLIGHT, HTTP_REQUESTS_TOTAL},
+    metrics::{
+        EXCEPTION_TYPES, HTTP_EXCEPTIONS_TOTAL, HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_IN_FLIGHT,
+        HTTP_REQUESTS_TOTAL,
+    },
     request_id::{RequestId, X_REQUEST_ID},
 };
 use crate::error::{ApiError, ErrorInfo};
@@ -291,6 +294,8 @@ impl Record {
                 parts.headers.remove(header::CONTENT_LENGTH);
                 if status.is_server_error() {
                     let exception_type = info.exception_type.unwrap_or("internal");
+                    // The zero series of a fresh process cover the closed set; a new type belongs there too.
+                    debug_assert!(EXCEPTION_TYPES.contains(&exception_type), "{exception_type} not in EXCEPTION_TYPES");
                     counter!(HTTP_EXCEPTIONS_TOTAL, "method" => self.method, "route" => self.route, "exception_type" => exception_type)
                         .increment(1);
                     tracing::error!(
