@@ -22,6 +22,17 @@ fn chat(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hi there"}]})
 }
 
+/// A 2 s call whose output cap is exactly what the stand-in answers, so that a settled call
+/// costs most of its hold: once three such calls settle, what is left of three worst cases no
+/// longer fits a fourth. Then "exactly three served" holds whenever the requests arrive (on a
+/// loaded machine some arrive after the first calls settled), not only when all are in flight
+/// at once.
+fn tight_call() -> Value {
+    let mut body = chat("twosec");
+    body["max_tokens"] = json!(COMPLETION_TOKENS);
+    body
+}
+
 async fn post(g: &Gateway, key: &str, body: &Value) -> reqwest::Response {
     g.app.client.post(g.app.url("/v1/chat/completions")).bearer_auth(key).json(body).send().await.unwrap()
 }
@@ -77,7 +88,7 @@ async fn burst(targets: &[(&reqwest::Client, String)], key: &str, body: &Value, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_calls_on_three_worst_cases_serve_exactly_three() {
     let g = spawn_gateway().await;
-    let body = chat("twosec"); // answers after 2 s: all 50 are in flight together
+    let body = tight_call();
     let worst = worst_case(&g, &body).await;
     assert!(g.upstream.requests().is_empty(), "a refused call sends nothing upstream");
     let (user_id, key) = funded(&g, worst * Decimal::from(3)).await;
@@ -96,6 +107,7 @@ async fn fifty_concurrent_calls_on_three_worst_cases_serve_exactly_three() {
     let (bal, _) = balance_and_held(&g.app.pool, user_id).await;
     assert_eq!(bal, worst * Decimal::from(3) - d(CALL_COST) * Decimal::from(3));
     assert!(bal >= Decimal::ZERO);
+    assert!(bal < worst, "what is left fits no further call, however late it comes");
     assert_eq!(ledger_violations(&g.app.pool).await, (0, 0, 0));
 
     // What the user sees: balance, what is held now (nothing), and what is available.
@@ -122,7 +134,7 @@ async fn two_replicas_on_one_database_never_serve_more_than_the_balance_holds() 
         c.models_file = Some(g.catalog_path());
     })
     .await;
-    let body = chat("twosec");
+    let body = tight_call();
     let worst = worst_case(&g, &body).await;
     let (user_id, key) = funded(&g, worst * Decimal::from(3)).await;
 
