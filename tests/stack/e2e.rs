@@ -331,14 +331,20 @@ async fn workload_metrics_gpu_alert_and_dashboard_through_real_prometheus() {
         (&format!(r#"pr_gpu_node_utilization_pct{{{api},name="gpu-b"}}"#), 42.0),
     ])
     .await;
-    // The model label is the catalog's name, and only for catalog models.
-    let models: BTreeSet<String> = e
-        .query(r#"count by (model) (pr_llm_calls_total{job="privaterouter-api"})"#)
-        .await
-        .iter()
-        .map(|s| s["metric"]["model"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(models, BTreeSet::from(["echo", "fail500", "pooled"].map(String::from)));
+    // The model label is the catalog's name, and only for catalog models: every catalog model
+    // has its zero series from the start, the ones called have more.
+    let e = &e;
+    let models = |promql: &'static str| async move {
+        e.query(promql).await.iter().map(|s| s["metric"]["model"].as_str().unwrap().to_owned()).collect::<BTreeSet<_>>()
+    };
+    let called = models(r#"count by (model) (pr_llm_calls_total{job="privaterouter-api"} > 0)"#).await;
+    assert_eq!(called, BTreeSet::from(["echo", "fail500", "pooled"].map(String::from)));
+    let catalog = upstream::catalog_toml_for("http://unused", "http://unused", "PR_TEST_UPSTREAM_KEY");
+    let labelled = models(r#"count by (model) (pr_llm_calls_total{job="privaterouter-api"})"#).await;
+    for model in &labelled {
+        assert!(catalog.contains(&format!("name = \"{model}\"")), "{model} is not a catalog model");
+    }
+    assert!(!labelled.contains("not-in-catalog"));
     assert!(
         e.alerts("PrivateRouterGpuNodeDown").await.iter().all(|(state, _)| state != "firing"),
         "no GPU node is down yet"
