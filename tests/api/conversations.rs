@@ -133,7 +133,11 @@ async fn conversations_keep_history_bill_each_message_and_stay_private() {
     }
     assert_eq!(titles, ["c5", "c4", "c3", "c2", "first"]);
 
-    assert_eq!(usage_rows(app, user_id).await, 2);
+    // The ledger rows are written by the billing batch after the answer went out.
+    privaterouter_tests::eventually("both messages are billed", std::time::Duration::from_secs(10), || async {
+        (usage_rows(app, user_id).await == 2).then_some(())
+    })
+    .await;
     let s = app.samples().await;
     assert_eq!(s.get("pr_chat_conversations_created_total", &[]), 5.0);
     assert_eq!(
