@@ -24,7 +24,7 @@ use std::{
 use privaterouter_tests::{free_port, random_hex};
 
 use crate::{
-    harness::{TempDir, repo_root},
+    harness::{TempDir, api_image, repo_root},
     isolation,
 };
 
@@ -122,7 +122,10 @@ impl Project {
             ("METRICS_SUBNET", format!("{metrics}.0/24")),
             ("METRICS_DYNAMIC_RANGE", format!("{metrics}.128/25")),
             ("METRICS_API_IP", format!("{metrics}.10")),
-            ("API_IMAGE", "privaterouter/api:local".into()),
+            ("API_IMAGE", {
+                let (name, tag) = api_image();
+                format!("{name}:{tag}")
+            }),
             ("POSTGRES_IMAGE", "privaterouter/postgres:15".into()),
             ("NGINX_IMAGE", "privaterouter/nginx:1.22".into()),
             ("PROMETHEUS_IMAGE", "privaterouter/prometheus:2.42".into()),

@@ -43,6 +43,14 @@ pub const DOMAIN: &str = "privaterouter.test";
 pub const RETENTION: &str = "90d";
 const STARTUP: Duration = Duration::from_secs(120);
 
+/// The API image the stack tests run: `privaterouter/api:local` (scripts/build-images api), or
+/// `PR_TEST_API_IMAGE` (`name:tag`) so that two checkouts on one machine can test their own builds.
+pub fn api_image() -> (String, String) {
+    let image = std::env::var("PR_TEST_API_IMAGE").unwrap_or_else(|_| "privaterouter/api:local".into());
+    let (name, tag) = image.rsplit_once(':').expect("PR_TEST_API_IMAGE is name:tag");
+    (name.to_owned(), tag.to_owned())
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -273,7 +281,11 @@ impl Stack {
 
         let api_ports: &'static [u16] = if kit.publish_metrics_port { &[9100] } else { &[] };
         let mut api = common(
-            GenericImage::new("privaterouter/api", "local").with_wait_for(WaitFor::message_on_stdout("listening")),
+            {
+                let (name, tag) = api_image();
+                GenericImage::new(name, tag)
+            }
+            .with_wait_for(WaitFor::message_on_stdout("listening")),
             &kit,
             "api",
             "api-metrics",
