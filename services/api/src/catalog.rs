@@ -47,6 +47,8 @@ pub struct Model {
     pub input_usd_per_mtok: Decimal,
     pub output_usd_per_mtok: Decimal,
     pub max_output_tokens: u64,
+    /// The default limits of each key on this model.
+    pub limits: crate::accounts::rate_limits::RateLimits,
 }
 
 impl Model {
@@ -145,6 +147,7 @@ impl Catalog {
                 input_usd_per_mtok: price(entry.input_usd_per_mtok, "input_usd_per_mtok")?,
                 output_usd_per_mtok: price(entry.output_usd_per_mtok, "output_usd_per_mtok")?,
                 max_output_tokens,
+                limits: Default::default(),
             });
             catalog.by_name.insert(entry.name, model.clone());
             catalog.models.push(model);

@@ -25,13 +25,14 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::{
+    accounts::rate_limiter::{Admission, Scope},
     auth::AuthUser,
     billing::{Hold, HoldError, Settlement, fmt_usd},
     catalog::{Model, Target, chat_completions_url},
     error::ApiError,
     llm::{request_fields, upstream_errors},
     state::AppState,
-    telemetry::metrics as m,
+    telemetry::{RequestContext, metrics as m},
 };
 
 /// Reported token counts above this are clamped (and the row flagged `clamped`): no model has a
@@ -123,6 +124,8 @@ struct Call {
     started: Instant,
     /// The held worst case, until the call settles (dropped unsettled: released).
     hold: Option<Hold>,
+    /// The call's place in its rate-limit buckets, until it settles (dropped: released).
+    admission: Option<Admission>,
     /// Most output tokens the upstream was allowed (sent to it).
     cap: u64,
     /// The request as sent upstream, serialised once (its length also bounds the prompt).
@@ -235,22 +238,40 @@ fn prompt_chars(body: &Map<String, Value>) -> usize {
 }
 
 impl Call {
-    /// Starts a call: validates the output cap, holds the worst case (402 when it does not fit,
-    /// 503 when the database cannot be asked), and names the upstream's model.
+    /// Starts a call: validates the output cap, admits it under the rate limits of the key, its
+    /// user and the key on the model (429 when one is reached; the worst case counts as its
+    /// tokens until it settles), holds the worst case (402 when it does not fit, 503 when the
+    /// database cannot be asked), and names the upstream's model.
     async fn begin(
         state: &AppState,
         user: AuthUser,
         model: Arc<Model>,
         endpoint: Endpoint,
-        request_id: &str,
+        ctx: &RequestContext,
         body: &mut Map<String, Value>,
     ) -> Result<Self, ApiError> {
+        let request_id = ctx.request_id.as_str();
         let started = Instant::now();
         request_fields::check(endpoint.fields(), body)?;
         let cap = output_cap(body, &model)?;
         body.insert("model".into(), Value::String(model.upstream_model.clone()));
         let request = Bytes::from(serde_json::to_vec(body).map_err(|e| ApiError::Internal(e.into()))?);
         let prompt_bound = prompt_token_bound(body, request.len());
+        let scopes = [
+            Scope::key(user.key_id, user.key_limits),
+            Scope::user(user.user_id, user.user_limits),
+            Scope::key_model(user.key_id, model.name, model.limits),
+        ];
+        let admission = match state.limiter.admit(&scopes, prompt_bound.saturating_add(cap)).await {
+            Ok((admission, status)) => {
+                ctx.rate_limit.set(status);
+                admission
+            }
+            Err(refusal) => {
+                ctx.rate_limit.set(refusal.status);
+                return Err(refusal.into());
+            }
+        };
         let worst = model.cost(prompt_bound, cap);
         let hold = match state.billing.hold(user.user_id, worst).await {
             Ok(hold) => hold,
@@ -268,6 +289,7 @@ impl Call {
             request_id: request_id.to_owned(),
             started,
             hold: Some(hold),
+            admission,
             cap,
             request,
         })
@@ -366,6 +388,9 @@ impl Call {
             metrics::counter!(m::BILLING_FLAGGED_TOTAL, "reason" => reason).increment(1);
         }
         let cost = self.model.cost(input, output);
+        if let Some(admission) = self.admission.take() {
+            admission.settle(input.saturating_add(output));
+        }
         if let Some(hold) = self.hold.take() {
             hold.settle(Settlement {
                 call_id: Uuid::new_v4(),
@@ -404,11 +429,11 @@ pub async fn complete(
     model: Arc<Model>,
     mut body: Map<String, Value>,
     endpoint: Endpoint,
-    request_id: &str,
+    ctx: &RequestContext,
 ) -> Result<CallResult, ApiError> {
     body.remove("stream");
     body.remove("stream_options");
-    let call = Call::begin(state, user, model, endpoint, request_id, &mut body).await?;
+    let call = Call::begin(state, user, model, endpoint, ctx, &mut body).await?;
     let (tx, rx) = oneshot::channel();
     tokio::spawn(async move {
         let result = call.run_complete(body, &tx).await;
@@ -489,10 +514,10 @@ pub async fn stream(
     model: Arc<Model>,
     mut body: Map<String, Value>,
     endpoint: Endpoint,
-    request_id: &str,
+    ctx: &RequestContext,
 ) -> Result<Response, ApiError> {
     require_stream_usage(&mut body)?;
-    let call = Call::begin(state, user, model, endpoint, request_id, &mut body).await?;
+    let call = Call::begin(state, user, model, endpoint, ctx, &mut body).await?;
 
     // From here the call runs in a task of its own: a client that leaves before the upstream's
     // response head does not stop it from being read to its end and billed.

@@ -1,4 +1,10 @@
 //! Accounts. Users and keys live in the older `crate::users` and `crate::auth`; the per-user
-//! limits on what an account may store are here.
+//! limits on what an account may store, the rate limits of calls, and the Redis link that
+//! shares limits and revocations between replicas are here.
 
 pub mod limits;
+pub mod rate_limiter;
+pub mod rate_limits;
+mod rate_local;
+pub mod redis_link;
+pub mod revocation;

@@ -61,11 +61,10 @@ async fn chat_completions(
     };
     let model =
         state.catalog.get(name).cloned().ok_or_else(|| ApiError::ModelNotFound(name.chars().take(128).collect()))?;
-    let request_id = ctx.request_id.as_str();
     if streaming {
-        gateway::stream(&state, user, model, body, Endpoint::ChatCompletions, request_id).await
+        gateway::stream(&state, user, model, body, Endpoint::ChatCompletions, &ctx).await
     } else {
-        let result = gateway::complete(&state, user, model, body, Endpoint::ChatCompletions, request_id).await?;
+        let result = gateway::complete(&state, user, model, body, Endpoint::ChatCompletions, &ctx).await?;
         Ok(Json(result.response).into_response())
     }
 }
