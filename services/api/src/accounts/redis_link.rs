@@ -97,7 +97,7 @@ impl RedisLink {
         self.down.load(Ordering::Relaxed)
     }
 
-    fn succeeded(&self) {
+    pub fn succeeded(&self) {
         if self.down.swap(false, Ordering::AcqRel) {
             tracing::info!(target: "pr.redis", "Redis answers again; shared rate limits and revocation resume");
         }

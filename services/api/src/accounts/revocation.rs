@@ -40,6 +40,7 @@ pub async fn listen(link: Arc<RedisLink>, keys: KeyCache) {
         .await;
         match subscribed {
             Ok(Ok(mut pubsub)) => {
+                link.succeeded();
                 keys.clear();
                 tracing::info!(target: "pr.redis", channel = CHANNEL, "subscribed to key revocations");
                 let mut messages = pubsub.on_message();
