@@ -9,6 +9,7 @@ mod errors;
 mod gateway;
 mod gpu_nodes;
 mod holds;
+mod key_limits;
 mod keys;
 mod listeners;
 mod metrics;

@@ -81,7 +81,16 @@ fn main() {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let name = format!("pr-bench-redis-{port}");
     let started = Command::new("docker")
-        .args(["run", "-d", "--rm", "--name", &name, "-p", &format!("127.0.0.1:{port}:6379"), "privaterouter/redis:7.0"])
+        .args([
+            "run",
+            "-d",
+            "--rm",
+            "--name",
+            &name,
+            "-p",
+            &format!("127.0.0.1:{port}:6379"),
+            "privaterouter/redis:7.0",
+        ])
         .args(["redis-server", "--save", "", "--appendonly", "no"])
         .status()
         .expect("docker runs");
@@ -115,10 +124,21 @@ fn main() {
             sequential(v, &keys, 200).await;
             let (mean, p50, p99) = sequential(v, &keys, calls).await;
             let rate = concurrent(v, keys.clone(), calls, tasks).await;
-            println!("{:<22} {:>9.2} µs {:>7.1} µs {:>7.1} µs {:>18.0}", v.name, mean * 1e6, p50.as_secs_f64() * 1e6, p99.as_secs_f64() * 1e6, rate);
+            println!(
+                "{:<22} {:>9.2} µs {:>7.1} µs {:>7.1} µs {:>18.0}",
+                v.name,
+                mean * 1e6,
+                p50.as_secs_f64() * 1e6,
+                p99.as_secs_f64() * 1e6,
+                rate
+            );
             means.push(mean);
         }
-        println!("ratio of means: local / none = {:.1}, redis / local = {:.1}", means[1] / means[0], means[2] / means[1]);
+        println!(
+            "ratio of means: local / none = {:.1}, redis / local = {:.1}",
+            means[1] / means[0],
+            means[2] / means[1]
+        );
     });
     let _ = Command::new("docker").args(["rm", "-f", &name]).output();
 }

@@ -60,9 +60,9 @@ pub struct AuthUser {
     pub user_id: Uuid,
     pub role: Role,
     pub key_id: Uuid,
-    /// The key's own limits.
+    /// The key's own rate limits (none: only the user's apply).
     pub key_limits: RateLimits,
-    /// The user's limits (the `PR_USER_*` defaults where the user has none).
+    /// The user's rate limits, the `PR_USER_*` defaults filling what the user's row leaves out.
     pub user_limits: RateLimits,
 }
 
@@ -134,6 +134,8 @@ pub async fn revoke_tree(db: impl sqlx::PgExecutor<'_>, user_id: Uuid, key_id: U
 pub struct KeyCache {
     inner: Arc<RwLock<HashMap<[u8; 32], CacheEntry>>>,
     ttl: Duration,
+    /// The `PR_USER_*` rate-limit defaults.
+    user_defaults: RateLimits,
     /// Where revocations are published to the other replicas.
     link: Option<Arc<RedisLink>>,
 }
@@ -145,8 +147,8 @@ struct CacheEntry {
 }
 
 impl KeyCache {
-    pub fn new(ttl: Duration, link: Option<Arc<RedisLink>>) -> Self {
-        Self { inner: Arc::default(), ttl, link }
+    pub fn new(ttl: Duration, user_defaults: RateLimits, link: Option<Arc<RedisLink>>) -> Self {
+        Self { inner: Arc::default(), ttl, user_defaults, link }
     }
 
     /// Resolves a presented key: from the cache when fresh, else from the database (valid and
@@ -159,19 +161,23 @@ impl KeyCache {
         {
             return Ok(entry.user);
         }
-        let row: Option<(Uuid, Uuid, String)> = sqlx::query_as(
-            "SELECT k.id, k.user_id, u.role FROM api_keys k JOIN users u ON u.id = k.user_id \
+        type Row = (Uuid, Uuid, String, Option<i32>, Option<i64>, Option<i32>, Option<i32>, Option<i64>, Option<i32>);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT k.id, k.user_id, u.role, \
+                    k.requests_per_minute, k.tokens_per_minute, k.max_concurrent, \
+                    u.requests_per_minute, u.tokens_per_minute, u.max_concurrent \
+             FROM api_keys k JOIN users u ON u.id = k.user_id \
              WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(&hash[..])
         .fetch_optional(db)
         .await?;
-        let user = row.map(|(key_id, user_id, role)| AuthUser {
+        let user = row.map(|(key_id, user_id, role, k_rpm, k_tpm, k_conc, u_rpm, u_tpm, u_conc)| AuthUser {
             user_id,
             role: Role::parse(&role),
             key_id,
-            key_limits: RateLimits::default(),
-            user_limits: RateLimits::default(),
+            key_limits: RateLimits::from_columns(k_rpm, k_tpm, k_conc),
+            user_limits: RateLimits::from_columns(u_rpm, u_tpm, u_conc).or(self.user_defaults),
         });
         let mut map = self.inner.write().expect("key cache lock");
         if map.len() >= CACHE_CAPACITY {
@@ -208,6 +214,15 @@ impl KeyCache {
         }
         let gone: std::collections::HashSet<&Uuid> = key_ids.iter().collect();
         self.inner.write().expect("key cache lock").retain(|_, e| e.user.is_none_or(|u| !gone.contains(&u.key_id)));
+    }
+
+    /// Drops every cached key of a user (their limits changed).
+    pub fn evict_user(&self, user_id: Uuid) {
+        self.inner.write().expect("key cache lock").retain(|_, e| e.user.is_none_or(|u| u.user_id != user_id));
+    }
+
+    pub fn user_defaults(&self) -> RateLimits {
+        self.user_defaults
     }
 }
 

@@ -11,7 +11,7 @@ use std::{
 use sqlx::PgPool;
 
 use crate::{
-    accounts::{rate_limiter::RateLimiter, redis_link::RedisLink},
+    accounts::{rate_limiter::RateLimiter, rate_limits, redis_link::RedisLink},
     auth::KeyCache,
     billing::Billing,
     catalog::Catalog,
@@ -56,7 +56,15 @@ impl AppState {
             None => None,
         };
         Ok(Self {
-            keys: KeyCache::new(Duration::from_millis(config.key_cache_ttl_ms), redis.clone()),
+            keys: KeyCache::new(
+                Duration::from_millis(config.key_cache_ttl_ms),
+                rate_limits::user_defaults(
+                    config.user_requests_per_minute,
+                    config.user_tokens_per_minute,
+                    config.user_max_concurrent,
+                ),
+                redis.clone(),
+            ),
             limiter: RateLimiter::new(redis.clone(), config.api_replicas),
             redis,
             upstream: UpstreamTimeouts {
