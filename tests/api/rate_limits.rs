@@ -19,22 +19,20 @@ fn stream(model: &str) -> Value {
     json!({"model": model, "stream": true, "max_tokens": 100, "messages": [{"role": "user", "content": "hi there"}]})
 }
 
+/// `POST /api/keys` with `owner`: the new key's JSON (`id`, `key`, ...).
+async fn new_key(app: &TestApp, owner: &str, body: Value) -> Value {
+    let response = app.client.post(app.url("/api/keys")).bearer_auth(owner).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    response.json().await.unwrap()
+}
+
 /// A user with credit and a key (a child of the user's first key) with these limits.
 async fn limited_key(app: &TestApp, limits: Value) -> (uuid::Uuid, String) {
     let (_, admin) = app.user(true).await;
     let (user_id, first) = app.user(false).await;
     app.topup(&admin, user_id, "10").await;
-    let response = app
-        .client
-        .post(app.url("/api/keys"))
-        .bearer_auth(&first)
-        .json(&json!({"limits": limits}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    let body: Value = response.json().await.unwrap();
-    (user_id, body["key"].as_str().unwrap().to_owned())
+    let created = new_key(app, &first, json!({"limits": limits})).await;
+    (user_id, created["key"].as_str().unwrap().to_owned())
 }
 
 /// Resolves the key once on each replica: a burst then finds it in the key caches rather than
@@ -260,18 +258,7 @@ async fn a_key_revoked_on_one_replica_is_refused_by_the_other_at_once() {
     let g = spawn_gateway_with_redis(&r, |c| c.key_cache_ttl_ms = 60_000).await;
     let b = spawn_replica(&g, &r, |c| c.key_cache_ttl_ms = 60_000).await;
     let (_, owner) = g.app.user(false).await;
-    let created: Value = g
-        .app
-        .client
-        .post(g.app.url("/api/keys"))
-        .bearer_auth(&owner)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = new_key(&g.app, &owner, json!({})).await;
     let (id, key) = (created["id"].as_str().unwrap().to_owned(), created["key"].as_str().unwrap().to_owned());
     let models = |app: &TestApp| app.client.get(app.url("/v1/models")).bearer_auth(&key).send();
     assert_eq!(models(&b).await.unwrap().status(), 200, "cached on B");
