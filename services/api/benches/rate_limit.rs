@@ -4,7 +4,8 @@
 //!
 //!     scripts/build-images redis && cargo bench -p privaterouter-api --bench rate_limit
 //!
-//! Starts `privaterouter/redis:7.0` with docker on a free loopback port (removed at the end).
+//! Starts `privaterouter/redis:7.0` with docker (removed at the end) and talks to it on its bridge
+//! address.
 //! Each variant admits and settles BENCH_CALLS calls (default 20000) one after another over
 //! 1000 keys (key, user and key×model limits: three scopes, as a real call), reports the mean
 //! and p50/p99 per check, then the same number with BENCH_CONCURRENCY (default 32) tasks at once
@@ -91,13 +92,20 @@ fn main() {
             &format!("127.0.0.1:{port}:6379"),
             "privaterouter/redis:7.0",
         ])
-        .args(["redis-server", "--save", "", "--appendonly", "no"])
+        .args(["redis-server", "--protected-mode", "no", "--save", "", "--appendonly", "no"])
         .status()
         .expect("docker runs");
     assert!(started.success(), "docker run privaterouter/redis:7.0 failed (scripts/build-images redis)");
+    let _container = Removed(name.clone());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let url = format!("redis://127.0.0.1:{port}/0");
+        // The container's bridge address, not the published port: no userland proxy in the path.
+        let out = Command::new("docker")
+            .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &name])
+            .output()
+            .expect("docker inspect");
+        let ip = String::from_utf8(out.stdout).expect("ip is text").trim().to_owned();
+        let url = format!("redis://{ip}:6379/0");
         let link = RedisLink::new(&url, Duration::from_millis(1000)).unwrap();
         let client = redis::Client::open(url.as_str()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -140,5 +148,13 @@ fn main() {
             means[2] / means[1]
         );
     });
-    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+}
+
+/// Removes the container when the run ends, a failed one included.
+struct Removed(String);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
 }
