@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod limits;
+pub mod rate_headers;
 pub mod rate_limiter;
 pub mod rate_limits;
 mod rate_local;
