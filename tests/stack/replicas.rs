@@ -43,7 +43,7 @@ async fn client(stack: Arc<Stack>, key: String, stop: Arc<AtomicBool>, served: A
     let mut n = 0usize;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        let model = if n % 3 == 0 { "twosec" } else { "echo" };
+        let model = if n.is_multiple_of(3) { "twosec" } else { "echo" };
         let body = json!({"model": model, "messages": [{"role": "user", "content": "hi there"}]});
         let req = Request::post_json("/v1/chat/completions", &body).header("Authorization", format!("Bearer {key}"));
         let r = stack.https("api", req).await.unwrap_or_else(|e| panic!("a completion got no answer: {e}"));
