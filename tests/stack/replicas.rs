@@ -62,6 +62,8 @@ async fn a_replica_killed_under_load_loses_no_answer_and_no_billing() {
     let started = Instant::now();
     let mut kit = Kit::new();
     kit.api_replicas = REPLICAS;
+    // As compose runs them: the replicas share Redis (limits and revocations; billing never uses it).
+    kit.redis = true;
     // Requests per second well above what this test sends from one address.
     kit.nginx_env = vec![("API_RATE_LIMIT".into(), "1000r/s".into()), ("API_RATE_BURST".into(), "1000".into())];
     let catalog = kit.dir.path().join("models.toml");
