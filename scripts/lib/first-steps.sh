@@ -34,8 +34,15 @@ demo_first_completion() {
         ok "demo: the database has users already, so no demo admin is made; follow the steps below with your key"
         return 0
     fi
-    created=$(dc exec -T api privaterouter-api admin create-user --email "admin@$DOMAIN" --admin) ||
+    local log
+    log=$(mktemp)
+    # Its log lines (stderr) only matter when it fails.
+    created=$(dc exec -T api privaterouter-api admin create-user --email "admin@$DOMAIN" --admin 2>"$log") || {
+        cat "$log" >&2
+        rm -f "$log"
         die "demo: admin create-user failed (output above)"
+    }
+    rm -f "$log"
     user_id=$(json_field user_id <<<"$created")
     key=$(json_field api_key <<<"$created")
     [[ -n "$user_id" && -n "$key" ]] || die "demo: unexpected output of admin create-user: $created"

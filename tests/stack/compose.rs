@@ -164,7 +164,7 @@ impl Project {
     }
 
     /// `scripts/<script> ARGS` for this project only.
-    fn script(&self, script: &str, args: &[&str]) -> Output {
+    pub(crate) fn script(&self, script: &str, args: &[&str]) -> Output {
         Command::new(repo_root().join("scripts").join(script))
             .args(args)
             .env("PR_ENV_FILE", &self.env_file)
@@ -418,10 +418,11 @@ fn scripts_up_offline_demo_serves_a_first_completion_and_down_leaves_nothing(com
     isolation::assert_networks_isolate(&project.name);
     first_call::assert_first_completion(&project, &up_text);
     first_call::assert_spec_profile_commands(&project);
+    first_call::assert_no_demo_removes_the_stand_in(&project);
 
     // Down, volumes included: nothing of the project is left.
     let before = project.leftovers();
-    assert_eq!(before["containers"].len(), 7, "{before:?}");
+    assert_eq!(before["containers"].len(), 6, "demo-echo is gone: {before:?}");
     assert!(!before["networks"].is_empty() && !before["volumes"].is_empty(), "{before:?}");
     let down = project.script("down", &["--volumes", "--yes"]);
     assert!(down.status.success(), "scripts/down failed:\n{}", text(&down));

@@ -4,7 +4,8 @@
 //! API and the offline LiteLLM image, and printed the first steps. Here, with the admin key it
 //! printed: that call was billed, a streamed call (usage included) is billed exactly its
 //! `cost_usd`, Prometheus shows the calls and scrapes LiteLLM; then the spec's profile commands,
-//! run from `compose/` as written, stop and remove Prometheus with the base stack unaffected.
+//! run from `compose/` as written, stop and remove Prometheus with the base stack unaffected;
+//! last, `scripts/up --no-demo` removes the stand-in and says how to point at a real model.
 
 use std::{process::Command, str::FromStr, time::Duration};
 
@@ -150,4 +151,20 @@ pub fn assert_spec_profile_commands(project: &Project) {
         (code == "200").then_some(())
     });
     assert_base_stack_serves(project, "--profile observability up -d");
+}
+
+pub fn assert_no_demo_removes_the_stand_in(project: &Project) {
+    let up = project.script("up", &["--offline", "--no-demo", "--timeout", "240"]);
+    let up_text = text(&up);
+    assert!(up.status.success(), "scripts/up --offline --no-demo failed:\n{up_text}");
+    assert_eq!(running(project, "demo-echo"), None, "--no-demo removes demo-echo");
+    assert_eq!(project.env_get("DEMO_PROFILE"), "off");
+    let hint = up_text
+        .lines()
+        .filter(|l| l.contains("LITELLM_UPSTREAM_MODEL") && l.contains("vLLM") && l.contains("Ollama"))
+        .count();
+    assert_eq!(hint, 1, "one line says how to point the catalog at a real model:\n{up_text}");
+    assert!(up_text.contains("\"model\": \"default\""), "the first steps call model default:\n{up_text}");
+    assert!(!up_text.contains("demo: completion"), "no demo call without --demo:\n{up_text}");
+    assert_base_stack_serves(project, "scripts/up --no-demo");
 }
