@@ -4,7 +4,8 @@
 # call goes through `dc`, which works with `docker compose` (v2) and `docker-compose` (1.29).
 #
 # Overrides (mostly for tests): PR_ENV_FILE (default compose/.env); COMPOSE_FILE, when set,
-# replaces `-f compose/docker-compose.yml` (colon-separated list, as compose reads it).
+# replaces `-f compose/docker-compose.yml` (colon-separated list, as compose reads it);
+# PR_COMPOSE picks the compose command ("docker compose" or "docker-compose").
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 ENV_FILE=${PR_ENV_FILE:-$ROOT/compose/.env}
@@ -25,7 +26,11 @@ die() { printf '%s%s: error:%s %s\n' "$RED" "$PROG" "$N" "$*" >&2; exit 1; }
 need_docker() {
     command -v docker >/dev/null 2>&1 || die "docker is not installed (Docker Engine 20.10 or newer: https://docs.docker.com/engine/install/)"
     docker info >/dev/null 2>&1 || die "cannot talk to the Docker engine: is it running, and may $(id -un) use it (docker group)?"
-    if docker compose version >/dev/null 2>&1; then
+    if [[ -n "${PR_COMPOSE:-}" ]]; then
+        # Tests pick the compose implementation ("docker compose" or "docker-compose").
+        read -ra DC <<<"$PR_COMPOSE"
+        "${DC[@]}" version >/dev/null 2>&1 || die "PR_COMPOSE=$PR_COMPOSE does not run"
+    elif docker compose version >/dev/null 2>&1; then
         DC=(docker compose)
     elif command -v docker-compose >/dev/null 2>&1; then
         DC=(docker-compose)
@@ -35,10 +40,14 @@ need_docker() {
 }
 
 dc() {
+    local profiles=(--profile "$PROFILE")
+    # The demo profile (scripts/up --demo) is recorded in the env file, so that status and
+    # down see its service too.
+    [[ "$(env_get DEMO_PROFILE)" != on ]] || profiles+=(--profile demo)
     if [[ -n "${COMPOSE_FILE:-}" ]]; then
-        "${DC[@]}" --env-file "$ENV_FILE" --profile "$PROFILE" "$@"
+        "${DC[@]}" --env-file "$ENV_FILE" "${profiles[@]}" "$@"
     else
-        "${DC[@]}" --env-file "$ENV_FILE" -f "$COMPOSE_YML" --profile "$PROFILE" "$@"
+        "${DC[@]}" --env-file "$ENV_FILE" -f "$COMPOSE_YML" "${profiles[@]}" "$@"
     fi
 }
 

@@ -1,13 +1,15 @@
-//! The compose file itself, brought up the way an operator does: `scripts/up --offline` with
-//! the repository's `compose/docker-compose.yml`, then `scripts/down --volumes --yes`.
+//! The compose file itself, brought up the way an operator does: `scripts/up --offline --demo`
+//! with the repository's `compose/docker-compose.yml`, then `scripts/down --volumes --yes`;
+//! once under Compose v2 and once under docker-compose 1.29 (`PR_COMPOSE`).
 //!
 //! Everything the test generates stays in a temp dir: the env file (`PR_ENV_FILE`), the
 //! certificates (`TLS_DIR`) and the ACME webroot; a unique `COMPOSE_PROJECT_NAME`
 //! (`prtest-compose-*`), subnets picked not to overlap any Docker network or host route, and
 //! nginx on free high loopback ports, so it runs next to any other stack. The image variables
 //! are preset to the offline images (`scripts/test` builds them), as `scripts/up` records them
-//! after its first offline run, so `up` never starts a cargo build here; Grafana and LiteLLM have
-//! no offline image and are left out, which `up` must say. If the test fails, the guard's drop
+//! after its first offline run, so `up` never starts a cargo build here; Grafana has no offline
+//! image and is left out, which `up` must say. The first completion (demo profile), its bill and
+//! its metrics, and the spec's profile commands run from `compose/` are in `first_call.rs`. If the test fails, the guard's drop
 //! runs `scripts/down --volumes --yes` and then removes whatever still carries the project label.
 //!
 //! While the project runs, the test also checks what compose confines: the API's database
@@ -24,6 +26,7 @@ use std::{
 use privaterouter_tests::{free_port, random_hex};
 
 use crate::{
+    first_call,
     harness::{TempDir, api_image, redis_image, repo_root},
     isolation,
 };
@@ -32,7 +35,7 @@ const DOMAIN: &str = "privaterouter.test";
 /// More than one, so that every check sees a scaled API (no fixed name or address).
 const API_REPLICAS: usize = 2;
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
@@ -93,16 +96,18 @@ fn free_subnets() -> (String, String) {
 }
 
 /// The compose project under test; dropping it takes it down (also when the test panics).
-struct Project {
-    name: String,
-    dir: TempDir,
-    env_file: PathBuf,
+pub(crate) struct Project {
+    pub(crate) name: String,
+    pub(crate) dir: TempDir,
+    pub(crate) env_file: PathBuf,
     https_port: u16,
+    /// The compose command the scripts use (`PR_COMPOSE`): "docker compose" or "docker-compose".
+    pub(crate) compose: &'static str,
     down: bool,
 }
 
 impl Project {
-    fn new() -> Self {
+    fn new(compose: &'static str) -> Self {
         let name = format!("prtest-compose-{}", random_hex(4));
         let dir = TempDir::new(&name);
         let (edge, metrics) = free_subnets();
@@ -136,6 +141,8 @@ impl Project {
             ("NGINX_IMAGE", "privaterouter/nginx:1.22".into()),
             ("PROMETHEUS_IMAGE", "privaterouter/prometheus:2.42".into()),
             ("ALERTMANAGER_IMAGE", "privaterouter/alertmanager:0.25".into()),
+            ("LITELLM_IMAGE", "privaterouter/litellm:1.80.11".into()),
+            ("DEMO_ECHO_IMAGE", "privaterouter/demo-echo:1".into()),
         ]
         .into_iter()
         .collect();
@@ -159,14 +166,15 @@ impl Project {
         }
         let env_file = dir.path().join("stack.env");
         std::fs::write(&env_file, env).unwrap();
-        Self { name, dir, env_file, https_port, down: false }
+        Self { name, dir, env_file, https_port, compose, down: false }
     }
 
     /// `scripts/<script> ARGS` for this project only.
-    fn script(&self, script: &str, args: &[&str]) -> Output {
+    pub(crate) fn script(&self, script: &str, args: &[&str]) -> Output {
         Command::new(repo_root().join("scripts").join(script))
             .args(args)
             .env("PR_ENV_FILE", &self.env_file)
+            .env("PR_COMPOSE", self.compose)
             // The shell's environment beats the env file in compose: pin what must not leak in.
             .env("COMPOSE_PROJECT_NAME", &self.name)
             .env("TLS_DIR", self.dir.path().join("tls"))
@@ -178,7 +186,7 @@ impl Project {
             .unwrap_or_else(|e| panic!("scripts/{script}: {e}"))
     }
 
-    fn env_get(&self, key: &str) -> String {
+    pub(crate) fn env_get(&self, key: &str) -> String {
         let env = std::fs::read_to_string(&self.env_file).unwrap();
         // The last assignment wins, as in scripts/lib/stack.sh's env_get.
         env.lines().rev().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap_or("").to_owned()
@@ -418,7 +426,7 @@ impl Project {
     }
 
     /// `curl` as an operator would: the dev CA, api./prometheus.<domain> resolved to loopback.
-    fn curl(&self, host: &str, path: &str, extra: &[&str]) -> (String, String) {
+    pub(crate) fn curl(&self, host: &str, path: &str, extra: &[&str]) -> (String, String) {
         let name = format!("{host}.{DOMAIN}");
         let out = Command::new("curl")
             .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
@@ -484,20 +492,34 @@ fn repo_state() -> Vec<(PathBuf, Option<(u64, std::time::SystemTime)>)> {
         .collect()
 }
 
+/// Under Compose v2 (`docker compose`, what users run; scripts/test installs it).
 #[test]
-fn scripts_up_offline_serves_the_api_over_tls_and_down_leaves_nothing() {
+fn scripts_up_offline_demo_under_compose_v2() {
+    let v2 = Command::new("docker").args(["compose", "version"]).output().expect("docker runs");
+    assert!(v2.status.success(), "Compose v2 is not installed (scripts/test installs it): {}", text(&v2));
+    scripts_up_offline_demo_serves_a_first_completion_and_down_leaves_nothing("docker compose");
+}
+
+/// Under Debian's docker-compose 1.29, while it is installed (Debian still ships it).
+#[test]
+fn scripts_up_offline_demo_under_compose_v1() {
+    if Command::new("docker-compose").arg("version").output().is_err() {
+        eprintln!("docker-compose (v1) is not installed here: nothing to check under v1");
+        return;
+    }
+    scripts_up_offline_demo_serves_a_first_completion_and_down_leaves_nothing("docker-compose");
+}
+
+fn scripts_up_offline_demo_serves_a_first_completion_and_down_leaves_nothing(compose: &'static str) {
     let started = std::time::Instant::now();
     let repo_before = repo_state();
-    let mut project = Project::new();
+    let mut project = Project::new(compose);
 
-    let up = project.script("up", &["--offline", "--timeout", "180"]);
+    let up = project.script("up", &["--offline", "--demo", "--timeout", "240"]);
     let up_text = text(&up);
-    assert!(up.status.success(), "scripts/up --offline failed:\n{up_text}");
+    assert!(up.status.success(), "scripts/up --offline --demo ({compose}) failed:\n{up_text}");
     assert!(up_text.contains("all started services are healthy"), "{up_text}");
-    assert!(
-        up_text.contains("Not started: litellm grafana"),
-        "up names the services it has no offline image for:\n{up_text}"
-    );
+    assert!(up_text.contains("Not started: grafana"), "up names the service it has no offline image for:\n{up_text}");
     eprintln!("scripts/up took {:.1} s", started.elapsed().as_secs_f64());
 
     // Secrets generated into the temp env file, certificates into the temp TLS dir.
@@ -529,7 +551,11 @@ fn scripts_up_offline_serves_the_api_over_tls_and_down_leaves_nothing() {
     let mut running: Vec<(&str, &str)> = running.lines().filter_map(|l| l.split_once(' ')).collect();
     running.sort();
     let services: Vec<&str> = running.iter().map(|(s, _)| *s).collect();
-    assert_eq!(services, ["alertmanager", "api", "api", "nginx", "postgres", "prometheus", "redis"], "{running:?}");
+    assert_eq!(
+        services,
+        ["alertmanager", "api", "api", "demo-echo", "litellm", "nginx", "postgres", "prometheus", "redis"],
+        "{running:?}"
+    );
     for (service, name) in running.iter().filter(|(s, _)| *s != "api") {
         assert_eq!(*name, format!("{}-{service}", project.name));
     }
@@ -554,11 +580,14 @@ fn scripts_up_offline_serves_the_api_over_tls_and_down_leaves_nothing() {
     project.assert_postgres_capabilities();
     project.assert_no_ca_key_in_nginx();
     isolation::assert_networks_isolate(&project.name);
+    first_call::assert_first_completion(&project, &up_text);
     project.assert_rolling_restart_loses_no_request();
+    first_call::assert_spec_profile_commands(&project, API_REPLICAS);
+    first_call::assert_no_demo_removes_the_stand_in(&project, API_REPLICAS);
 
-    // Down, volumes included: nothing of the project is left.
+    // Down, volumes included: nothing of the project is left (demo-echo is gone already).
     let before = project.leftovers();
-    assert_eq!(before["containers"].len(), 5 + API_REPLICAS, "{before:?}");
+    assert_eq!(before["containers"].len(), 6 + API_REPLICAS, "{before:?}");
     assert!(!before["networks"].is_empty() && !before["volumes"].is_empty(), "{before:?}");
     let down = project.script("down", &["--volumes", "--yes"]);
     assert!(down.status.success(), "scripts/down failed:\n{}", text(&down));

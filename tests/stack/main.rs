@@ -10,7 +10,8 @@
 //! stand-ins as containers (`e2e`, `standins`), nginx's connections to the API (`ingress`),
 //! nginx's own rules at the edge (`edge`: host names, the per-address limit, the body limit),
 //! and the compose file brought up and down by `scripts/up` and `scripts/down` (`compose`), with
-//! its networks' isolation probed from inside its containers (`isolation`). Without containers:
+//! its networks' isolation probed from inside its containers (`isolation`) and its demo profile's
+//! first completion (`first_call`). Without containers:
 //! every compose service's confinement as `compose config` shows it (`containers`) and the
 //! development CA's name constraints and key placement (`dev_certs`).
 
@@ -20,6 +21,7 @@ mod containers;
 mod dev_certs;
 mod e2e;
 mod edge;
+mod first_call;
 mod harness;
 mod ingress;
 mod isolation;
