@@ -5,6 +5,7 @@ mod access_log;
 mod billing;
 mod conversations;
 mod crash;
+mod endpoints;
 mod errors;
 mod gateway;
 mod gpu_nodes;

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod prom;
 pub mod redirect;
 pub mod upstream;
+pub mod upstream_endpoints;
 
 use std::{
     io::Write,
