@@ -16,4 +16,5 @@ mod metrics;
 mod readiness;
 mod redirects;
 mod request_id;
+mod sdk;
 mod shutdown;
