@@ -10,6 +10,7 @@ mod errors;
 mod gateway;
 mod gpu_nodes;
 mod holds;
+mod key_limits;
 mod keys;
 mod listeners;
 mod metrics;

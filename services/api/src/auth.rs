@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{error::ApiError, state::AppState, telemetry::RequestContext};
+use crate::{accounts::rate_limits::RateLimits, error::ApiError, state::AppState, telemetry::RequestContext};
 
 pub const KEY_PREFIX: &str = "pr-";
 const KEY_RANDOM_CHARS: usize = 40;
@@ -53,6 +53,10 @@ pub struct AuthUser {
     pub user_id: Uuid,
     pub role: Role,
     pub key_id: Uuid,
+    /// The key's own rate limits (none: only the user's apply).
+    pub key_limits: RateLimits,
+    /// The user's rate limits, the `PR_USER_*` defaults filling what the user's row leaves out.
+    pub user_limits: RateLimits,
 }
 
 /// A caller with the admin role (403 for others).
@@ -123,6 +127,8 @@ pub async fn revoke_tree(db: impl sqlx::PgExecutor<'_>, user_id: Uuid, key_id: U
 pub struct KeyCache {
     inner: Arc<RwLock<HashMap<[u8; 32], CacheEntry>>>,
     ttl: Duration,
+    /// The `PR_USER_*` rate-limit defaults.
+    user_defaults: RateLimits,
 }
 
 #[derive(Clone, Copy)]
@@ -132,8 +138,8 @@ struct CacheEntry {
 }
 
 impl KeyCache {
-    pub fn new(ttl: Duration) -> Self {
-        Self { inner: Arc::default(), ttl }
+    pub fn new(ttl: Duration, user_defaults: RateLimits) -> Self {
+        Self { inner: Arc::default(), ttl, user_defaults }
     }
 
     /// Resolves a presented key: from the cache when fresh, else from the database (valid and
@@ -146,14 +152,24 @@ impl KeyCache {
         {
             return Ok(entry.user);
         }
-        let row: Option<(Uuid, Uuid, String)> = sqlx::query_as(
-            "SELECT k.id, k.user_id, u.role FROM api_keys k JOIN users u ON u.id = k.user_id \
+        type Row = (Uuid, Uuid, String, Option<i32>, Option<i64>, Option<i32>, Option<i32>, Option<i64>, Option<i32>);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT k.id, k.user_id, u.role, \
+                    k.requests_per_minute, k.tokens_per_minute, k.max_concurrent, \
+                    u.requests_per_minute, u.tokens_per_minute, u.max_concurrent \
+             FROM api_keys k JOIN users u ON u.id = k.user_id \
              WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(&hash[..])
         .fetch_optional(db)
         .await?;
-        let user = row.map(|(key_id, user_id, role)| AuthUser { user_id, role: Role::parse(&role), key_id });
+        let user = row.map(|(key_id, user_id, role, k_rpm, k_tpm, k_conc, u_rpm, u_tpm, u_conc)| AuthUser {
+            user_id,
+            role: Role::parse(&role),
+            key_id,
+            key_limits: RateLimits::from_columns(k_rpm, k_tpm, k_conc),
+            user_limits: RateLimits::from_columns(u_rpm, u_tpm, u_conc).or(self.user_defaults),
+        });
         let mut map = self.inner.write().expect("key cache lock");
         if map.len() >= CACHE_CAPACITY {
             map.retain(|_, e| e.expires > now);
@@ -172,6 +188,15 @@ impl KeyCache {
         }
         let gone: std::collections::HashSet<&Uuid> = key_ids.iter().collect();
         self.inner.write().expect("key cache lock").retain(|_, e| e.user.is_none_or(|u| !gone.contains(&u.key_id)));
+    }
+
+    /// Drops every cached key of a user (their limits changed).
+    pub fn evict_user(&self, user_id: Uuid) {
+        self.inner.write().expect("key cache lock").retain(|_, e| e.user.is_none_or(|u| u.user_id != user_id));
+    }
+
+    pub fn user_defaults(&self) -> RateLimits {
+        self.user_defaults
     }
 }
 

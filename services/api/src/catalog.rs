@@ -8,7 +8,7 @@ use anyhow::Context;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use crate::config::Secret;
+use crate::{accounts::rate_limits::RateLimits, config::Secret};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +41,9 @@ struct ModelEntry {
     /// Most output tokens of one call (the request's max_tokens is capped by it, and the cap is
     /// sent upstream); the hold of a call's worst case is priced with it.
     max_output_tokens: Option<u64>,
+    /// The default rate limits of each key on this model (`[models.limits]`).
+    #[serde(default)]
+    limits: RateLimits,
 }
 
 /// `max_output_tokens` of a model whose catalog entry sets none.
@@ -61,6 +64,9 @@ pub struct Model {
     /// The endpoints it serves (a closed set, in catalog order).
     pub endpoints: Vec<CatalogEndpoint>,
     pub api: ApiStyle,
+    /// The default rate limits of each key on this model (none: only the key's and the
+    /// user's apply).
+    pub limits: RateLimits,
 }
 
 /// The endpoints a catalog entry may list (`endpoints = [...]`).
@@ -257,6 +263,7 @@ impl Catalog {
                 "model {:?}: max_output_tokens must be between 1 and 10000000",
                 entry.name
             );
+            entry.limits.validate().map_err(|e| anyhow::anyhow!("model {:?}: {e}", entry.name))?;
             let model = Arc::new(Model {
                 name: Box::leak(entry.name.clone().into_boxed_str()),
                 target,
@@ -273,6 +280,7 @@ impl Catalog {
                 max_output_tokens,
                 endpoints,
                 api,
+                limits: entry.limits,
             });
             catalog.by_name.insert(entry.name, model.clone());
             catalog.models.push(model);
@@ -375,6 +383,20 @@ mod tests {
         assert_eq!(default.get("gpt-4o-mini").unwrap().max_output_tokens, DEFAULT_MAX_OUTPUT_TOKENS);
         let both = SAMPLE.replace("upstream_model", "gpu_pool = \"a\"\nupstream_model");
         assert!(Catalog::parse(&both, |_| Some("k".into())).is_err(), "upstream and gpu_pool");
+        let limited =
+            Catalog::parse(&format!("{SAMPLE}[models.limits]\nrequests_per_minute = 60\nmax_concurrent = 2\n"), |_| {
+                Some("k".into())
+            })
+            .unwrap();
+        let limits = limited.get("gpt-4o-mini").unwrap().limits;
+        assert_eq!(
+            (limits.requests_per_minute, limits.tokens_per_minute, limits.max_concurrent),
+            (Some(60), None, Some(2))
+        );
+        assert!(
+            Catalog::parse(&format!("{SAMPLE}[models.limits]\nmax_concurrent = 0\n"), |_| Some("k".into())).is_err()
+        );
+        assert!(Catalog::parse(&format!("{SAMPLE}[models.limits]\nrpm = 1\n"), |_| Some("k".into())).is_err());
         let pool = SAMPLE.replace("upstream = \"http://litellm:4000/v1/\"", "gpu_pool = \"a100\"");
         let c = Catalog::parse(&pool, |_| Some("k".into())).unwrap();
         assert_eq!(c.get("gpt-4o-mini").unwrap().target, Target::Pool("a100".into()));

@@ -113,6 +113,19 @@ pub struct Config {
     #[arg(long, env = "PR_KEY_CACHE_TTL_MS", default_value_t = 1000)]
     pub key_cache_ttl_ms: u64,
 
+    /// Default requests per minute of each user whose row sets none (0: no limit). Keys, users
+    /// and catalog models may set their own (README, "Rate limits").
+    #[arg(long, env = "PR_USER_REQUESTS_PER_MINUTE", default_value_t = 0)]
+    pub user_requests_per_minute: u32,
+
+    /// Default tokens per minute (input + output) of each user whose row sets none (0: no limit).
+    #[arg(long, env = "PR_USER_TOKENS_PER_MINUTE", default_value_t = 0)]
+    pub user_tokens_per_minute: u64,
+
+    /// Default concurrent LLM calls of each user whose row sets none (0: no limit).
+    #[arg(long, env = "PR_USER_MAX_CONCURRENT", default_value_t = 0)]
+    pub user_max_concurrent: u32,
+
     /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish before exit.
     #[arg(long, env = "PR_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
@@ -211,6 +224,9 @@ impl Config {
             stream_idle_timeout_secs: 60,
             upstream_connect_timeout_secs: 5,
             key_cache_ttl_ms: 1000,
+            user_requests_per_minute: 0,
+            user_tokens_per_minute: 0,
+            user_max_concurrent: 0,
             gpu_node_allowed_nets: NetList::default(),
             gpu_poll_interval_secs: 15,
             gpu_poll_timeout_ms: 3000,

@@ -11,8 +11,8 @@ use std::{
 use sqlx::PgPool;
 
 use crate::{
-    auth::KeyCache, billing::Billing, catalog::Catalog, config::Config, fleet::Fleet, gateway::UpstreamTimeouts,
-    gpu::node_policy::AllowedNets,
+    accounts::rate_limits, auth::KeyCache, billing::Billing, catalog::Catalog, config::Config, fleet::Fleet,
+    gateway::UpstreamTimeouts, gpu::node_policy::AllowedNets,
 };
 
 #[derive(Clone)]
@@ -42,7 +42,14 @@ impl AppState {
             .build()?;
         let fleet = Arc::new(Fleet::new(AllowedNets::new(config.gpu_node_allowed_nets.0.clone())));
         Ok(Self {
-            keys: KeyCache::new(Duration::from_millis(config.key_cache_ttl_ms)),
+            keys: KeyCache::new(
+                Duration::from_millis(config.key_cache_ttl_ms),
+                rate_limits::user_defaults(
+                    config.user_requests_per_minute,
+                    config.user_tokens_per_minute,
+                    config.user_max_concurrent,
+                ),
+            ),
             upstream: UpstreamTimeouts {
                 request: Duration::from_secs(config.upstream_timeout_secs),
                 stream_idle: Duration::from_secs(config.stream_idle_timeout_secs),

@@ -14,7 +14,10 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::{
-    accounts::limits,
+    accounts::{
+        limits,
+        rate_limits::{self, RateLimits},
+    },
     auth::{self, AuthUser},
     error::{ApiError, ApiResult},
     extract::AppJson,
@@ -26,7 +29,7 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Serialize, sqlx::FromRow)]
-struct KeyView {
+pub(crate) struct KeyView {
     id: Uuid,
     name: String,
     prefix: String,
@@ -34,15 +37,36 @@ struct KeyView {
     parent_key_id: Option<Uuid>,
     created_at: DateTime<Utc>,
     revoked_at: Option<DateTime<Utc>>,
+    /// The key's own rate limits (null: none of that kind beyond its user's).
+    #[sqlx(flatten)]
+    limits: KeyLimitColumns,
 }
 
-const KEY_COLUMNS: &str = "id, name, prefix, parent_key_id, created_at, revoked_at";
+#[derive(sqlx::FromRow)]
+struct KeyLimitColumns {
+    requests_per_minute: Option<i32>,
+    tokens_per_minute: Option<i64>,
+    max_concurrent: Option<i32>,
+}
+
+impl Serialize for KeyLimitColumns {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        RateLimits::from_columns(self.requests_per_minute, self.tokens_per_minute, self.max_concurrent).serialize(s)
+    }
+}
+
+pub(crate) const KEY_COLUMNS: &str =
+    "id, name, prefix, parent_key_id, created_at, revoked_at, requests_per_minute, tokens_per_minute, max_concurrent";
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct CreateKey {
     #[serde(default)]
     name: String,
+    /// The new key's rate limits: each at most the creating key's and the user's; left out, the
+    /// creating key's.
+    #[serde(default)]
+    limits: Option<RateLimits>,
 }
 
 async fn create(
@@ -50,7 +74,8 @@ async fn create(
     user: AuthUser,
     body: Option<AppJson<CreateKey>>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let name = body.map(|AppJson(b)| b.name).unwrap_or_default();
+    let CreateKey { name, limits: asked } = body.map(|AppJson(b)| b).unwrap_or_default();
+    let limits = RateLimits::for_child(asked, user.key_limits, user.user_limits)?;
     if name.len() > 100 || name.chars().any(char::is_control) {
         return Err(ApiError::bad_request("invalid_name", "name must be at most 100 printable characters"));
     }
@@ -73,8 +98,12 @@ async fn create(
     let max = state.config.max_api_keys_per_user;
     limits::check(active, 1, max, "active API keys", "PR_MAX_API_KEYS_PER_USER", "Revoke a key first.")?;
     let (id, key) = auth::create_key(&mut *tx, user.user_id, &name, Some(user.key_id)).await?;
+    rate_limits::set(&mut *tx, rate_limits::Holder::Key, id, limits).await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": id, "name": name, "key": key, "prefix": auth::display_prefix(&key) }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "name": name, "key": key, "prefix": auth::display_prefix(&key), "limits": limits })),
+    ))
 }
 
 async fn list(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Value>> {

@@ -25,6 +25,7 @@ pub fn public_router(state: AppState, access_log: AccessLog) -> Router {
     let api = Router::new()
         .merge(health::router())
         .merge(keys::router())
+        .merge(crate::accounts::admin::router())
         .merge(billing::router())
         .merge(conversations::router())
         .merge(gpu_nodes::router())
