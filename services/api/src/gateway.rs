@@ -1,4 +1,5 @@
-//! The LLM gateway core: calls an OpenAI-compatible upstream for a catalog model, meters the
+//! The LLM gateway core, one path for every LLM endpoint (what differs between them lives in
+//! `llm::endpoints`): calls the catalog model's upstream (OpenAI- or Anthropic-style), meters the
 //! call (tokens, cost, latency, time to first token, the gateway's own overhead), and bills it
 //! exactly once. Before anything is sent upstream the call's worst case (prompt bound × input
 //! price + output cap × output price) is held against the user's credit (402 when it does not
