@@ -125,6 +125,11 @@ addresses() {
     printf '%s\n' "$out" | awk '$1 ~ /^[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+$/ { print $1 }' | sort -u
 }
 
+# Addresses being drained (scripts/rolling-restart writes them, one a line, before it stops a
+# replica): their server lines are marked down, so nginx sends them nothing new while what is
+# in flight finishes.
+drain=/run/nginx/upstreams/drain
+
 # The server lines of one upstream block for HOST:PORT: one per address, or a placeholder
 # marked down (nginx starts, and answers 502 for that host). Status 124: the lookup timed out.
 servers() {
@@ -137,7 +142,13 @@ servers() {
     fi
     printf '# %s, resolved by entrypoint.sh\n' "$1"
     # max_fails/fail_timeout: a replica that refuses connections is skipped for 10 s.
-    for a in $list; do printf 'server %s:%s max_fails=1 fail_timeout=10s;\n' "$a" "$port"; done
+    for a in $list; do
+        if [ -f "$drain" ] && grep -qxF "$a" "$drain"; then
+            printf 'server %s:%s down; # draining\n' "$a" "$port"
+        else
+            printf 'server %s:%s max_fails=1 fail_timeout=10s;\n' "$a" "$port"
+        fi
+    done
 }
 
 # name=HOST:PORT for each upstream block the templates include.
@@ -178,7 +189,7 @@ watch_upstreams() {
             esac
             rm -f "$file.gone"
             printf '%s\n' "$new" >"$file.new" && mv "$file.new" "$file"
-            now=$(grep '^server' "$file" | grep -v ' down;$' | awk '{ print $2 }' | tr '\n' ' ')
+            now=$(grep '^server' "$file" | grep -v ' down;' | awk '{ print $2 }' | tr '\n' ' ')
             echo "nginx entrypoint: $target now resolves to: ${now:-nothing}" >&2
             changed=1
         done

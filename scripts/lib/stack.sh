@@ -57,6 +57,15 @@ env_set() {
     fi
 }
 
+# API_REPLICAS from the env file (default 1), checked: how many API replicas to run.
+api_replicas() {
+    local n
+    n=$(env_get API_REPLICAS)
+    n=${n:-1}
+    [[ "$n" =~ ^[1-9][0-9]?$ ]] || die "API_REPLICAS='$n' in $ENV_FILE is not a number from 1 to 99"
+    printf '%s' "$n"
+}
+
 # Container id of a service, empty when it has none.
 service_container() { dc ps -q "$1" 2>/dev/null | head -n 1; }
 

@@ -72,3 +72,32 @@ async fn empty_metrics_token_means_no_token() {
     let response = app.client.get(app.metrics_url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn metrics_listener_binds_the_hosts_address_inside_the_metrics_network() {
+    // A wildcard address with a network: the listener takes the one loopback address, never 0.0.0.0.
+    let app = spawn_app_with(|c| {
+        c.metrics_addr = "0.0.0.0:0".parse().unwrap();
+        c.metrics_interface_net = Some("127.0.0.0/8".parse().unwrap());
+    })
+    .await;
+    assert_eq!(app.metrics.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+    assert_ne!(app.metrics.port(), 0);
+    let health = app.client.get(app.metrics_url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn start_fails_clearly_when_no_interface_is_in_the_metrics_network() {
+    let mut config = privaterouter_api::Config::for_tests("postgres://unused@127.0.0.1:1/none");
+    // TEST-NET-3 (RFC 5737), for documentation only (some CI hosts do use TEST-NET-1).
+    config.metrics_interface_net = Some("203.0.113.0/24".parse().unwrap());
+    let logging = privaterouter_api::telemetry::init_logging("info", Box::new(std::io::sink()));
+    let Err(err) = privaterouter_api::Application::build(config, logging.writer.clone()).await else {
+        panic!("the app started without an address in the metrics network");
+    };
+    let err = format!("{err:#}");
+    assert!(err.contains("PR_METRICS_INTERFACE_NET=203.0.113.0/24"), "{err}");
+    assert!(err.contains("no interface address is in this network"), "{err}");
+    assert!(err.contains("127.0.0.1"), "names the addresses the host has: {err}");
+}

@@ -24,11 +24,13 @@ use std::{
 use privaterouter_tests::{free_port, random_hex};
 
 use crate::{
-    harness::{TempDir, api_image, repo_root},
+    harness::{TempDir, api_image, redis_image, repo_root},
     isolation,
 };
 
 const DOMAIN: &str = "privaterouter.test";
+/// More than one, so that every check sees a scaled API (no fixed name or address).
+const API_REPLICAS: usize = 2;
 
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
@@ -121,11 +123,15 @@ impl Project {
             ("EDGE_NGINX_IP", format!("{edge}.10")),
             ("METRICS_SUBNET", format!("{metrics}.0/24")),
             ("METRICS_DYNAMIC_RANGE", format!("{metrics}.128/25")),
-            ("METRICS_API_IP", format!("{metrics}.10")),
             ("API_IMAGE", {
                 let (name, tag) = api_image();
                 format!("{name}:{tag}")
             }),
+            ("REDIS_IMAGE", redis_image()),
+            ("API_REPLICAS", API_REPLICAS.to_string()),
+            // The rolling-restart load comes from one address: above nginx's per-address limit.
+            ("API_RATE_LIMIT", "500r/s".into()),
+            ("API_RATE_BURST", "500".into()),
             ("POSTGRES_IMAGE", "privaterouter/postgres:15".into()),
             ("NGINX_IMAGE", "privaterouter/nginx:1.22".into()),
             ("PROMETHEUS_IMAGE", "privaterouter/prometheus:2.42".into()),
@@ -189,10 +195,18 @@ impl Project {
         ])
     }
 
-    /// The API's sessions (from its address on the `db` network) use its own role, which is no
-    /// superuser, and its environment holds neither the superuser's password nor its variable.
+    /// Each API replica's sessions (from its address on the `db` network) use its own role, which
+    /// is no superuser, and its environment holds neither the superuser's password nor its variable.
     fn assert_api_is_no_superuser(&self) {
-        let api_ip = isolation::addresses(&self.name, "api").remove("db").expect("the API is on the db network");
+        let replicas = isolation::containers(&self.name, "api");
+        assert_eq!(replicas.len(), API_REPLICAS, "API replicas running: {replicas:?}");
+        for api in &replicas {
+            self.assert_replica_is_no_superuser(api);
+        }
+    }
+
+    fn assert_replica_is_no_superuser(&self, api: &str) {
+        let api_ip = isolation::addresses(&self.name, api).remove("db").expect("the API is on the db network");
         let query = format!(
             "SELECT a.usename, r.rolsuper FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid \
              WHERE a.client_addr = '{api_ip}'"
@@ -218,15 +232,71 @@ impl Project {
             "the API's sessions (role, superuser): {sessions:?}"
         );
 
-        let env: Vec<String> =
-            serde_json::from_str(&docker(&["inspect", "-f", "{{json .Config.Env}}", &format!("{}-api", self.name)]))
-                .unwrap();
+        let env: Vec<String> = serde_json::from_str(&docker(&["inspect", "-f", "{{json .Config.Env}}", api])).unwrap();
         let superuser_password = self.env_get("POSTGRES_PASSWORD");
         assert!(
             !env.iter().any(|e| e.starts_with("POSTGRES_PASSWORD") || e.contains(&superuser_password)),
             "the API's environment holds the superuser password: {:?}",
             env.iter().map(|e| e.split('=').next().unwrap_or_default()).collect::<Vec<_>>()
         );
+    }
+
+    /// Redis demands its password, persists nothing, and its password is on no command line:
+    /// not redis-server's (docker inspect, /proc/1/cmdline) nor the healthcheck's.
+    fn assert_redis_confined(&self) {
+        let redis = isolation::container(&self.name, "redis");
+        let password = self.env_get("REDIS_PASSWORD");
+        let cli = |auth: bool, args: &[&str]| -> String {
+            let mut cmd = vec!["exec"];
+            let env = format!("REDISCLI_AUTH={password}");
+            if auth {
+                cmd.extend(["-e", &env]);
+            }
+            cmd.extend([redis.as_str(), "redis-cli", "-h", "127.0.0.1"]);
+            cmd.extend(args);
+            let out = Command::new("docker").args(&cmd).output().expect("docker exec runs");
+            text(&out)
+        };
+        let anonymous = cli(false, &["ping"]);
+        assert!(anonymous.contains("NOAUTH"), "redis answers without its password: {anonymous}");
+        assert_eq!(cli(true, &["ping"]).trim(), "PONG");
+        assert_eq!(
+            cli(true, &["config", "get", "save"]).lines().collect::<Vec<_>>(),
+            ["save", ""],
+            "RDB snapshots are off"
+        );
+        assert_eq!(cli(true, &["config", "get", "appendonly"]).lines().collect::<Vec<_>>(), ["appendonly", "no"]);
+
+        let inspect = docker(&["inspect", "-f", "{{json .Path}} {{json .Args}} {{json .Config.Healthcheck}}", &redis]);
+        assert!(!inspect.contains(&password), "the Redis password is on a command line: {inspect}");
+        let cmdline = docker(&["exec", &redis, "cat", "/proc/1/cmdline"]);
+        assert!(!cmdline.contains(&password), "redis-server's command line holds the password");
+        assert!(cmdline.contains("redis-server"), "{cmdline}");
+    }
+
+    /// Prometheus has discovered every API replica through DNS and scrapes each (`up` is 1).
+    fn assert_prometheus_scrapes_every_replica(&self) {
+        let password = self.env_get("PROMETHEUS_BASIC_AUTH_PASSWORD");
+        let auth = format!("prometheus:{password}");
+        let query = "/api/v1/query?query=up%7Bjob%3D%22privaterouter-api%22%7D";
+        // A poll: scrapes come every 15 s, a new replica's first one up to 15 s after discovery.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let (code, body) = self.curl("prometheus", query, &["-u", &auth]);
+            assert_eq!(code, "200", "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let up: Vec<(String, String)> = v["data"]["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| (s["metric"]["instance"].as_str().unwrap_or("").to_owned(), s["value"][1].to_string()))
+                .collect();
+            if up.len() == API_REPLICAS && up.iter().all(|(_, v)| v == "\"1\"") {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "Prometheus' API targets: {up:?} (want {API_REPLICAS} up)");
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
     }
 
     /// Postgres' bounding capability set (what any of its processes could ever hold) is the
@@ -259,6 +329,92 @@ impl Project {
                 .lines()
                 .collect();
         assert!(!mounted.contains(&body), "the development CA's key is readable inside nginx");
+    }
+
+    /// `scripts/rolling-restart` while clients keep calling the API through nginx (an
+    /// authenticated read that reaches the database, and readiness): every request is answered
+    /// 200, and afterwards API_REPLICAS new replicas run and Prometheus scrapes each.
+    fn assert_rolling_restart_loses_no_request(&self) {
+        let before = isolation::containers(&self.name, "api");
+        let created = docker(&[
+            "exec",
+            &before[0],
+            "privaterouter-api",
+            "admin",
+            "create-user",
+            "--email",
+            "rolling@compose.test",
+        ]);
+        let created: serde_json::Value = serde_json::from_str(created.trim()).expect("create-user prints JSON");
+        let key = created["api_key"].as_str().expect("an api_key").to_owned();
+
+        let ca = std::fs::read(self.dir.path().join("tls/dev-ca.pem")).unwrap();
+        let host = format!("api.{DOMAIN}");
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .resolve(&host, std::net::SocketAddr::from(([127, 0, 0, 1], self.https_port)))
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let base = format!("https://{host}:{}", self.https_port);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let retried = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let workers: Vec<_> = (0..4)
+            .map(|i| {
+                let (client, stop, key, retried) = (client.clone(), stop.clone(), key.clone(), retried.clone());
+                let url = if i % 2 == 0 { format!("{base}/v1/models") } else { format!("{base}/readyz") };
+                rt.spawn(async move {
+                    let mut statuses = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        // A GET that got no answer at all is retried once, as HTTP clients do:
+                        // nginx closes idle client connections when it reloads for a changed
+                        // replica set, and a request can cross that close on the wire.
+                        let mut answer = client.get(&url).bearer_auth(&key).send().await;
+                        if answer.is_err() {
+                            retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            answer = client.get(&url).bearer_auth(&key).send().await;
+                        }
+                        match answer {
+                            Ok(r) => statuses.push(r.status().as_u16().to_string()),
+                            Err(e) => statuses.push(format!("no answer: {e:?}")),
+                        }
+                        // Paced well under the raised per-address limit (a 429 is not what this measures).
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    statuses
+                })
+            })
+            .collect();
+
+        let out = self.script("rolling-restart", &["--timeout", "120"]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(out.status.success(), "scripts/rolling-restart failed:\n{}", text(&out));
+        let statuses: Vec<String> = rt.block_on(async {
+            let mut all = Vec::new();
+            for w in workers {
+                all.extend(w.await.unwrap());
+            }
+            all
+        });
+        let failed: Vec<&String> = statuses.iter().filter(|s| *s != "200").collect();
+        assert!(statuses.len() > 20, "too little load to mean anything: {statuses:?}");
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed during the rolling restart: {failed:?}",
+            failed.len(),
+            statuses.len()
+        );
+        eprintln!(
+            "rolling restart: {} requests, all answered 200 ({} retried once after a closed connection)",
+            statuses.len(),
+            retried.load(std::sync::atomic::Ordering::Relaxed)
+        );
+
+        let after = isolation::containers(&self.name, "api");
+        assert_eq!(after.len(), API_REPLICAS, "{after:?}");
+        assert!(after.iter().all(|id| !before.contains(id)), "every replica was replaced: {before:?} -> {after:?}");
+        self.assert_prometheus_scrapes_every_replica();
     }
 
     /// `curl` as an operator would: the dev CA, api./prometheus.<domain> resolved to loopback.
@@ -351,6 +507,7 @@ fn scripts_up_offline_serves_the_api_over_tls_and_down_leaves_nothing() {
         "PR_METRICS_TOKEN",
         "PROMETHEUS_BASIC_AUTH_PASSWORD",
         "GRAFANA_ADMIN_PASSWORD",
+        "REDIS_PASSWORD",
     ] {
         assert!(project.env_get(key).len() >= 32, "{key} was not generated into the env file");
     }
@@ -360,21 +517,22 @@ fn scripts_up_offline_serves_the_api_over_tls_and_down_leaves_nothing() {
         assert!(project.dir.path().join(file).exists(), "{file} not in the temp dir");
     }
 
-    // Five services of the project run, each on its project-named container.
+    // Six services of the project run, the API as API_REPLICAS replicas, the others each on its
+    // project-named container.
     let running = docker(&[
         "ps",
         "--filter",
         &format!("label=com.docker.compose.project={}", project.name),
         "--format",
-        "{{.Names}}",
+        "{{.Label \"com.docker.compose.service\"}} {{.Names}}",
     ]);
-    let mut running: Vec<&str> = running.lines().collect();
+    let mut running: Vec<(&str, &str)> = running.lines().filter_map(|l| l.split_once(' ')).collect();
     running.sort();
-    let expect: Vec<String> = ["alertmanager", "api", "nginx", "postgres", "prometheus"]
-        .iter()
-        .map(|s| format!("{}-{s}", project.name))
-        .collect();
-    assert_eq!(running, expect);
+    let services: Vec<&str> = running.iter().map(|(s, _)| *s).collect();
+    assert_eq!(services, ["alertmanager", "api", "api", "nginx", "postgres", "prometheus", "redis"], "{running:?}");
+    for (service, name) in running.iter().filter(|(s, _)| *s != "api") {
+        assert_eq!(*name, format!("{}-{service}", project.name));
+    }
 
     // Through nginx over TLS, the certificate verified against the generated dev CA.
     let (code, body) = project.curl("api", "/readyz", &[]);
@@ -391,13 +549,16 @@ fn scripts_up_offline_serves_the_api_over_tls_and_down_leaves_nothing() {
     assert_eq!(code, "401");
 
     project.assert_api_is_no_superuser();
+    project.assert_redis_confined();
+    project.assert_prometheus_scrapes_every_replica();
     project.assert_postgres_capabilities();
     project.assert_no_ca_key_in_nginx();
     isolation::assert_networks_isolate(&project.name);
+    project.assert_rolling_restart_loses_no_request();
 
     // Down, volumes included: nothing of the project is left.
     let before = project.leftovers();
-    assert_eq!(before["containers"].len(), 5, "{before:?}");
+    assert_eq!(before["containers"].len(), 5 + API_REPLICAS, "{before:?}");
     assert!(!before["networks"].is_empty() && !before["volumes"].is_empty(), "{before:?}");
     let down = project.script("down", &["--volumes", "--yes"]);
     assert!(down.status.success(), "scripts/down failed:\n{}", text(&down));

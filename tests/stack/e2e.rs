@@ -1,8 +1,11 @@
-//! End to end through real Prometheus: the stack with the upstream stand-in and two GPU nodes
-//! (the real agent over the stand-in NVML), a workload sent through nginx over TLS, then
+//! End to end through real Prometheus: the stack with three API replicas, the upstream stand-in
+//! and two GPU nodes (the real agent over the stand-in NVML), a workload sent through nginx over
+//! TLS (spread over the replicas), then
 //! Prometheus' HTTP API (through nginx, with its password) must hold the exact values the
 //! workload implies, `PrivateRouterGpuNodeDown` must fire for the node whose agent was stopped,
-//! and every PromQL expression of the Grafana dashboard must return data.
+//! and every PromQL expression of the Grafana dashboard must return data. Prometheus discovers
+//! the three replicas by DNS; every dashboard and recording-rule series is aggregated across
+//! them (no `instance` label), so each returns what it would with one replica.
 //!
 //! TEST-ONLY configuration (in a copy of `prometheus/`, never in the repository): scrape and
 //! rule evaluation every 1 s instead of 15 s, and `for: 3s` instead of `for: 2m` on
@@ -18,11 +21,7 @@ use std::{
 use privaterouter_hardening::net::{Request, Response};
 use privaterouter_tests::{random_hex, upstream};
 use serde_json::{Value, json};
-use testcontainers::{
-    ContainerAsync, GenericImage,
-    core::{CmdWaitFor, ExecCommand},
-    runners::AsyncRunner,
-};
+use testcontainers::{ContainerAsync, GenericImage, runners::AsyncRunner};
 
 use crate::{
     harness::{Kit, Stack, repo_root},
@@ -33,6 +32,7 @@ use crate::{
 const CALL_COST: f64 = 0.000222;
 const AGENT_TOKEN_ENV: &str = "PR_GPU_AGENT_TOKEN_E2E";
 const WAIT: Duration = Duration::from_secs(60);
+const REPLICAS: usize = 3;
 
 struct E2e {
     stack: Stack,
@@ -52,8 +52,8 @@ impl E2e {
         )
         .edit_prometheus(
             "rules/alerts.yml",
-            "expr: pr_gpu_node_up == 0\n        for: 2m\n",
-            "expr: pr_gpu_node_up == 0\n        for: 3s # TEST-ONLY (tests/stack/e2e.rs): 2m in the kit\n",
+            "expr: max without (instance) (pr_gpu_node_up) == 0\n        for: 2m\n",
+            "expr: max without (instance) (pr_gpu_node_up) == 0\n        for: 3s # TEST-ONLY (tests/stack/e2e.rs): 2m in the kit\n",
         );
         let catalog = kit.dir.path().join("models.toml");
         let dead = format!("http://{}-upstream:9/v1", kit.name);
@@ -63,6 +63,7 @@ impl E2e {
         )
         .unwrap();
         kit.models_file = Some(catalog);
+        kit.api_replicas = REPLICAS;
         let agent_token = random_hex(16);
         kit.api_env = vec![
             ("PR_TEST_UPSTREAM_KEY".into(), upstream::UPSTREAM_KEY.into()),
@@ -92,21 +93,8 @@ impl E2e {
         out
     }
 
-    /// `privaterouter-api ARGS` inside the API container (its DATABASE_URL); the JSON it prints.
     async fn api_cli(&self, args: &[&str]) -> Value {
-        let mut cmd = vec!["privaterouter-api"];
-        cmd.extend_from_slice(args);
-        let mut result = self
-            .stack
-            .api
-            .exec(ExecCommand::new(cmd).with_cmd_ready_condition(CmdWaitFor::exit()))
-            .await
-            .expect("exec in the API container");
-        let stdout = String::from_utf8_lossy(&result.stdout_to_vec().await.unwrap()).to_string();
-        let stderr = String::from_utf8_lossy(&result.stderr_to_vec().await.unwrap()).to_string();
-        let code = result.exit_code().await.unwrap();
-        assert_eq!(code, Some(0), "privaterouter-api {args:?} failed:\n{stdout}\n{stderr}");
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {stdout}"))
+        self.stack.api_cli(args).await
     }
 
     async fn api(&self, req: Request) -> Response {
@@ -222,6 +210,11 @@ async fn workload_metrics_gpu_alert_and_dashboard_through_real_prometheus() {
     let started = Instant::now();
     let e = E2e::start().await;
 
+    // Prometheus found every replica through DNS and scrapes each with the token.
+    let up = e.query(r#"up{job="privaterouter-api"} == 1"#).await;
+    let instances: BTreeSet<&str> = up.iter().filter_map(|s| s["metric"]["instance"].as_str()).collect();
+    assert_eq!(instances.len(), REPLICAS, "API targets up: {up:?}");
+
     // Accounts through the CLI in the API container, credit through the admin API.
     let admin = e.api_cli(&["admin", "create-user", "--email", "admin@e2e.test", "--admin"]).await;
     let admin_key = admin["api_key"].as_str().unwrap().to_owned();
@@ -263,6 +256,11 @@ async fn workload_metrics_gpu_alert_and_dashboard_through_real_prometheus() {
         assert!(Instant::now() < deadline, "the GPU nodes never came up: {body}\n{}", e.logs().await);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+
+    // Every replica polls the nodes itself and routes only to those it has seen healthy: wait
+    // until each replica's own view (its gauges, through Prometheus) has both nodes up.
+    let both_up_everywhere = (2 * REPLICAS) as f64;
+    e.expect_values(&[(r#"count(pr_gpu_node_up{job="privaterouter-api"} == 1)"#, both_up_everywhere)]).await;
 
     // The workload, in two halves a few scrapes apart so rates over it are not zero.
     for half in 0..2 {
@@ -325,10 +323,10 @@ async fn workload_metrics_gpu_alert_and_dashboard_through_real_prometheus() {
         (&format!(r#"sum(pr_credit_transactions_total{{{api},kind="usage"}})"#), 2.0),
         // Both nodes polled through their agents: up, and the fake NVML's mean utilization
         // (42 % on GPU 0; GPU 1 reports none and is left out of the mean).
-        (&format!(r#"pr_gpu_node_up{{{api},name="gpu-a"}}"#), 1.0),
-        (&format!(r#"pr_gpu_node_up{{{api},name="gpu-b"}}"#), 1.0),
-        (&format!(r#"pr_gpu_node_utilization_pct{{{api},name="gpu-a"}}"#), 42.0),
-        (&format!(r#"pr_gpu_node_utilization_pct{{{api},name="gpu-b"}}"#), 42.0),
+        (&format!(r#"min(pr_gpu_node_up{{{api},name="gpu-a"}})"#), 1.0),
+        (&format!(r#"min(pr_gpu_node_up{{{api},name="gpu-b"}})"#), 1.0),
+        (&format!(r#"max(pr_gpu_node_utilization_pct{{{api},name="gpu-a"}})"#), 42.0),
+        (&format!(r#"max(pr_gpu_node_utilization_pct{{{api},name="gpu-b"}})"#), 42.0),
     ])
     .await;
     // The model label is the catalog's name, and only for catalog models: every catalog model
@@ -355,9 +353,9 @@ async fn workload_metrics_gpu_alert_and_dashboard_through_real_prometheus() {
     // and the alert fires for gpu-b only.
     e.gpu_b.stop().await.expect("stopping gpu-b's agent");
     e.expect_values(&[
-        (&format!(r#"pr_gpu_node_up{{{api},name="gpu-b"}}"#), 0.0),
-        (&format!(r#"pr_gpu_node_up{{{api},name="gpu-a"}}"#), 1.0),
-        (&format!(r#"count(pr_gpu_node_utilization_pct{{{api}}})"#), 1.0),
+        (&format!(r#"max(pr_gpu_node_up{{{api},name="gpu-b"}})"#), 0.0),
+        (&format!(r#"min(pr_gpu_node_up{{{api},name="gpu-a"}})"#), 1.0),
+        (&format!(r#"count(max by (name) (pr_gpu_node_utilization_pct{{{api}}}))"#), 1.0),
     ])
     .await;
     let deadline = Instant::now() + WAIT;
@@ -410,5 +408,16 @@ async fn workload_metrics_gpu_alert_and_dashboard_through_real_prometheus() {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    // One series per label set whatever the number of replicas: no dashboard query and no
+    // recording rule keeps `instance`.
+    for q in &exprs {
+        let result = e.query(q).await;
+        let with_instance: Vec<&Value> = result.iter().filter(|s| s["metric"].get("instance").is_some()).collect();
+        assert!(with_instance.is_empty(), "{q} keeps the instance label: {with_instance:?}");
+    }
+    let recorded = e.query(r#"{__name__=~".+:.+"}"#).await;
+    assert!(recorded.len() >= 10, "recording rules have not produced series: {recorded:?}");
+    let with_instance: Vec<&Value> = recorded.iter().filter(|s| s["metric"].get("instance").is_some()).collect();
+    assert!(with_instance.is_empty(), "recorded series with an instance label: {with_instance:?}");
     eprintln!("{} dashboard queries return data; total {:.1} s", exprs.len(), started.elapsed().as_secs_f64());
 }

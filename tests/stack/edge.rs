@@ -12,8 +12,6 @@ use privaterouter_hardening::{
     net::{self, Endpoint, Request, Response},
 };
 
-use testcontainers::core::{CmdWaitFor, ExecCommand};
-
 use crate::harness::{DOMAIN, Kit, Stack, eventually};
 
 /// A TLS connection to api.<domain> through nginx, certificate verified (blocking).
@@ -143,13 +141,6 @@ async fn bodies_over_a_mebibyte_are_refused_by_nginx() {
 
 /// A user's API key, made by the CLI in the API container.
 async fn user_key(stack: &Stack) -> String {
-    let cmd = ["privaterouter-api", "admin", "create-user", "--email", "edge@stack.test"];
-    let mut result = stack
-        .api
-        .exec(ExecCommand::new(cmd).with_cmd_ready_condition(CmdWaitFor::exit()))
-        .await
-        .expect("exec in the API container");
-    let stdout = String::from_utf8_lossy(&result.stdout_to_vec().await.unwrap()).to_string();
-    let created: serde_json::Value = serde_json::from_str(stdout.trim()).expect("create-user prints JSON");
+    let created = stack.api_cli(&["admin", "create-user", "--email", "edge@stack.test"]).await;
     created["api_key"].as_str().expect("an api_key").to_owned()
 }

@@ -8,13 +8,18 @@
 //!   0.0.0.0:9100 inside its container (unpublished, like compose), and PR_TRUSTED_PROXIES is
 //!   left empty (no audit item depends on forwarded addresses);
 //! - the service names the configuration hard-codes (`api-metrics`, `prometheus`,
-//!   `alertmanager`, `litellm`) resolve through each container's hostname, which Docker adds as
-//!   a network-scoped alias; container names stay unique;
+//!   `alertmanager`, `litellm`, `redis`) resolve through each container's hostname, which Docker
+//!   adds as a network-scoped alias; container names stay unique. Every API replica
+//!   (`Kit::api_replicas`) has the hostname `api-metrics`, so that name resolves to all of them,
+//!   for Prometheus' DNS discovery and for nginx (`API_UPSTREAM=api-metrics:8000`), as the
+//!   `api` and `api-metrics` names do in compose;
 //! - nginx publishes 80 and 443 on random loopback ports, nothing else publishes anything
 //!   (testcontainers would publish every EXPOSEd port); the audit reaches the three virtual hosts
 //!   through `--connect-to` rules, like curl's;
-//! - data directories are tmpfs (nothing to clean up), and there is no LiteLLM or Grafana:
-//!   neither runs offline.
+//! - data directories are tmpfs (nothing to clean up), except the billing journal, which all API
+//!   replicas share in a directory of the kit (compose's `api-journal` volume): a replica started
+//!   again after a SIGKILL adopts what its predecessor left there; there is no LiteLLM or
+//!   Grafana: neither runs offline.
 //!
 //! Containers go when the `Stack` is dropped, also when a test panics; the network goes with
 //! the last of them. A killed run leaves containers labelled `org.privaterouter.test=1` and
@@ -49,6 +54,12 @@ pub fn api_image() -> (String, String) {
     let image = std::env::var("PR_TEST_API_IMAGE").unwrap_or_else(|_| "privaterouter/api:local".into());
     let (name, tag) = image.rsplit_once(':').expect("PR_TEST_API_IMAGE is name:tag");
     (name.to_owned(), tag.to_owned())
+}
+
+/// The Redis image the stack tests run: `privaterouter/redis:7.0` (scripts/build-images redis),
+/// or `PR_TEST_REDIS_IMAGE` (`name:tag`).
+pub fn redis_image() -> String {
+    std::env::var("PR_TEST_REDIS_IMAGE").unwrap_or_else(|_| "privaterouter/redis:7.0".into())
 }
 
 pub fn repo_root() -> PathBuf {
@@ -114,6 +125,10 @@ pub struct Kit {
     pub api_env: Vec<(String, String)>,
     /// More environment for nginx, over compose's defaults (e.g. a small `CONN_LIMIT_PER_IP`).
     pub nginx_env: Vec<(String, String)>,
+    /// How many API containers (replicas) to run; 1 by default.
+    pub api_replicas: usize,
+    /// Run Redis (compose's entrypoint and confinement) and give every replica `PR_REDIS_URL`.
+    pub redis: bool,
 }
 
 impl Default for Kit {
@@ -138,6 +153,8 @@ impl Kit {
             models_file: None,
             api_env: Vec::new(),
             nginx_env: Vec::new(),
+            api_replicas: 1,
+            redis: false,
         }
     }
 
@@ -187,7 +204,11 @@ pub struct Stack {
     pub metrics_port: u16,
     pub prometheus: ContainerAsync<GenericImage>,
     pub nginx: ContainerAsync<GenericImage>,
+    /// The first API replica (`<kit>-api`).
     pub api: ContainerAsync<GenericImage>,
+    /// The other replicas (`<kit>-api-2`, ...), `Kit::api_replicas` - 1 of them.
+    pub more_apis: Vec<ContainerAsync<GenericImage>>,
+    pub redis: Option<ContainerAsync<GenericImage>>,
     pub alertmanager: ContainerAsync<GenericImage>,
     pub postgres: ContainerAsync<GenericImage>,
 }
@@ -224,6 +245,29 @@ pub fn common(
             );
             hc.tmpfs = Some(tmpfs.iter().map(|(path, opts)| (path.to_string(), opts.to_string())).collect());
         })
+}
+
+/// Redis as compose runs it: the committed entrypoint (password into a config file on a tmpfs),
+/// a fixed unprivileged user, read-only root, no capabilities.
+fn redis_request(kit: &Kit, password: &str) -> ContainerRequest<GenericImage> {
+    let image = redis_image();
+    let (name, tag) = image.rsplit_once(':').expect("PR_TEST_REDIS_IMAGE is name:tag");
+    common(
+        GenericImage::new(name, tag)
+            .with_entrypoint("/bin/sh")
+            .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections")),
+        kit,
+        "redis",
+        "redis",
+        &[],
+        &[("/run/redis", "size=1m,uid=999,gid=999,mode=0700"), ("/tmp", "size=1m")],
+    )
+    .with_cmd(["/etc/privaterouter/redis-entrypoint.sh"])
+    .with_env_var("REDIS_PASSWORD", password)
+    .with_mount(read_only(&repo_root().join("compose/redis/entrypoint.sh"), "/etc/privaterouter/redis-entrypoint.sh"))
+    .with_user("999:999")
+    .with_readonly_rootfs(true)
+    .with_cap_drop("ALL")
 }
 
 pub fn read_only(host: &Path, container: &str) -> Mount {
@@ -279,39 +323,56 @@ impl Stack {
             .into_iter()
             .fold(postgres, |p, cap| p.with_cap_add(cap));
 
-        let api_ports: &'static [u16] = if kit.publish_metrics_port { &[9100] } else { &[] };
-        let mut api = common(
-            {
-                let (name, tag) = api_image();
-                GenericImage::new(name, tag)
+        let redis_password = random_hex(16);
+        // The shared billing journal, owned by the image's user (app, 10001).
+        let journal = kit.dir.path().join("journal");
+        std::fs::create_dir_all(&journal).unwrap();
+        std::os::unix::fs::chown(&journal, Some(10001), Some(10001))
+            .expect("chown the journal dir (tests run as root)");
+        let api_request = |replica: usize| {
+            let api_ports: &'static [u16] = if kit.publish_metrics_port && replica == 1 { &[9100] } else { &[] };
+            let service = if replica == 1 { "api".to_string() } else { format!("api-{replica}") };
+            let mut api = common(
+                {
+                    let (name, tag) = api_image();
+                    GenericImage::new(name, tag)
+                }
+                .with_wait_for(WaitFor::message_on_stdout("listening")),
+                &kit,
+                &service,
+                "api-metrics",
+                api_ports,
+                &[("/tmp", "")],
+            )
+            .with_mount(Mount::bind_mount(journal.to_str().expect("UTF-8 path"), "/var/lib/privaterouter/journal"))
+            .with_env_var(
+                "DATABASE_URL",
+                format!("postgres://privaterouter_api:{api_db_password}@{name}-postgres:5432/privaterouter"),
+            )
+            .with_env_var("PR_PUBLIC_ADDR", "0.0.0.0:8000")
+            .with_env_var("PR_METRICS_ADDR", "0.0.0.0:9100")
+            .with_env_var("PR_METRICS_TOKEN", &metrics_token)
+            .with_env_var("PR_LOG", "info")
+            .with_env_var("PR_API_REPLICAS", kit.api_replicas.to_string())
+            .with_readonly_rootfs(true)
+            .with_cap_drop("ALL");
+            if kit.redis {
+                api = api.with_env_var("PR_REDIS_URL", format!("redis://:{redis_password}@redis:6379/0"));
             }
-            .with_wait_for(WaitFor::message_on_stdout("listening")),
-            &kit,
-            "api",
-            "api-metrics",
-            api_ports,
-            // The billing journal: a volume in compose, tmpfs here (only the ingress test restarts the
-            // API, with no call in flight).
-            &[("/tmp", ""), ("/var/lib/privaterouter/journal", "uid=10001,gid=10001")],
-        )
-        .with_env_var(
-            "DATABASE_URL",
-            format!("postgres://privaterouter_api:{api_db_password}@{name}-postgres:5432/privaterouter"),
-        )
-        .with_env_var("PR_PUBLIC_ADDR", "0.0.0.0:8000")
-        .with_env_var("PR_METRICS_ADDR", "0.0.0.0:9100")
-        .with_env_var("PR_METRICS_TOKEN", &metrics_token)
-        .with_env_var("PR_LOG", "info")
-        .with_readonly_rootfs(true)
-        .with_cap_drop("ALL");
-        if let Some(models) = &kit.models_file {
-            api = api
-                .with_env_var("PR_MODELS_FILE", "/etc/privaterouter/models.toml")
-                .with_mount(read_only(models, "/etc/privaterouter/models.toml"));
-        }
-        for (key, value) in &kit.api_env {
-            api = api.with_env_var(key, value);
-        }
+            if let Some(models) = &kit.models_file {
+                api = api
+                    .with_env_var("PR_MODELS_FILE", "/etc/privaterouter/models.toml")
+                    .with_mount(read_only(models, "/etc/privaterouter/models.toml"));
+            }
+            for (key, value) in &kit.api_env {
+                api = api.with_env_var(key, value);
+            }
+            api
+        };
+        assert!(kit.api_replicas >= 1, "a stack has at least one API replica");
+        let api = api_request(1);
+        let more_apis: Vec<_> = (2..=kit.api_replicas).map(api_request).collect();
+        let redis = kit.redis.then(|| redis_request(&kit, &redis_password));
 
         let alertmanager = common(
             GenericImage::new("privaterouter/alertmanager", "0.25")
@@ -381,7 +442,7 @@ impl Stack {
         .with_env_var("API_STREAM_TIMEOUT", "600s")
         .with_env_var("CONN_LIMIT_PER_IP", "64")
         .with_env_var("NGINX_RESOLVER", "127.0.0.11")
-        .with_env_var("API_UPSTREAM", format!("{name}-api:8000"))
+        .with_env_var("API_UPSTREAM", "api-metrics:8000")
         .with_mount(read_only(&kit.nginx, "/etc/nginx"))
         .with_mount(read_only(&tls, "/etc/privaterouter/tls"))
         .with_mount(read_only(&acme, "/var/www/acme"))
@@ -396,8 +457,20 @@ impl Stack {
 
         // All at once: the API retries the database, Prometheus resolves per scrape, nginx starts
         // without the API and picks it up when its name resolves (nginx/entrypoint.sh).
-        let (postgres, api, alertmanager, prometheus, nginx) =
-            tokio::join!(postgres.start(), api.start(), alertmanager.start(), prometheus.start(), nginx.start());
+        let (postgres, api, more_apis, redis, alertmanager, prometheus, nginx) = tokio::join!(
+            postgres.start(),
+            api.start(),
+            futures_util::future::join_all(more_apis.into_iter().map(|a| a.start())),
+            async {
+                match redis {
+                    Some(r) => Some(r.start().await),
+                    None => None,
+                }
+            },
+            alertmanager.start(),
+            prometheus.start(),
+            nginx.start()
+        );
         let start_err = |what: &str, e: testcontainers::TestcontainersError| -> ! {
             panic!(
                 "starting {what} failed (are the images built? scripts/build-images postgres nginx prometheus alertmanager api): {e}"
@@ -405,6 +478,9 @@ impl Stack {
         };
         let postgres = postgres.unwrap_or_else(|e| start_err("postgres", e));
         let api = api.unwrap_or_else(|e| start_err("the API", e));
+        let more_apis: Vec<_> =
+            more_apis.into_iter().map(|a| a.unwrap_or_else(|e| start_err("an API replica", e))).collect();
+        let redis = redis.map(|r| r.unwrap_or_else(|e| start_err("redis (scripts/build-images redis)", e)));
         let alertmanager = alertmanager.unwrap_or_else(|e| start_err("alertmanager", e));
         let prometheus = prometheus.unwrap_or_else(|e| start_err("prometheus", e));
         let nginx = nginx.unwrap_or_else(|e| start_err("nginx", e));
@@ -422,6 +498,8 @@ impl Stack {
             prometheus,
             nginx,
             api,
+            more_apis,
+            redis,
             alertmanager,
             postgres,
         };
@@ -495,7 +573,8 @@ impl Stack {
                         let (url, scraped) = last_scrape(t);
                         t["health"] == "up" || (t["health"] != "unknown" && before.get(&url) != Some(&scraped))
                     };
-                    if !targets.is_empty() && targets.iter().all(settled) {
+                    let api_targets = targets.iter().filter(|t| t["labels"]["job"] == "privaterouter-api").count();
+                    if api_targets == self.kit.api_replicas && targets.iter().all(settled) {
                         return;
                     }
                     last = format!("targets: {targets:?}");
@@ -513,13 +592,15 @@ impl Stack {
     /// The last lines of every container's output, for failure messages.
     pub async fn logs(&self) -> String {
         let mut out = String::new();
-        for (name, c) in [
-            ("nginx", &self.nginx),
-            ("api", &self.api),
-            ("prometheus", &self.prometheus),
-            ("alertmanager", &self.alertmanager),
-            ("postgres", &self.postgres),
-        ] {
+        let mut containers = vec![("nginx".to_string(), &self.nginx), ("api".into(), &self.api)];
+        containers.extend(self.more_apis.iter().enumerate().map(|(i, c)| (format!("api-{}", i + 2), c)));
+        containers.extend(self.redis.iter().map(|c| ("redis".to_string(), c)));
+        containers.extend([
+            ("prometheus".to_string(), &self.prometheus),
+            ("alertmanager".into(), &self.alertmanager),
+            ("postgres".into(), &self.postgres),
+        ]);
+        for (name, c) in containers {
             let mut text = String::from_utf8_lossy(&c.stdout_to_vec().await.unwrap_or_default()).to_string();
             text.push_str(&String::from_utf8_lossy(&c.stderr_to_vec().await.unwrap_or_default()));
             let tail: Vec<&str> = text.lines().rev().take(15).collect();
@@ -530,6 +611,39 @@ impl Stack {
             }
         }
         out
+    }
+
+    /// `privaterouter-api ARGS` inside the first API container (its DATABASE_URL); the JSON it prints.
+    pub async fn api_cli(&self, args: &[&str]) -> serde_json::Value {
+        let mut cmd = vec!["privaterouter-api"];
+        cmd.extend_from_slice(args);
+        let mut result = self
+            .api
+            .exec(ExecCommand::new(cmd).with_cmd_ready_condition(CmdWaitFor::exit()))
+            .await
+            .expect("exec in the API container");
+        let stdout = String::from_utf8_lossy(&result.stdout_to_vec().await.unwrap()).to_string();
+        let stderr = String::from_utf8_lossy(&result.stderr_to_vec().await.unwrap()).to_string();
+        let code = result.exit_code().await.unwrap();
+        assert_eq!(code, Some(0), "privaterouter-api {args:?} failed:\n{stdout}\n{stderr}");
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {stdout}"))
+    }
+
+    /// One SQL query through psql in the postgres container, as the superuser; its unaligned
+    /// output (`-At`, fields separated by `|`).
+    pub async fn sql(&self, query: &str) -> String {
+        let mut result = self
+            .postgres
+            .exec(
+                ExecCommand::new(["psql", "-U", "privaterouter", "-d", "privaterouter", "-At", "-c", query])
+                    .with_cmd_ready_condition(CmdWaitFor::exit()),
+            )
+            .await
+            .expect("exec in the postgres container");
+        let stdout = String::from_utf8_lossy(&result.stdout_to_vec().await.unwrap()).to_string();
+        let stderr = String::from_utf8_lossy(&result.stderr_to_vec().await.unwrap()).to_string();
+        assert_eq!(result.exit_code().await.unwrap(), Some(0), "psql {query}: {stderr}");
+        stdout.trim().to_owned()
     }
 
     /// Runs `sh -c script` in the Prometheus container (on the stack's network, with curl and

@@ -40,6 +40,13 @@ pub struct Config {
     #[arg(long, env = "PR_METRICS_ADDR", default_value = "127.0.0.1:9100")]
     pub metrics_addr: SocketAddr,
 
+    /// When set (a CIDR such as 172.30.9.0/24), the metrics listener binds this host's one
+    /// address inside that network, on `PR_METRICS_ADDR`'s port: scaled replicas have no fixed
+    /// address, but each has exactly one on the internal metrics network. Start-up fails when no
+    /// interface address, or more than one, is in the network.
+    #[arg(long, env = "PR_METRICS_INTERFACE_NET")]
+    pub metrics_interface_net: Option<IpNet>,
+
     /// When set (non-empty), `/metrics` requires `Authorization: Bearer <token>`.
     #[arg(long, env = "PR_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<Secret>,
@@ -209,6 +216,7 @@ impl Config {
         Self {
             public_addr: "127.0.0.1:0".parse().unwrap(),
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            metrics_interface_net: None,
             metrics_token: None,
             database_url: Secret::new(database_url),
             db_max_connections: 10,

@@ -12,7 +12,7 @@ use crate::{
     config::Config,
     db, routes,
     state::AppState,
-    telemetry::{AccessLog, LogWriter, metrics::install_recorder},
+    telemetry::{AccessLog, LogWriter, metrics::install_recorder, metrics_bind::metrics_bind_addr},
 };
 
 pub struct Application {
@@ -28,16 +28,17 @@ impl Application {
     /// `log_writer` is the shared non-blocking writer from [`crate::telemetry::init_logging`].
     pub async fn build(config: Config, log_writer: LogWriter) -> anyhow::Result<Self> {
         let handle = install_recorder();
-        if config.metrics_token().is_none() && !config.metrics_addr.ip().is_loopback() {
-            tracing::warn!(addr = %config.metrics_addr, "PR_METRICS_TOKEN is not set and the metrics listener is not on loopback");
+        let metrics_addr = metrics_bind_addr(config.metrics_addr, config.metrics_interface_net.as_ref())?;
+        if config.metrics_token().is_none() && !metrics_addr.ip().is_loopback() {
+            tracing::warn!(addr = %metrics_addr, "PR_METRICS_TOKEN is not set and the metrics listener is not on loopback");
         }
         let db = db::connect(&config).await?;
         let public = TcpListener::bind(config.public_addr)
             .await
             .with_context(|| format!("binding the public listener on {}", config.public_addr))?;
-        let internal = TcpListener::bind(config.metrics_addr)
+        let internal = TcpListener::bind(metrics_addr)
             .await
-            .with_context(|| format!("binding the metrics listener on {}", config.metrics_addr))?;
+            .with_context(|| format!("binding the metrics listener on {metrics_addr}"))?;
         let catalog = match &config.models_file {
             Some(path) => crate::catalog::Catalog::load(path)?,
             None => crate::catalog::Catalog::default(),

@@ -6,6 +6,7 @@ pub mod client_ip;
 pub mod log_writer;
 pub mod logging;
 pub mod metrics;
+pub mod metrics_bind;
 pub mod middleware;
 pub mod request_id;
 
