@@ -67,6 +67,7 @@ async fn completion_is_proxied_metered_and_billed_once() {
             "internals",
             "ratelimited",
             "donetext",
+            "gated",
             "capped",
             "pooled",
             "embed",

@@ -14,6 +14,7 @@ mod key_limits;
 mod keys;
 mod listeners;
 mod metrics;
+mod rate_limits;
 mod readiness;
 mod redirects;
 mod request_id;

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod prom;
 pub mod redirect;
+pub mod redis;
 pub mod upstream;
 pub mod upstream_endpoints;
 

@@ -25,15 +25,33 @@ pub const COMPLETION_TOKENS: u64 = 34;
 /// Words streamed by the streaming behaviours.
 pub const STREAM_WORDS: [&str; 5] = ["Hello", ", ", "world", "!", " Bye."];
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Upstream {
     pub addr: Option<SocketAddr>,
     pub received: Arc<Mutex<Vec<Value>>>,
     /// Calls to the other endpoints: `{"path", "body", "authorization", "x-api-key", "anthropic-version"}`.
     pub received_calls: Arc<Mutex<Vec<Value>>>,
+    /// Each `up-gated` stream takes one permit before it ends (see [`Upstream::release`]).
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            received: Arc::default(),
+            received_calls: Arc::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
 }
 
 impl Upstream {
+    /// Lets `n` of the `up-gated` streams (waiting or still to come) finish.
+    pub fn release(&self, n: usize) {
+        self.gate.add_permits(n);
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr.expect("started"))
     }
@@ -129,6 +147,16 @@ fn async_stream(
     })
 }
 
+fn gated_stream(model: String, gate: Arc<tokio::sync::Semaphore>) -> Response {
+    let first = futures_util::stream::once(std::future::ready(Ok::<_, std::io::Error>(chunk(&model, STREAM_WORDS[0]))));
+    let rest = futures_util::stream::once(async move {
+        gate.acquire().await.expect("the gate is never closed").forget();
+        Ok::<_, std::io::Error>(format!("{}{}data: [DONE]\n\n", chunk(&model, STREAM_WORDS[1]), usage_chunk(&model)))
+    });
+    use futures_util::StreamExt;
+    Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(first.chain(rest))).unwrap()
+}
+
 /// A LiteLLM-style 400 message: exception names, a URL, a key, the upstream model, a traceback.
 pub const INTERNALS_MESSAGE: &str = "litellm.BadRequestError: OpenAIException - Error code: 400 - prompt too long \
     for up-internals at http://10.1.2.3:4000/v1 with sk-internal-0123456789\nReceived Model Group=up-internals\n\
@@ -179,6 +207,9 @@ async fn completions(State(up): State<Upstream>, headers: HeaderMap, Json(body):
             c.as_object_mut().unwrap().remove("usage");
             Json(c).into_response()
         }
+        // Sends its first chunk, then waits for a permit (`Upstream::release`) before the rest:
+        // a call that stays in flight exactly as long as a test wants.
+        "up-gated" if streaming => gated_stream(model, up.gate.clone()),
         // A long stream: 40 chunks, 50 ms apart (2 s), for disconnect tests.
         "up-long" => sse(model, Duration::from_millis(50), true, 40),
         // Answers after 0.5 s / 2 s: calls that are in flight together, or that a client abandons.
@@ -276,6 +307,7 @@ pub fn catalog_toml_for(base: &str, dead: &str, key_env: &str) -> String {
         ("internals", "up-internals", base),
         ("ratelimited", "up-429", base),
         ("donetext", "up-done-text", base),
+        ("gated", "up-gated", base),
     ] {
         out.push_str(&format!(
             "[[models]]\nname = \"{name}\"\nupstream = \"{base}\"\nupstream_model = \"{up_model}\"\napi_key_env = \"{key_env}\"\ninput_usd_per_mtok = 1.5\noutput_usd_per_mtok = 6.0\n{OPENAI_ENDPOINTS}\n"

@@ -1,7 +1,9 @@
 //! API keys and authentication. A key is `pr-` + 40 random base62 characters; only its SHA-256
 //! is stored (keys are high-entropy, so a fast hash is the right tool). Lookups sit on the hot
-//! path of every call, so resolved keys are cached for `PR_KEY_CACHE_TTL_MS` (1 s by default):
-//! a revocation evicts the local entry at once and reaches every other replica within the TTL.
+//! path of every call, so resolved keys are cached for `PR_KEY_CACHE_TTL_MS` (1 s by default).
+//! A revocation evicts the local entry at once and, with Redis (`PR_REDIS_URL`), is published to
+//! every other replica, which evicts it as soon as the message arrives
+//! (`accounts::revocation`); the TTL is the bound only while Redis is away.
 //!
 //! A key created with a key is its child (`parent_key_id`): revoking a key revokes all its
 //! descendants, so a stolen key cannot outlive its revocation through keys it minted.
@@ -21,7 +23,12 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{accounts::rate_limits::RateLimits, error::ApiError, state::AppState, telemetry::RequestContext};
+use crate::{
+    accounts::{rate_limits::RateLimits, redis_link::RedisLink, revocation},
+    error::ApiError,
+    state::AppState,
+    telemetry::RequestContext,
+};
 
 pub const KEY_PREFIX: &str = "pr-";
 const KEY_RANDOM_CHARS: usize = 40;
@@ -129,6 +136,8 @@ pub struct KeyCache {
     ttl: Duration,
     /// The `PR_USER_*` rate-limit defaults.
     user_defaults: RateLimits,
+    /// Where revocations are published to the other replicas.
+    link: Option<Arc<RedisLink>>,
 }
 
 #[derive(Clone, Copy)]
@@ -138,8 +147,8 @@ struct CacheEntry {
 }
 
 impl KeyCache {
-    pub fn new(ttl: Duration, user_defaults: RateLimits) -> Self {
-        Self { inner: Arc::default(), ttl, user_defaults }
+    pub fn new(ttl: Duration, user_defaults: RateLimits, link: Option<Arc<RedisLink>>) -> Self {
+        Self { inner: Arc::default(), ttl, user_defaults, link }
     }
 
     /// Resolves a presented key: from the cache when fresh, else from the database (valid and
@@ -181,7 +190,24 @@ impl KeyCache {
         Ok(user)
     }
 
-    /// Drops every cached entry of these keys (called on revocation).
+    /// A revocation: drops the keys here and publishes them to every other replica (best
+    /// effort: without Redis they expire from the other caches within the TTL).
+    pub async fn revoked(&self, key_ids: &[Uuid]) {
+        self.evict_key_ids(key_ids);
+        if let Some(link) = &self.link
+            && link.available()
+            && !revocation::publish(link, key_ids).await
+        {
+            tracing::warn!(target: "pr.redis", keys = key_ids.len(), "revocation not published; other replicas drop the keys within PR_KEY_CACHE_TTL_MS");
+        }
+    }
+
+    /// Forgets everything (after missing revocations while Redis was away).
+    pub fn clear(&self) {
+        self.inner.write().expect("key cache lock").clear();
+    }
+
+    /// Drops every cached entry of these keys on this replica.
     pub fn evict_key_ids(&self, key_ids: &[Uuid]) {
         if key_ids.is_empty() {
             return;

@@ -120,6 +120,21 @@ pub struct Config {
     #[arg(long, env = "PR_KEY_CACHE_TTL_MS", default_value_t = 1000)]
     pub key_cache_ttl_ms: u64,
 
+    /// Redis shared by the replicas (`redis://:PASSWORD@HOST:6379/0`): exact rate limits across
+    /// replicas and instant revocation. Unset: each replica limits alone (with the whole limits).
+    #[arg(long, env = "PR_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+
+    /// Longest wait for one Redis command; a slower or failed Redis is left alone for 500 ms
+    /// (calls use the local fallback meanwhile).
+    #[arg(long, env = "PR_REDIS_TIMEOUT_MS", default_value_t = 100)]
+    pub redis_timeout_ms: u64,
+
+    /// How many API replicas the operator runs: while Redis is away each limits calls to its
+    /// share (limit / replicas, at least 1). Exported as `pr_api_replicas_expected`.
+    #[arg(long, env = "PR_API_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_replicas: u32,
+
     /// Default requests per minute of each user whose row sets none (0: no limit). Keys, users
     /// and catalog models may set their own (README, "Rate limits").
     #[arg(long, env = "PR_USER_REQUESTS_PER_MINUTE", default_value_t = 0)]
@@ -193,6 +208,11 @@ impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
+    /// The Redis URL, treating an empty variable as unset.
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis_url.as_ref().map(Secret::expose).filter(|u| !u.is_empty())
+    }
+
     /// The metrics token, treating an empty variable as unset.
     pub fn metrics_token(&self) -> Option<&str> {
         self.metrics_token.as_ref().map(Secret::expose).filter(|t| !t.is_empty())
@@ -232,6 +252,9 @@ impl Config {
             stream_idle_timeout_secs: 60,
             upstream_connect_timeout_secs: 5,
             key_cache_ttl_ms: 1000,
+            redis_url: None,
+            redis_timeout_ms: 100,
+            api_replicas: 1,
             user_requests_per_minute: 0,
             user_tokens_per_minute: 0,
             user_max_concurrent: 0,

@@ -153,6 +153,9 @@ pub enum ApiError {
     /// sanitised and bounded (empty when it gave none).
     #[error("upstream rejected the request: {message}")]
     UpstreamRejected { status: StatusCode, message: String },
+    /// A rate limit of the key, its user or the key on the model refused the call.
+    #[error("rate limited: {message}")]
+    RateLimited { kind: &'static str, message: String, retry_after_secs: u64 },
     #[error("upstream rate limited")]
     UpstreamRateLimited { retry_after: Option<u32> },
     /// The upstream refused the gateway's own credentials (its 401/403).
@@ -168,6 +171,14 @@ pub enum ApiError {
     Database(#[source] sqlx::Error),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
+}
+
+impl From<crate::accounts::rate_limiter::Refusal> for ApiError {
+    fn from(r: crate::accounts::rate_limiter::Refusal) -> Self {
+        use crate::accounts::rate_limiter::LimitKind;
+        let kind = if r.kind == LimitKind::Tokens { "tokens" } else { "requests" };
+        Self::RateLimited { kind, message: r.message(), retry_after_secs: r.retry_after_secs() }
+    }
 }
 
 impl From<sqlx::Error> for ApiError {
@@ -212,7 +223,7 @@ impl ApiError {
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NoHealthyNode(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamRejected { status, .. } => *status,
-            Self::UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpstreamRateLimited { .. } | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamAuthFailed { .. } | Self::UpstreamError { .. } => StatusCode::BAD_GATEWAY,
             Self::ShuttingDown | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -321,6 +332,10 @@ impl ApiError {
                     format!("The model's upstream rejected the request: {message}")
                 },
             ),
+            // OpenAI's shape: the type names the limit (`requests`, `tokens`).
+            Self::RateLimited { kind, message, .. } => {
+                ErrorInfo::new(status, kind, "rate_limit_exceeded", message.clone())
+            }
             Self::UpstreamRateLimited { .. } => ErrorInfo::new(
                 status,
                 "rate_limit_error",
@@ -398,6 +413,9 @@ impl IntoResponse for ApiError {
         }
         if let Self::UpstreamRateLimited { retry_after: Some(secs) } = self {
             response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        if let Self::RateLimited { retry_after_secs, .. } = self {
+            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after_secs));
         }
         response.extensions_mut().insert(info);
         response

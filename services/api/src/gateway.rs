@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::{
+    accounts::rate_limiter::{Admission, Scope},
     auth::AuthUser,
     billing::{Hold, HoldError, Settlement, fmt_usd},
     catalog::{ApiStyle, Model, Target, Usage, endpoint_url},
@@ -34,7 +35,7 @@ use crate::{
         upstream_errors,
     },
     state::AppState,
-    telemetry::metrics as m,
+    telemetry::{RequestContext, metrics as m},
 };
 
 pub use crate::llm::endpoints::{Endpoint, NON_TEXT_PART_TOKENS, prompt_token_bound};
@@ -103,6 +104,8 @@ struct Call {
     started: Instant,
     /// The held worst case, until the call settles (dropped unsettled: released).
     hold: Option<Hold>,
+    /// The call's place in its rate-limit buckets, until it settles (dropped: released).
+    admission: Option<Admission>,
     /// Most output tokens the upstream was allowed (sent to it).
     cap: u64,
     /// The request as sent upstream, serialised once (its length also bounds the prompt).
@@ -168,17 +171,20 @@ pub fn estimate_tokens(chars: usize) -> u64 {
 
 impl Call {
     /// Starts a call: checks that the model serves the endpoint and the request's fields,
-    /// validates the output cap, holds the worst case (402 when it does not fit, 503 when the
+    /// validates the output cap, admits it under the rate limits of the key, its user and the
+    /// key on the model (429 when one is reached; the worst case counts as its tokens until it
+    /// settles), holds the worst case (402 when it does not fit, 503 when the
     /// database cannot be asked), and names the upstream's model.
     async fn begin(
         state: &AppState,
         user: AuthUser,
         model: Arc<Model>,
         endpoint: Endpoint,
-        request_id: &str,
+        ctx: &RequestContext,
         body: &mut Map<String, Value>,
         headers: HeaderMap,
     ) -> Result<Self, ApiError> {
+        let request_id = ctx.request_id.as_str();
         let started = Instant::now();
         if !model.serves(endpoint.catalog()) {
             return Err(ApiError::WrongEndpoint {
@@ -193,6 +199,21 @@ impl Call {
         let request = Bytes::from(serde_json::to_vec(body).map_err(|e| ApiError::Internal(e.into()))?);
         let prompt_bound = prompt_token_bound(body, request.len());
         let prompt_chars = endpoint.prompt_chars(body);
+        let scopes = [
+            Scope::key(user.key_id, user.key_limits),
+            Scope::user(user.user_id, user.user_limits),
+            Scope::key_model(user.key_id, model.name, model.limits),
+        ];
+        let admission = match state.limiter.admit(&scopes, prompt_bound.saturating_add(cap)).await {
+            Ok((admission, status)) => {
+                ctx.rate_limit.set(status);
+                admission
+            }
+            Err(refusal) => {
+                ctx.rate_limit.set(refusal.status);
+                return Err(refusal.into());
+            }
+        };
         let worst = model.worst_cost(prompt_bound, cap);
         let hold = match state.billing.hold(user.user_id, worst).await {
             Ok(hold) => hold,
@@ -210,6 +231,7 @@ impl Call {
             request_id: request_id.to_owned(),
             started,
             hold: Some(hold),
+            admission,
             cap,
             request,
             headers,
@@ -322,6 +344,9 @@ impl Call {
             metrics::counter!(m::BILLING_FLAGGED_TOTAL, "reason" => reason).increment(1);
         }
         let cost = self.model.usage_cost(&usage);
+        if let Some(admission) = self.admission.take() {
+            admission.settle(input.saturating_add(output));
+        }
         if let Some(hold) = self.hold.take() {
             hold.settle(Settlement {
                 call_id: Uuid::new_v4(),
@@ -363,9 +388,9 @@ pub async fn complete(
     model: Arc<Model>,
     body: Map<String, Value>,
     endpoint: Endpoint,
-    request_id: &str,
+    ctx: &RequestContext,
 ) -> Result<CallResult, ApiError> {
-    complete_with(state, user, model, body, endpoint, request_id, HeaderMap::new()).await
+    complete_with(state, user, model, body, endpoint, ctx, HeaderMap::new()).await
 }
 
 async fn complete_with(
@@ -374,12 +399,12 @@ async fn complete_with(
     model: Arc<Model>,
     mut body: Map<String, Value>,
     endpoint: Endpoint,
-    request_id: &str,
+    ctx: &RequestContext,
     headers: HeaderMap,
 ) -> Result<CallResult, ApiError> {
     body.remove("stream");
     body.remove("stream_options");
-    let call = Call::begin(state, user, model, endpoint, request_id, &mut body, headers).await?;
+    let call = Call::begin(state, user, model, endpoint, ctx, &mut body, headers).await?;
     let (tx, rx) = oneshot::channel();
     tokio::spawn(async move {
         let result = call.run_complete(&tx).await;
@@ -396,7 +421,7 @@ pub async fn serve(
     user: AuthUser,
     body: Map<String, Value>,
     endpoint: Endpoint,
-    request_id: &str,
+    ctx: &RequestContext,
     client_headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let Some(Value::String(name)) = body.get("model") else {
@@ -411,9 +436,9 @@ pub async fn serve(
         state.catalog.get(name).cloned().ok_or_else(|| ApiError::ModelNotFound(name.chars().take(128).collect()))?;
     let headers = upstream_headers(&model, client_headers);
     if streaming {
-        stream(state, user, model, body, endpoint, request_id, headers).await
+        stream(state, user, model, body, endpoint, ctx, headers).await
     } else {
-        let result = complete_with(state, user, model, body, endpoint, request_id, headers).await?;
+        let result = complete_with(state, user, model, body, endpoint, ctx, headers).await?;
         Ok(axum::Json(result.response).into_response())
     }
 }
@@ -508,7 +533,7 @@ async fn stream(
     model: Arc<Model>,
     mut body: Map<String, Value>,
     endpoint: Endpoint,
-    request_id: &str,
+    ctx: &RequestContext,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if endpoint == Endpoint::Embeddings {
@@ -519,7 +544,7 @@ async fn stream(
     } else {
         body.insert("stream".into(), Value::Bool(true));
     }
-    let call = Call::begin(state, user, model, endpoint, request_id, &mut body, headers).await?;
+    let call = Call::begin(state, user, model, endpoint, ctx, &mut body, headers).await?;
 
     // From here the call runs in a task of its own: a client that leaves before the upstream's
     // response head does not stop it from being read to its end and billed.

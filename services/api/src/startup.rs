@@ -87,6 +87,10 @@ impl Application {
             std::time::Duration::from_secs(state.config.gpu_poll_interval_secs.max(1)),
             std::time::Duration::from_millis(state.config.gpu_poll_timeout_ms.max(1)),
         ));
+        let mut background = vec![tokio::spawn(state.limiter.clone().maintain())];
+        if let Some(link) = &state.redis {
+            background.push(tokio::spawn(crate::accounts::revocation::listen(link.clone(), state.keys.clone())));
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
@@ -107,11 +111,13 @@ impl Application {
             result = &mut public_task => {
                 upkeep.abort();
                 poller.abort();
+                background.iter().for_each(|t| t.abort());
                 return result.context("public listener task")?.context("public listener failed");
             }
             result = &mut internal_task => {
                 upkeep.abort();
                 poller.abort();
+                background.iter().for_each(|t| t.abort());
                 return result.context("metrics listener task")?.context("metrics listener failed");
             }
         }
@@ -132,6 +138,7 @@ impl Application {
         state.billing.shutdown(deadline).await;
         upkeep.abort();
         poller.abort();
+        background.iter().for_each(|t| t.abort());
         state.db.close().await;
         tracing::info!("stopped");
         Ok(())

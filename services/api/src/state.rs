@@ -11,8 +11,14 @@ use std::{
 use sqlx::PgPool;
 
 use crate::{
-    accounts::rate_limits, auth::KeyCache, billing::Billing, catalog::Catalog, config::Config, fleet::Fleet,
-    gateway::UpstreamTimeouts, gpu::node_policy::AllowedNets,
+    accounts::{rate_limiter::RateLimiter, rate_limits, redis_link::RedisLink},
+    auth::KeyCache,
+    billing::Billing,
+    catalog::Catalog,
+    config::Config,
+    fleet::Fleet,
+    gateway::UpstreamTimeouts,
+    gpu::node_policy::AllowedNets,
 };
 
 #[derive(Clone)]
@@ -29,6 +35,10 @@ pub struct AppState {
     /// Holds, settlement, journal (exact prepaid billing).
     pub billing: Billing,
     pub fleet: Arc<Fleet>,
+    /// Per-key, per-user and per-model call rate limits (shared through Redis when configured).
+    pub limiter: RateLimiter,
+    /// The Redis link, when `PR_REDIS_URL` is set (the limiter and the key cache use it).
+    pub redis: Option<Arc<RedisLink>>,
     shutting_down: Arc<AtomicBool>,
 }
 
@@ -41,6 +51,10 @@ impl AppState {
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let fleet = Arc::new(Fleet::new(AllowedNets::new(config.gpu_node_allowed_nets.0.clone())));
+        let redis = match config.redis_url() {
+            Some(url) => Some(RedisLink::new(url, Duration::from_millis(config.redis_timeout_ms.max(1)))?),
+            None => None,
+        };
         Ok(Self {
             keys: KeyCache::new(
                 Duration::from_millis(config.key_cache_ttl_ms),
@@ -49,7 +63,10 @@ impl AppState {
                     config.user_tokens_per_minute,
                     config.user_max_concurrent,
                 ),
+                redis.clone(),
             ),
+            limiter: RateLimiter::new(redis.clone(), config.api_replicas),
+            redis,
             upstream: UpstreamTimeouts {
                 request: Duration::from_secs(config.upstream_timeout_secs),
                 stream_idle: Duration::from_secs(config.stream_idle_timeout_secs),

@@ -52,5 +52,5 @@ async fn call(
     headers: HeaderMap,
     AppJson(body): AppJson<Map<String, Value>>,
 ) -> ApiResult<Response> {
-    gateway::serve(&state, user, body, endpoint, ctx.request_id.as_str(), &headers).await
+    gateway::serve(&state, user, body, endpoint, &ctx, &headers).await
 }

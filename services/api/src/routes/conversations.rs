@@ -200,8 +200,7 @@ async fn send(
     let mut body = Map::new();
     body.insert("messages".into(), Value::Array(messages));
 
-    let result =
-        gateway::complete(&state, user, model, body, Endpoint::ConversationMessage, ctx.request_id.as_str()).await?;
+    let result = gateway::complete(&state, user, model, body, Endpoint::ConversationMessage, &ctx).await?;
     let reply =
         result.response.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or_default().to_owned();
 

@@ -148,7 +148,7 @@ async fn revoke(State(state): State<AppState>, user: AuthUser, Path(id): Path<St
     }
     let tree = auth::revoke_tree(&mut *tx, user.user_id, key.id).await?;
     tx.commit().await?;
-    // At once here; other replicas drop theirs within the cache TTL.
-    state.keys.evict_key_ids(&tree);
+    // At once here and, through Redis, on every other replica (else within the cache TTL).
+    state.keys.revoked(&tree).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -33,6 +33,9 @@ pub const CREDIT_LEASED_USD: &str = "pr_credit_leased_usd";
 pub const BILLING_JOURNAL_PENDING: &str = "pr_billing_journal_pending";
 pub const BILLING_DEAD_LETTERS_TOTAL: &str = "pr_billing_dead_letters_total";
 pub const BILLING_FLAGGED_TOTAL: &str = "pr_billing_flagged_total";
+pub const RATE_LIMITED_TOTAL: &str = "pr_rate_limited_total";
+pub const REDIS_ERRORS_TOTAL: &str = "pr_redis_errors_total";
+pub const API_REPLICAS_EXPECTED: &str = "pr_api_replicas_expected";
 pub const LEDGER_CHECK_FAILURES_TOTAL: &str = "pr_ledger_check_failures_total";
 /// `check` label values of `pr_ledger_check_failures_total`.
 pub const LEDGER_CHECKS: [&str; 4] = ["balance_mismatch", "held_mismatch", "negative_available", "expired_leases"];
@@ -63,6 +66,11 @@ pub fn zero_billing_series() {
     }
     set_credit_gauges(0, Decimal::ZERO, Decimal::ZERO);
     set_journal_pending(0);
+}
+
+/// The Redis error counter exists from the start (at 0) when Redis is configured.
+pub fn zero_redis_series() {
+    metrics::counter!(REDIS_ERRORS_TOTAL).increment(0);
 }
 
 /// `exception_type` label values of `pr_http_exceptions_total`: the types `error.rs` gives and the
@@ -274,6 +282,21 @@ fn describe() {
         LEDGER_CHECK_FAILURES_TOTAL,
         Unit::Count,
         "Failed ledger self-checks, by check (balance_mismatch, held_mismatch, negative_available, expired_leases)."
+    );
+    describe_counter!(
+        RATE_LIMITED_TOTAL,
+        Unit::Count,
+        "LLM calls refused with 429 by a per-key, per-user or per-model rate limit, by the limit that refused them (requests, tokens, concurrent)."
+    );
+    describe_counter!(
+        REDIS_ERRORS_TOTAL,
+        Unit::Count,
+        "Redis commands that failed or timed out (rate limits then fall back to this replica's share; revocations to the key cache TTL)."
+    );
+    describe_gauge!(
+        API_REPLICAS_EXPECTED,
+        Unit::Count,
+        "How many API replicas the operator runs (PR_API_REPLICAS): each limits to limit / replicas while Redis is away."
     );
     describe_counter!(
         LOG_LINES_DROPPED_TOTAL,

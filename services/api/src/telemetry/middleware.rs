@@ -43,7 +43,10 @@ use super::{
     },
     request_id::{RequestId, X_REQUEST_ID},
 };
-use crate::error::{ApiError, ErrorInfo};
+use crate::{
+    accounts::rate_limiter::RateStatus,
+    error::{ApiError, ErrorInfo},
+};
 
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
@@ -77,6 +80,19 @@ pub struct RequestContext {
     pub request_id: RequestId,
     pub user: UserSlot,
     pub limits: RequestLimits,
+    /// The rate-limit state of an LLM call, set by the gateway; the middleware writes it as the
+    /// `x-ratelimit-*` headers of the response, whatever its status.
+    pub rate_limit: RateSlot,
+}
+
+/// See [`RequestContext::rate_limit`].
+#[derive(Clone, Debug, Default)]
+pub struct RateSlot(Arc<OnceLock<RateStatus>>);
+
+impl RateSlot {
+    pub fn set(&self, status: RateStatus) {
+        let _ = self.0.set(status);
+    }
 }
 
 impl TelemetryLayer {
@@ -163,6 +179,7 @@ where
         let request_id = RequestId::from_headers(req.headers());
         let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         let user = UserSlot::default();
+        let rate_limit = RateSlot::default();
         let metrics = self.per_route.metrics(method_index, route, cacheable);
         metrics.in_flight.increment(1.0);
 
@@ -179,10 +196,11 @@ where
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
             request_id: request_id.clone(),
             user: user.clone(),
+            rate_limit: rate_limit.clone(),
             metrics,
         };
         let limits = self.per_route.shared.limits;
-        req.extensions_mut().insert(RequestContext { request_id, user, limits });
+        req.extensions_mut().insert(RequestContext { request_id, user, limits, rate_limit });
 
         // A declared body over the limit is refused before any handler runs; bodies without a
         // length are cut by `DefaultBodyLimit` when a handler reads them.
@@ -272,6 +290,7 @@ struct Record {
     user_agent: Option<HeaderValue>,
     request_id: RequestId,
     user: UserSlot,
+    rate_limit: RateSlot,
     metrics: &'static RouteMetrics,
 }
 
@@ -314,6 +333,9 @@ impl Record {
             }
         }
         parts.headers.insert(X_REQUEST_ID.clone(), self.request_id.header_value());
+        if let Some(status) = self.rate_limit.0.get() {
+            status.write_headers(&mut parts.headers);
+        }
         let body = Body::new(TelemetryBody { inner: body, bytes: 0, done: Some((self, status)) });
         Response::from_parts(parts, body)
     }
