@@ -354,3 +354,25 @@ async fn a_streaming_request_answered_without_streaming_is_billed_and_refused_cl
     let invalid = [("model", "nostream"), ("endpoint", "chat_completions"), ("status", "invalid_response")];
     assert_eq!(s.get("pr_llm_calls_total", &invalid), 1.0);
 }
+
+#[tokio::test]
+async fn the_rate_limits_cover_every_endpoint_and_answer_in_its_familys_shape() {
+    let g = spawn_gateway().await;
+    let (user_id, first) = funded(&g, "1.00").await;
+    let created = g.app.client.post(g.app.url("/api/keys")).bearer_auth(&first);
+    let created: Value =
+        created.json(&json!({"limits": {"requests_per_minute": 2}})).send().await.unwrap().json().await.unwrap();
+    let key = created["key"].as_str().unwrap();
+    // Two calls on two endpoints use the key's two requests of this minute...
+    assert_eq!(post(&g, "/v1/embeddings", key, &json!({"model": "embed", "input": "x"})).await.status(), 200);
+    assert_eq!(post(&g, "/v1/messages", key, &claude("claude", false)).await.status(), 200);
+    // ...so a third is refused, whichever endpoint it calls, in that endpoint's error shape.
+    let openai = post(&g, "/v1/responses", key, &json!({"model": "echo", "input": "x"})).await;
+    assert_eq!(openai.status(), 429);
+    assert!(openai.headers().contains_key("retry-after"));
+    assert_eq!(openai.json::<Value>().await.unwrap()["error"]["code"], "rate_limit_exceeded");
+    let anthropic = post(&g, "/v1/messages", key, &claude("claude", true)).await;
+    assert!(anthropic.headers().contains_key("x-ratelimit-limit-requests"), "{:?}", anthropic.headers());
+    anthropic_error(anthropic, 429, "rate_limit_error").await;
+    assert_eq!(rows(&g, user_id, 2).await.len(), 2, "the refused calls billed nothing");
+}
