@@ -69,7 +69,13 @@ async fn completion_is_proxied_metered_and_billed_once() {
             "donetext",
             "gated",
             "capped",
-            "pooled"
+            "pooled",
+            "embed",
+            "nostream",
+            "claude",
+            "claude-nousage",
+            "claude-overloaded",
+            "claude-nostream"
         ]
     );
     assert_eq!(models["object"], "list");
@@ -105,12 +111,21 @@ async fn completion_is_proxied_metered_and_billed_once() {
         s.get("pr_llm_calls_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("status", "success")]),
         1.0
     );
-    assert_eq!(s.get("pr_llm_tokens_total", &[("model", "echo"), ("direction", "input")]), 12.0);
-    assert_eq!(s.get("pr_llm_tokens_total", &[("model", "echo"), ("direction", "output")]), 34.0);
-    assert_eq!(s.get("pr_llm_cost_usd_total", &[("model", "echo")]), dec(CALL_COST));
+    assert_eq!(
+        s.get("pr_llm_tokens_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("direction", "input")]),
+        12.0
+    );
+    assert_eq!(
+        s.get("pr_llm_tokens_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("direction", "output")]),
+        34.0
+    );
+    assert_eq!(s.get("pr_llm_cost_usd_total", &[("model", "echo"), ("endpoint", "chat_completions")]), dec(CALL_COST));
     assert_eq!(s.types["pr_llm_cost_usd_total"], "counter");
     assert_eq!(s.get("pr_credit_transactions_total", &[("kind", "usage")]), 1.0);
-    assert_eq!(s.get("pr_llm_upstream_duration_seconds_count", &[("model", "echo")]), 1.0);
+    assert_eq!(
+        s.get("pr_llm_upstream_duration_seconds_count", &[("model", "echo"), ("endpoint", "chat_completions")]),
+        1.0
+    );
     assert_eq!(s.get("pr_llm_gateway_overhead_seconds_count", &[("endpoint", "chat_completions")]), 1.0);
     for name in [
         "pr_llm_calls_total",
@@ -294,7 +309,10 @@ async fn streams_are_forwarded_as_they_arrive_and_billed_from_reported_usage() {
         .app
         .wait_for_metrics("stream billed", |s| s.get("pr_credit_transactions_total", &[("kind", "usage")]) == 1.0)
         .await;
-    assert_eq!(rows.get("pr_llm_time_to_first_token_seconds_count", &[("model", "echo")]), 1.0);
+    assert_eq!(
+        rows.get("pr_llm_time_to_first_token_seconds_count", &[("model", "echo"), ("endpoint", "chat_completions")]),
+        1.0
+    );
     let rows = usage_rows(&g, user_id).await;
     assert_eq!(rows.len(), 1);
     assert_eq!((dec(&rows[0].0), rows[0].1, rows[0].2, rows[0].3), (dec(CALL_COST), 12, 34, false));
@@ -339,7 +357,7 @@ async fn a_client_that_disconnects_mid_stream_is_still_billed() {
     let rows = usage_rows(&g, user_id).await;
     assert_eq!(rows.len(), 1, "billed exactly once");
     assert_eq!((rows[0].1, rows[0].2, rows[0].3), (12, 34, false), "billed from what the upstream reported");
-    assert_eq!(s.get("pr_llm_cost_usd_total", &[("model", "long")]), dec(CALL_COST));
+    assert_eq!(s.get("pr_llm_cost_usd_total", &[("model", "long"), ("endpoint", "chat_completions")]), dec(CALL_COST));
 }
 
 #[tokio::test]
@@ -434,9 +452,19 @@ async fn the_ledger_holds_under_concurrency_and_matches_the_metrics() {
     .fetch_one(&g.app.pool)
     .await
     .unwrap();
-    assert!((s.get("pr_llm_cost_usd_total", &[("model", "echo")]) - dec(&cost)).abs() < 1e-12, "cost {cost}");
-    assert_eq!(s.get("pr_llm_tokens_total", &[("model", "echo"), ("direction", "input")]), input as f64);
-    assert_eq!(s.get("pr_llm_tokens_total", &[("model", "echo"), ("direction", "output")]), output as f64);
+    assert!(
+        (s.get("pr_llm_cost_usd_total", &[("model", "echo"), ("endpoint", "chat_completions")]) - dec(&cost)).abs()
+            < 1e-12,
+        "cost {cost}"
+    );
+    assert_eq!(
+        s.get("pr_llm_tokens_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("direction", "input")]),
+        input as f64
+    );
+    assert_eq!(
+        s.get("pr_llm_tokens_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("direction", "output")]),
+        output as f64
+    );
     let successes: f64 = ["success", "client_disconnect"]
         .iter()
         .map(|st| s.get("pr_llm_calls_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("status", st)]))

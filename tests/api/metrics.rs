@@ -208,18 +208,21 @@ async fn a_fresh_scrape_shows_every_spec_family() {
     }
     assert_eq!(s.series(EXCEPTIONS).len(), types.len(), "{:?}", s.series(EXCEPTIONS));
 
-    // LLM families: per catalog model, its successful chat completion, both token directions, its cost.
+    // LLM families: per catalog model, its successful call on the first endpoint it serves (one
+    // that can occur), both token directions, its cost.
     let catalog = privaterouter_api::catalog::Catalog::load(&g.catalog_path()).unwrap();
-    let models: Vec<&str> = catalog.models().iter().map(|m| m.name).collect();
-    assert!(models.len() > 10 && models.contains(&"echo"));
-    for model in &models {
-        let call = [("model", *model), ("endpoint", "chat_completions"), ("status", "success")];
+    let models: Vec<(&str, &str)> = catalog.models().iter().map(|m| (m.name, m.endpoints[0].as_str())).collect();
+    assert!(models.len() > 10 && models.contains(&("echo", "chat_completions")));
+    assert!(models.contains(&("embed", "embeddings")) && models.contains(&("claude", "messages")));
+    for &(model, endpoint) in &models {
+        let call = [("model", model), ("endpoint", endpoint), ("status", "success")];
         assert_eq!(s.value("pr_llm_calls_total", &call), Some(0.0), "{model}");
         for direction in ["input", "output"] {
-            let labels = [("model", *model), ("direction", direction)];
+            let labels = [("model", model), ("endpoint", endpoint), ("direction", direction)];
             assert_eq!(s.value("pr_llm_tokens_total", &labels), Some(0.0), "{model} {direction}");
         }
-        assert_eq!(s.value("pr_llm_cost_usd_total", &[("model", model)]), Some(0.0), "{model}");
+        let cost = [("model", model), ("endpoint", endpoint)];
+        assert_eq!(s.value("pr_llm_cost_usd_total", &cost), Some(0.0), "{model}");
     }
     assert_eq!(s.series("pr_llm_calls_total").len(), models.len());
     assert_eq!(s.series("pr_llm_tokens_total").len(), 2 * models.len());

@@ -9,6 +9,7 @@ pub mod prom;
 pub mod redirect;
 pub mod redis;
 pub mod upstream;
+pub mod upstream_endpoints;
 
 use std::{
     io::Write,

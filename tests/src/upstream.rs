@@ -29,13 +29,20 @@ pub const STREAM_WORDS: [&str; 5] = ["Hello", ", ", "world", "!", " Bye."];
 pub struct Upstream {
     pub addr: Option<SocketAddr>,
     pub received: Arc<Mutex<Vec<Value>>>,
+    /// Calls to the other endpoints: `{"path", "body", "authorization", "x-api-key", "anthropic-version"}`.
+    pub received_calls: Arc<Mutex<Vec<Value>>>,
     /// Each `up-gated` stream takes one permit before it ends (see [`Upstream::release`]).
     gate: Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for Upstream {
     fn default() -> Self {
-        Self { addr: None, received: Arc::default(), gate: Arc::new(tokio::sync::Semaphore::new(0)) }
+        Self {
+            addr: None,
+            received: Arc::default(),
+            received_calls: Arc::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
     }
 }
 
@@ -51,6 +58,10 @@ impl Upstream {
 
     pub fn requests(&self) -> Vec<Value> {
         self.received.lock().unwrap().clone()
+    }
+
+    pub fn calls(&self) -> Vec<Value> {
+        self.received_calls.lock().unwrap().clone()
     }
 }
 
@@ -71,7 +82,14 @@ pub async fn start_on(addr: &str) -> Upstream {
 
 /// The stand-in's routes, recording into `upstream.received`.
 pub fn router(upstream: Upstream) -> Router {
-    Router::new().route("/v1/chat/completions", post(completions)).with_state(upstream)
+    use crate::upstream_endpoints as more;
+    Router::new()
+        .route("/v1/chat/completions", post(completions))
+        .route("/v1/completions", post(more::completions))
+        .route("/v1/embeddings", post(more::embeddings))
+        .route("/v1/responses", post(more::responses))
+        .route("/v1/messages", post(more::messages))
+        .with_state(upstream)
 }
 
 fn completion(model: &str, content: &str) -> Value {
@@ -180,6 +198,7 @@ async fn completions(State(up): State<Upstream>, headers: HeaderMap, Json(body):
     let last =
         body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("").to_owned();
     match model.as_str() {
+        "up-nostream" => Json(completion(&model, "not streamed")).into_response(),
         "up-echo" if streaming => sse(model, Duration::from_millis(30), true, STREAM_WORDS.len()),
         "up-echo" => Json(completion(&model, &format!("echo: {last}"))).into_response(),
         "up-nousage" if streaming => sse(model, Duration::from_millis(5), false, STREAM_WORDS.len()),
@@ -256,8 +275,12 @@ async fn completions(State(up): State<Upstream>, headers: HeaderMap, Json(body):
     }
 }
 
+/// The OpenAI-style endpoints the stand-in's models serve.
+const OPENAI_ENDPOINTS: &str = "endpoints = [\"chat_completions\", \"completions\", \"responses\"]\n";
+
 /// A catalog for the stand-in: every behaviour as a public model, plus one whose upstream
-/// refuses connections. Prices: 1.5 $/Mtok input, 6 $/Mtok output.
+/// refuses connections. Prices: 1.5 $/Mtok input, 6 $/Mtok output; `embed` 0.5 $/Mtok input;
+/// the `claude*` models (Anthropic style) 3 input, 15 output, 0.3 cache read, 3.75 cache write.
 pub fn catalog_toml(upstream: &Upstream, key_env: &str) -> String {
     let dead = format!("http://127.0.0.1:{}/v1", crate::free_port());
     catalog_toml_for(&upstream.base_url(), &dead, key_env)
@@ -287,7 +310,7 @@ pub fn catalog_toml_for(base: &str, dead: &str, key_env: &str) -> String {
         ("gated", "up-gated", base),
     ] {
         out.push_str(&format!(
-            "[[models]]\nname = \"{name}\"\nupstream = \"{base}\"\nupstream_model = \"{up_model}\"\napi_key_env = \"{key_env}\"\ninput_usd_per_mtok = 1.5\noutput_usd_per_mtok = 6.0\n\n"
+            "[[models]]\nname = \"{name}\"\nupstream = \"{base}\"\nupstream_model = \"{up_model}\"\napi_key_env = \"{key_env}\"\ninput_usd_per_mtok = 1.5\noutput_usd_per_mtok = 6.0\n{OPENAI_ENDPOINTS}\n"
         ));
     }
     // A small output cap (the default is 4096).
@@ -298,5 +321,22 @@ pub fn catalog_toml_for(base: &str, dead: &str, key_env: &str) -> String {
     out.push_str(&format!(
         "[[models]]\nname = \"pooled\"\ngpu_pool = \"gpu\"\nupstream_model = \"up-echo\"\napi_key_env = \"{key_env}\"\ninput_usd_per_mtok = 1.5\noutput_usd_per_mtok = 6.0\n\n"
     ));
+    // Embeddings (input price only), an upstream that never streams, and Anthropic-style models.
+    out.push_str(&format!(
+        "[[models]]\nname = \"embed\"\nupstream = \"{base}\"\nupstream_model = \"up-embed\"\napi_key_env = \"{key_env}\"\ninput_usd_per_mtok = 0.5\nendpoints = [\"embeddings\"]\n\n"
+    ));
+    out.push_str(&format!(
+        "[[models]]\nname = \"nostream\"\nupstream = \"{base}\"\nupstream_model = \"up-nostream\"\napi_key_env = \"{key_env}\"\ninput_usd_per_mtok = 1.5\noutput_usd_per_mtok = 6.0\n{OPENAI_ENDPOINTS}\n"
+    ));
+    for (name, up_model) in [
+        ("claude", "up-echo"),
+        ("claude-nousage", "up-nousage"),
+        ("claude-overloaded", "up-overloaded"),
+        ("claude-nostream", "up-nostream"),
+    ] {
+        out.push_str(&format!(
+            "[[models]]\nname = \"{name}\"\nupstream = \"{base}\"\nupstream_model = \"{up_model}\"\napi_key_env = \"{key_env}\"\napi = \"anthropic\"\nendpoints = [\"messages\"]\ninput_usd_per_mtok = 3\noutput_usd_per_mtok = 15\ncache_read_usd_per_mtok = 0.3\ncache_creation_usd_per_mtok = 3.75\n\n"
+        ));
+    }
     out
 }

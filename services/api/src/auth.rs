@@ -226,10 +226,16 @@ impl KeyCache {
     }
 }
 
+/// The presented key: `Authorization: Bearer <key>`, or `x-api-key: <key>` as Anthropic's
+/// clients send it (the first when both are present).
 fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| t.starts_with(KEY_PREFIX) && t.len() <= 128)
+    let from_bearer = || {
+        let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    };
+    let from_x_api_key = || parts.headers.get("x-api-key")?.to_str().ok().map(str::trim);
+    from_bearer().or_else(from_x_api_key).filter(|t| t.starts_with(KEY_PREFIX) && t.len() <= 128)
 }
 
 impl FromRequestParts<AppState> for AuthUser {

@@ -28,7 +28,16 @@ struct ModelEntry {
     upstream_model: Option<String>,
     api_key_env: Option<String>,
     input_usd_per_mtok: f64,
-    output_usd_per_mtok: f64,
+    /// Required unless the model serves embeddings only (they produce no output tokens).
+    output_usd_per_mtok: Option<f64>,
+    /// Anthropic prompt caching: tokens read from / written to the cache (required for
+    /// `api = "anthropic"`, whose usage reports them apart from `input_tokens`).
+    cache_read_usd_per_mtok: Option<f64>,
+    cache_creation_usd_per_mtok: Option<f64>,
+    /// Which endpoints the model serves (default: chat completions only).
+    endpoints: Option<Vec<String>>,
+    /// The upstream's API style: "openai" (default) or "anthropic".
+    api: Option<String>,
     /// Most output tokens of one call (the request's max_tokens is capped by it, and the cap is
     /// sent upstream); the hold of a call's worst case is priced with it.
     max_output_tokens: Option<u64>,
@@ -49,21 +58,121 @@ pub struct Model {
     pub api_key: Option<Secret>,
     pub input_usd_per_mtok: Decimal,
     pub output_usd_per_mtok: Decimal,
+    pub cache_read_usd_per_mtok: Decimal,
+    pub cache_creation_usd_per_mtok: Decimal,
     pub max_output_tokens: u64,
+    /// The endpoints it serves (a closed set, in catalog order).
+    pub endpoints: Vec<CatalogEndpoint>,
+    pub api: ApiStyle,
     /// The default rate limits of each key on this model (none: only the key's and the
     /// user's apply).
     pub limits: RateLimits,
 }
 
+/// The endpoints a catalog entry may list (`endpoints = [...]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatalogEndpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Responses,
+    Messages,
+}
+
+impl CatalogEndpoint {
+    pub const ALL: [Self; 5] =
+        [Self::ChatCompletions, Self::Completions, Self::Embeddings, Self::Responses, Self::Messages];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat_completions",
+            Self::Completions => "completions",
+            Self::Embeddings => "embeddings",
+            Self::Responses => "responses",
+            Self::Messages => "messages",
+        }
+    }
+
+    /// The public route of the endpoint (named in the error for a model that does not serve it).
+    pub fn route(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "/v1/chat/completions",
+            Self::Completions => "/v1/completions",
+            Self::Embeddings => "/v1/embeddings",
+            Self::Responses => "/v1/responses",
+            Self::Messages => "/v1/messages",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+/// How the upstream is spoken to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiStyle {
+    /// OpenAI-compatible (`Authorization: Bearer`; LiteLLM, vLLM, OpenAI).
+    OpenAi,
+    /// Anthropic-compatible (`x-api-key`, `anthropic-version`; serves `/v1/messages` only).
+    Anthropic,
+}
+
+/// Tokens of one call as an upstream reports them. `input` excludes the cache counts (Anthropic
+/// reports those apart; OpenAI counts cached tokens inside `input`, billed at the input price).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input: u64,
+    pub output: u64,
+    pub cache_read: u64,
+    pub cache_creation: u64,
+}
+
+impl Usage {
+    pub fn new(input: u64, output: u64) -> Self {
+        Self { input, output, ..Self::default() }
+    }
+
+    /// Every prompt token, cached or not: what the ledger's `input_tokens` records.
+    pub fn all_input(&self) -> u64 {
+        self.input.saturating_add(self.cache_read).saturating_add(self.cache_creation)
+    }
+}
+
 impl Model {
     pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> Decimal {
+        self.usage_cost(&Usage::new(input_tokens, output_tokens))
+    }
+
+    /// Each count at its own price: input, output, cache reads, cache writes.
+    pub fn usage_cost(&self, usage: &Usage) -> Decimal {
         let per_token = Decimal::from(1_000_000u32);
         // The ledger keeps 12 decimals: round here, so that a row and the balance it changes
         // carry the same amount (away from zero: never below the exact cost).
-        ((Decimal::from(input_tokens) * self.input_usd_per_mtok
-            + Decimal::from(output_tokens) * self.output_usd_per_mtok)
+        ((Decimal::from(usage.input) * self.input_usd_per_mtok
+            + Decimal::from(usage.output) * self.output_usd_per_mtok
+            + Decimal::from(usage.cache_read) * self.cache_read_usd_per_mtok
+            + Decimal::from(usage.cache_creation) * self.cache_creation_usd_per_mtok)
             / per_token)
             .round_dp_with_strategy(12, rust_decimal::RoundingStrategy::AwayFromZero)
+    }
+
+    /// The worst case of `prompt` input tokens and `output` output tokens: every prompt token at
+    /// the dearest of the input prices (an Anthropic cache write costs more than plain input).
+    pub fn worst_cost(&self, prompt: u64, output: u64) -> Decimal {
+        let dearest = self.input_usd_per_mtok.max(self.cache_read_usd_per_mtok).max(self.cache_creation_usd_per_mtok);
+        let usage = if dearest == self.input_usd_per_mtok {
+            Usage::new(prompt, output)
+        } else if dearest == self.cache_creation_usd_per_mtok {
+            Usage { cache_creation: prompt, output, ..Usage::default() }
+        } else {
+            Usage { cache_read: prompt, output, ..Usage::default() }
+        };
+        self.usage_cost(&usage)
+    }
+
+    pub fn serves(&self, endpoint: CatalogEndpoint) -> bool {
+        self.endpoints.contains(&endpoint)
     }
 }
 
@@ -76,8 +185,9 @@ pub enum Target {
     Pool(String),
 }
 
-pub fn chat_completions_url(base: &str) -> String {
-    format!("{}/chat/completions", base.trim_end_matches('/'))
+/// `path` (`/chat/completions`, `/messages`, ...) under an upstream's base URL.
+pub fn endpoint_url(base: &str, path: &str) -> String {
+    format!("{}{path}", base.trim_end_matches('/'))
 }
 
 pub fn validate_http_url(url: &str) -> bool {
@@ -137,6 +247,16 @@ impl Catalog {
                 // Via the shortest decimal text of the float, so 0.15 is exactly 0.15.
                 Ok(v.to_string().parse::<Decimal>()?)
             };
+            let (endpoints, api) = endpoints_and_api(&entry)?;
+            let optional = |v: Option<f64>, what: &str, needed: bool| -> anyhow::Result<Decimal> {
+                match v {
+                    Some(v) => price(v, what),
+                    None if needed => anyhow::bail!("model {:?}: {what} is required", entry.name),
+                    None => Ok(Decimal::ZERO),
+                }
+            };
+            let embeddings_only = endpoints == [CatalogEndpoint::Embeddings];
+            let anthropic = api == ApiStyle::Anthropic;
             let max_output_tokens = entry.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
             anyhow::ensure!(
                 (1..=10_000_000).contains(&max_output_tokens),
@@ -150,8 +270,16 @@ impl Catalog {
                 upstream_model: entry.upstream_model.unwrap_or_else(|| entry.name.clone()),
                 api_key,
                 input_usd_per_mtok: price(entry.input_usd_per_mtok, "input_usd_per_mtok")?,
-                output_usd_per_mtok: price(entry.output_usd_per_mtok, "output_usd_per_mtok")?,
+                output_usd_per_mtok: optional(entry.output_usd_per_mtok, "output_usd_per_mtok", !embeddings_only)?,
+                cache_read_usd_per_mtok: optional(entry.cache_read_usd_per_mtok, "cache_read_usd_per_mtok", anthropic)?,
+                cache_creation_usd_per_mtok: optional(
+                    entry.cache_creation_usd_per_mtok,
+                    "cache_creation_usd_per_mtok",
+                    anthropic,
+                )?,
                 max_output_tokens,
+                endpoints,
+                api,
                 limits: entry.limits,
             });
             catalog.by_name.insert(entry.name, model.clone());
@@ -167,6 +295,44 @@ impl Catalog {
     pub fn models(&self) -> &[Arc<Model>] {
         &self.models
     }
+}
+
+/// The entry's endpoints (closed set, no duplicates, default chat completions) and API style;
+/// an Anthropic-style upstream serves `/v1/messages` only, and only it serves that route (the
+/// gateway does not translate between the two families).
+fn endpoints_and_api(entry: &ModelEntry) -> anyhow::Result<(Vec<CatalogEndpoint>, ApiStyle)> {
+    let name = &entry.name;
+    let api = match entry.api.as_deref() {
+        None | Some("openai") => ApiStyle::OpenAi,
+        Some("anthropic") => ApiStyle::Anthropic,
+        Some(other) => anyhow::bail!("model {name:?}: api {other:?} is not \"openai\" or \"anthropic\""),
+    };
+    let default = match api {
+        ApiStyle::OpenAi => vec!["chat_completions".to_owned()],
+        ApiStyle::Anthropic => vec!["messages".to_owned()],
+    };
+    let mut endpoints = Vec::new();
+    for value in entry.endpoints.as_ref().unwrap_or(&default) {
+        let endpoint = CatalogEndpoint::parse(value).with_context(|| {
+            let known: Vec<&str> = CatalogEndpoint::ALL.iter().map(|e| e.as_str()).collect();
+            format!("model {name:?}: endpoint {value:?} is not one of {}", known.join(", "))
+        })?;
+        anyhow::ensure!(!endpoints.contains(&endpoint), "model {name:?}: endpoint {value:?} is listed twice");
+        endpoints.push(endpoint);
+    }
+    anyhow::ensure!(!endpoints.is_empty(), "model {name:?}: endpoints must not be empty");
+    let messages_only = endpoints == [CatalogEndpoint::Messages];
+    match api {
+        ApiStyle::Anthropic => anyhow::ensure!(
+            messages_only,
+            "model {name:?}: an api = \"anthropic\" upstream serves endpoints = [\"messages\"] only"
+        ),
+        ApiStyle::OpenAi => anyhow::ensure!(
+            !endpoints.contains(&CatalogEndpoint::Messages),
+            "model {name:?}: the messages endpoint needs api = \"anthropic\""
+        ),
+    }
+    Ok((endpoints, api))
 }
 
 #[cfg(test)]
@@ -188,7 +354,10 @@ mod tests {
         let c = Catalog::parse(SAMPLE, |_| Some("k".into())).unwrap();
         let m = c.get("gpt-4o-mini").unwrap();
         assert_eq!(m.target, Target::Url("http://litellm:4000/v1".into()));
-        assert_eq!(chat_completions_url("http://litellm:4000/v1"), "http://litellm:4000/v1/chat/completions");
+        assert_eq!(
+            endpoint_url("http://litellm:4000/v1", "/chat/completions"),
+            "http://litellm:4000/v1/chat/completions"
+        );
         assert_eq!(m.upstream_model, "openai/gpt-4o-mini");
         assert_eq!(m.api_key.as_ref().unwrap().expose(), "k");
         // 1,000 input and 500 output tokens: 0.00015 + 0.0003
@@ -231,5 +400,33 @@ mod tests {
         let pool = SAMPLE.replace("upstream = \"http://litellm:4000/v1/\"", "gpu_pool = \"a100\"");
         let c = Catalog::parse(&pool, |_| Some("k".into())).unwrap();
         assert_eq!(c.get("gpt-4o-mini").unwrap().target, Target::Pool("a100".into()));
+    }
+
+    #[test]
+    fn endpoints_api_styles_and_cache_prices() {
+        let key = |_: &str| Some("k".to_owned());
+        let c = Catalog::parse(SAMPLE, key).unwrap();
+        let m = c.get("gpt-4o-mini").unwrap();
+        assert_eq!(m.endpoints, [CatalogEndpoint::ChatCompletions], "the default");
+        assert_eq!(m.api, ApiStyle::OpenAi);
+        let many = format!("{SAMPLE}endpoints = [\"chat_completions\", \"responses\", \"completions\"]\n");
+        assert_eq!(Catalog::parse(&many, key).unwrap().get("gpt-4o-mini").unwrap().endpoints.len(), 3);
+        for bad in ["[\"chat\"]", "[]", "[\"embeddings\", \"embeddings\"]", "[\"messages\"]"] {
+            assert!(Catalog::parse(&format!("{SAMPLE}endpoints = {bad}\n"), key).is_err(), "{bad}");
+        }
+        let embed = "[[models]]\nname = \"e\"\nupstream = \"http://u/v1\"\ninput_usd_per_mtok = 0.02\nendpoints = [\"embeddings\"]\n";
+        let e = Catalog::parse(embed, key).unwrap();
+        assert_eq!(e.get("e").unwrap().cost(1_000_000, 0), "0.02".parse::<Decimal>().unwrap(), "input price only");
+        let claude = "[[models]]\nname = \"c\"\nupstream = \"http://u/v1\"\napi = \"anthropic\"\ninput_usd_per_mtok = 3\noutput_usd_per_mtok = 15\ncache_read_usd_per_mtok = 0.3\ncache_creation_usd_per_mtok = 3.75\n";
+        let c = Catalog::parse(claude, key).unwrap();
+        let m = c.get("c").unwrap();
+        assert_eq!(m.endpoints, [CatalogEndpoint::Messages]);
+        let usage = Usage { input: 10, output: 20, cache_read: 1000, cache_creation: 100 };
+        // 10×3 + 20×15 + 1000×0.3 + 100×3.75 = 30 + 300 + 300 + 375 = 1005 µ$
+        assert_eq!(m.usage_cost(&usage), "0.001005".parse::<Decimal>().unwrap());
+        assert_eq!(usage.all_input(), 1110);
+        assert!(Catalog::parse(&claude.replace("cache_read_usd_per_mtok = 0.3\n", ""), key).is_err());
+        assert!(Catalog::parse(&format!("{claude}endpoints = [\"chat_completions\"]\n"), key).is_err());
+        assert!(Catalog::parse(&claude.replace("anthropic", "gemini"), key).is_err());
     }
 }

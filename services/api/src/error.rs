@@ -10,6 +10,9 @@ use axum::{
 };
 
 /// What the telemetry middleware needs to render an error body and count it.
+/// The route whose errors take Anthropic's shape.
+pub const ANTHROPIC_ROUTE: &str = "/v1/messages";
+
 #[derive(Clone, Debug)]
 pub struct ErrorInfo {
     pub status: StatusCode,
@@ -59,6 +62,35 @@ impl ErrorInfo {
         info
     }
 
+    /// The error body for a route: Anthropic's shape on [`ANTHROPIC_ROUTE`] (its SDKs parse
+    /// nothing else), OpenAI's everywhere else.
+    pub fn body_for(&self, route: &str, request_id: &str) -> Vec<u8> {
+        if route == ANTHROPIC_ROUTE { self.body_anthropic(request_id) } else { self.body_json(request_id) }
+    }
+
+    /// `{"type": "error", "error": {"type", "message"}, "request_id"}`, the error type named as
+    /// Anthropic names its statuses.
+    pub fn body_anthropic(&self, request_id: &str) -> Vec<u8> {
+        let kind = match self.status.as_u16() {
+            400 | 405 | 408 | 415 => "invalid_request_error",
+            401 => "authentication_error",
+            402 => "billing_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            504 => "timeout_error",
+            _ => "api_error",
+        };
+        serde_json::to_vec(&serde_json::json!({
+            "type": "error",
+            "error": {"type": kind, "message": self.message},
+            "request_id": request_id,
+        }))
+        .expect("error body serialises")
+    }
+
     pub fn body_json(&self, request_id: &str) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({
             "error": {
@@ -105,6 +137,12 @@ pub enum ApiError {
     InsufficientCredits { needed: rust_decimal::Decimal, available: rust_decimal::Decimal, prompt_bound: u64, cap: u64 },
     #[error("model not found: {0}")]
     ModelNotFound(String),
+    /// A catalog model called on an endpoint it does not serve.
+    #[error("model {model} does not serve {route}")]
+    WrongEndpoint { model: &'static str, route: &'static str, served: Vec<&'static str> },
+    /// A streaming request the upstream answered without streaming (billed at its usage).
+    #[error("the upstream did not stream")]
+    UpstreamNotStreaming { cost: rust_decimal::Decimal },
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
     #[error("upstream timeout")]
@@ -179,6 +217,8 @@ impl ApiError {
             Self::CreditRequired { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            Self::WrongEndpoint { .. } => StatusCode::BAD_REQUEST,
+            Self::UpstreamNotStreaming { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NoHealthyNode(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -235,6 +275,25 @@ impl ApiError {
                 "model_not_found",
                 format!("The model `{name}` does not exist or you do not have access to it."),
             ),
+            Self::WrongEndpoint { model, route, served } => ErrorInfo::new(
+                status,
+                "invalid_request_error",
+                "unsupported_endpoint",
+                format!("The model `{model}` is not served on {route}; it is served on: {}.", served.join(", ")),
+            ),
+            Self::UpstreamNotStreaming { cost } => ErrorInfo {
+                exception_type: Some("upstream_error"),
+                ..ErrorInfo::new(
+                    status,
+                    "server_error",
+                    "upstream_not_streaming",
+                    format!(
+                        "The model's upstream answered this streaming request without streaming; it did the work, so \
+                         the call was billed ({} USD) as the upstream reported it. Retry without `stream`.",
+                        crate::billing::fmt_usd(*cost)
+                    ),
+                )
+            },
             Self::UpstreamUnavailable(e) => ErrorInfo {
                 exception_type: Some("upstream_unavailable"),
                 detail: Some(e.clone()),

@@ -1,4 +1,5 @@
-//! The LLM gateway core: calls an OpenAI-compatible upstream for a catalog model, meters the
+//! The LLM gateway core, one path for every LLM endpoint (what differs between them lives in
+//! `llm::endpoints`): calls the catalog model's upstream (OpenAI- or Anthropic-style), meters the
 //! call (tokens, cost, latency, time to first token, the gateway's own overhead), and bills it
 //! exactly once. Before anything is sent upstream the call's worst case (prompt bound × input
 //! price + output cap × output price) is held against the user's credit (402 when it does not
@@ -7,14 +8,13 @@
 //! does not stop the call from being billed for what the upstream reported.
 
 use std::{
-    borrow::Cow,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use axum::{
     body::Body,
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use bytes::{Bytes, BytesMut};
@@ -28,41 +28,21 @@ use crate::{
     accounts::rate_limiter::{Admission, Scope},
     auth::AuthUser,
     billing::{Hold, HoldError, Settlement, fmt_usd},
-    catalog::{Model, Target, chat_completions_url},
+    catalog::{ApiStyle, Model, Target, Usage, endpoint_url},
     error::ApiError,
-    llm::{request_fields, upstream_errors},
+    llm::{
+        sse::{StreamMeter, find_event_end},
+        upstream_errors,
+    },
     state::AppState,
     telemetry::{RequestContext, metrics as m},
 };
 
+pub use crate::llm::endpoints::{Endpoint, NON_TEXT_PART_TOKENS, prompt_token_bound};
+
 /// Reported token counts above this are clamped (and the row flagged `clamped`): no model has a
 /// context this large, and the ledger's integer columns stay far from overflow.
 pub const MAX_REPORTED_TOKENS: u64 = 100_000_000;
-/// The largest `max_tokens` / `max_completion_tokens` accepted (above it: 400).
-const MAX_REQUESTED_TOKENS: u64 = i32::MAX as u64;
-
-/// `endpoint` label values.
-#[derive(Clone, Copy, Debug)]
-pub enum Endpoint {
-    ChatCompletions,
-    ConversationMessage,
-}
-
-impl Endpoint {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::ChatCompletions => "chat_completions",
-            Self::ConversationMessage => "conversation_message",
-        }
-    }
-
-    /// The request fields this endpoint forwards upstream.
-    fn fields(self) -> &'static request_fields::Family {
-        match self {
-            Self::ChatCompletions | Self::ConversationMessage => &request_fields::CHAT_COMPLETIONS,
-        }
-    }
-}
 
 /// `status` label values of `pr_llm_calls_total` (a closed set).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,70 +110,30 @@ struct Call {
     cap: u64,
     /// The request as sent upstream, serialised once (its length also bounds the prompt).
     request: Bytes,
+    /// Headers passed to the upstream as the client sent them (`anthropic-version`).
+    headers: HeaderMap,
+    /// Characters of the prompt, for an estimate when no usage is reported.
+    prompt_chars: usize,
 }
 
-/// The output cap of a call: the request's `max_completion_tokens` / `max_tokens` (400 when not
-/// a positive integer), capped by the model's `max_output_tokens`, times `n` (choices). The
-/// per-choice cap is written back into the body, so the upstream cannot exceed it.
-pub fn output_cap(body: &mut Map<String, Value>, model: &Model) -> Result<u64, ApiError> {
-    let mut requested: Option<u64> = None;
-    let mut present = Vec::new();
-    for field in ["max_completion_tokens", "max_tokens"] {
-        match body.get(field) {
-            None | Some(Value::Null) => {}
-            Some(v) => match v.as_u64().filter(|n| (1..=MAX_REQUESTED_TOKENS).contains(n)) {
-                Some(n) => {
-                    requested = Some(requested.map_or(n, |r| r.min(n)));
-                    present.push(field);
-                }
-                None => {
-                    return Err(ApiError::bad_request(
-                        "invalid_max_tokens",
-                        format!("`{field}` must be a positive integer (at most {MAX_REQUESTED_TOKENS})"),
-                    ));
-                }
-            },
+/// Request headers an Anthropic-style upstream gets from the client (the API version and beta
+/// features its request body is written for).
+const ANTHROPIC_PASSED_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
+/// `anthropic-version` when the client sent none.
+const ANTHROPIC_DEFAULT_VERSION: &str = "2023-06-01";
+
+/// The client's headers that go upstream for this model's API style.
+pub fn upstream_headers(model: &Model, client: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    if model.api == ApiStyle::Anthropic {
+        for name in ANTHROPIC_PASSED_HEADERS {
+            if let Some(v) = client.get(name) {
+                out.insert(name, v.clone());
+            }
         }
+        out.entry("anthropic-version").or_insert(HeaderValue::from_static(ANTHROPIC_DEFAULT_VERSION));
     }
-    let cap = requested.map_or(model.max_output_tokens, |r| r.min(model.max_output_tokens));
-    // `n` choices each produce up to the cap.
-    let choices = match body.get("n") {
-        None | Some(Value::Null) => 1,
-        Some(v) => v.as_u64().filter(|n| (1..=MAX_CHOICES).contains(n)).ok_or_else(|| {
-            ApiError::bad_request("invalid_n", format!("`n` must be an integer from 1 to {MAX_CHOICES}"))
-        })?,
-    };
-    if present.is_empty() {
-        present.push("max_tokens");
-    }
-    for field in present {
-        body.insert(field.into(), cap.into());
-    }
-    Ok(cap * choices)
-}
-
-/// Most `n` (choices) of one call.
-const MAX_CHOICES: u64 = 16;
-
-/// An upper bound of the prompt's tokens for the hold: half the bytes of the request as sent
-/// (`body` serialised, `request_bytes` long; a token is rarely shorter than two bytes of its JSON
-/// text, usual text is about four per token), plus a bound per image or other non-text part.
-pub fn prompt_token_bound(body: &Map<String, Value>, request_bytes: usize) -> u64 {
-    request_bytes.div_ceil(2) as u64 + NON_TEXT_PART_TOKENS * non_text_parts(body)
-}
-
-/// Bound of one image (or audio, file) content part: a short URL can stand for an image that
-/// a vision model bills as hundreds to a few thousand tokens.
-pub const NON_TEXT_PART_TOKENS: u64 = 4096;
-
-fn non_text_parts(body: &Map<String, Value>) -> u64 {
-    let Some(messages) = body.get("messages").and_then(Value::as_array) else { return 0 };
-    messages
-        .iter()
-        .filter_map(|m| m.get("content").and_then(Value::as_array))
-        .flatten()
-        .filter(|part| part.get("type").and_then(Value::as_str).is_some_and(|t| t != "text"))
-        .count() as u64
+    out
 }
 
 fn send_error(e: &reqwest::Error) -> (ApiError, CallStatus) {
@@ -223,24 +163,17 @@ async fn read_bounded(response: reqwest::Response, limit: usize, within: Duratio
     buf.freeze()
 }
 
-fn tokens_from(usage: &Value) -> Option<(u64, u64)> {
-    Some((usage.get("prompt_tokens")?.as_u64()?, usage.get("completion_tokens")?.as_u64()?))
-}
-
 /// Rough token count used only when an upstream reports no usage: about four characters per
 /// token. Such rows are flagged `usage_estimated` in the ledger.
 pub fn estimate_tokens(chars: usize) -> u64 {
     chars.div_ceil(4) as u64
 }
 
-fn prompt_chars(body: &Map<String, Value>) -> usize {
-    body.get("messages").map_or(0, |m| m.to_string().len())
-}
-
 impl Call {
-    /// Starts a call: validates the output cap, admits it under the rate limits of the key, its
-    /// user and the key on the model (429 when one is reached; the worst case counts as its
-    /// tokens until it settles), holds the worst case (402 when it does not fit, 503 when the
+    /// Starts a call: checks that the model serves the endpoint and the request's fields,
+    /// validates the output cap, admits it under the rate limits of the key, its user and the
+    /// key on the model (429 when one is reached; the worst case counts as its tokens until it
+    /// settles), holds the worst case (402 when it does not fit, 503 when the
     /// database cannot be asked), and names the upstream's model.
     async fn begin(
         state: &AppState,
@@ -249,14 +182,23 @@ impl Call {
         endpoint: Endpoint,
         ctx: &RequestContext,
         body: &mut Map<String, Value>,
+        headers: HeaderMap,
     ) -> Result<Self, ApiError> {
         let request_id = ctx.request_id.as_str();
         let started = Instant::now();
-        request_fields::check(endpoint.fields(), body)?;
-        let cap = output_cap(body, &model)?;
+        if !model.serves(endpoint.catalog()) {
+            return Err(ApiError::WrongEndpoint {
+                model: model.name,
+                route: endpoint.catalog().route(),
+                served: model.endpoints.iter().map(|e| e.route()).collect(),
+            });
+        }
+        endpoint.validate(body)?;
+        let cap = endpoint.output_cap(body, &model)?;
         body.insert("model".into(), Value::String(model.upstream_model.clone()));
         let request = Bytes::from(serde_json::to_vec(body).map_err(|e| ApiError::Internal(e.into()))?);
         let prompt_bound = prompt_token_bound(body, request.len());
+        let prompt_chars = endpoint.prompt_chars(body);
         let scopes = [
             Scope::key(user.key_id, user.key_limits),
             Scope::user(user.user_id, user.user_limits),
@@ -272,7 +214,7 @@ impl Call {
                 return Err(refusal.into());
             }
         };
-        let worst = model.cost(prompt_bound, cap);
+        let worst = model.worst_cost(prompt_bound, cap);
         let hold = match state.billing.hold(user.user_id, worst).await {
             Ok(hold) => hold,
             Err(HoldError::Insufficient { needed, available }) => {
@@ -292,6 +234,8 @@ impl Call {
             admission,
             cap,
             request,
+            headers,
+            prompt_chars,
         })
     }
 
@@ -312,11 +256,15 @@ impl Call {
         let mut request = self
             .state
             .http
-            .post(chat_completions_url(&base))
+            .post(endpoint_url(&base, self.endpoint.upstream_path()))
             .header(header::CONTENT_TYPE, "application/json")
+            .headers(self.headers.clone())
             .body(self.request.clone());
         if let Some(key) = &self.model.api_key {
-            request = request.bearer_auth(key.expose());
+            request = match self.model.api {
+                ApiStyle::OpenAi => request.bearer_auth(key.expose()),
+                ApiStyle::Anthropic => request.header("x-api-key", key.expose()),
+            };
         }
         let failed = |error: ApiError, status: CallStatus, reason: &str| {
             if let Some(node) = node {
@@ -368,14 +316,22 @@ impl Call {
     /// Bills the call (once) at the reported usage: absurd counts are clamped and an output
     /// above the cap is billed as reported; both are flagged on the row and counted. The row is
     /// written by the billing writer; the response does not wait for it.
-    fn settle(&mut self, input: u64, output: u64, estimated: bool) -> (u64, u64, Decimal) {
+    fn settle(&mut self, reported: Usage, estimated: bool) -> (Usage, Decimal) {
         let mut flags: Vec<&'static str> = Vec::new();
-        let (input, output) = if input > MAX_REPORTED_TOKENS || output > MAX_REPORTED_TOKENS {
+        let counts = [reported.input, reported.output, reported.cache_read, reported.cache_creation];
+        let usage = if counts.iter().any(|&c| c > MAX_REPORTED_TOKENS) {
             flags.push("clamped");
-            (input.min(MAX_REPORTED_TOKENS), output.min(MAX_REPORTED_TOKENS))
+            let clamp = |c: u64| c.min(MAX_REPORTED_TOKENS);
+            Usage {
+                input: clamp(reported.input),
+                output: clamp(reported.output),
+                cache_read: clamp(reported.cache_read),
+                cache_creation: clamp(reported.cache_creation),
+            }
         } else {
-            (input, output)
+            reported
         };
+        let (input, output) = (usage.all_input(), usage.output);
         if output > self.cap {
             flags.push("over_cap");
         }
@@ -387,7 +343,7 @@ impl Call {
         for reason in flags.iter().copied().chain(estimated.then_some("estimated")) {
             metrics::counter!(m::BILLING_FLAGGED_TOTAL, "reason" => reason).increment(1);
         }
-        let cost = self.model.cost(input, output);
+        let cost = self.model.usage_cost(&usage);
         if let Some(admission) = self.admission.take() {
             admission.settle(input.saturating_add(output));
         }
@@ -405,15 +361,18 @@ impl Call {
                 request_id: self.request_id.clone(),
             });
         }
-        metrics::counter!(m::LLM_TOKENS_TOTAL, "model" => self.model.name, "direction" => "input").increment(input);
-        metrics::counter!(m::LLM_TOKENS_TOTAL, "model" => self.model.name, "direction" => "output").increment(output);
-        m::LLM_COST.add(self.model.name, cost);
-        (input, output, cost)
+        let (model, endpoint) = (self.model.name, self.endpoint.label());
+        metrics::counter!(m::LLM_TOKENS_TOTAL, "model" => model, "endpoint" => endpoint, "direction" => "input")
+            .increment(input);
+        metrics::counter!(m::LLM_TOKENS_TOTAL, "model" => model, "endpoint" => endpoint, "direction" => "output")
+            .increment(output);
+        m::LLM_COST.add(model, endpoint, cost);
+        (usage, cost)
     }
 
     fn observe(&self, upstream_wait: Duration, status: CallStatus) {
         count_call(&self.model, self.endpoint, status);
-        metrics::histogram!(m::LLM_UPSTREAM_DURATION_SECONDS, "model" => self.model.name)
+        metrics::histogram!(m::LLM_UPSTREAM_DURATION_SECONDS, "model" => self.model.name, "endpoint" => self.endpoint.label())
             .record(upstream_wait.as_secs_f64());
         let overhead = self.started.elapsed().saturating_sub(upstream_wait);
         metrics::histogram!(m::LLM_GATEWAY_OVERHEAD_SECONDS, "endpoint" => self.endpoint.label())
@@ -427,66 +386,126 @@ pub async fn complete(
     state: &AppState,
     user: AuthUser,
     model: Arc<Model>,
-    mut body: Map<String, Value>,
+    body: Map<String, Value>,
     endpoint: Endpoint,
     ctx: &RequestContext,
 ) -> Result<CallResult, ApiError> {
+    complete_with(state, user, model, body, endpoint, ctx, HeaderMap::new()).await
+}
+
+async fn complete_with(
+    state: &AppState,
+    user: AuthUser,
+    model: Arc<Model>,
+    mut body: Map<String, Value>,
+    endpoint: Endpoint,
+    ctx: &RequestContext,
+    headers: HeaderMap,
+) -> Result<CallResult, ApiError> {
     body.remove("stream");
     body.remove("stream_options");
-    let call = Call::begin(state, user, model, endpoint, ctx, &mut body).await?;
+    let call = Call::begin(state, user, model, endpoint, ctx, &mut body, headers).await?;
     let (tx, rx) = oneshot::channel();
     tokio::spawn(async move {
-        let result = call.run_complete(body, &tx).await;
+        let result = call.run_complete(&tx).await;
         let _ = tx.send(result);
     });
     rx.await.unwrap_or_else(|_| Err(ApiError::Internal(anyhow::anyhow!("the call task ended without an answer"))))
 }
 
+/// Serves one call of `endpoint` for the request `body` (its `model` names the catalog model):
+/// streaming when `stream` is true, else one JSON answer. `client_headers` are the request's
+/// (an Anthropic-style upstream gets `anthropic-version` from them).
+pub async fn serve(
+    state: &AppState,
+    user: AuthUser,
+    body: Map<String, Value>,
+    endpoint: Endpoint,
+    ctx: &RequestContext,
+    client_headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let Some(Value::String(name)) = body.get("model") else {
+        return Err(ApiError::bad_request("invalid_request_body", "`model` is required and must be a string"));
+    };
+    let streaming = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::bad_request("invalid_request_body", "`stream` must be a boolean")),
+    };
+    let model =
+        state.catalog.get(name).cloned().ok_or_else(|| ApiError::ModelNotFound(name.chars().take(128).collect()))?;
+    let headers = upstream_headers(&model, client_headers);
+    if streaming {
+        stream(state, user, model, body, endpoint, ctx, headers).await
+    } else {
+        let result = complete_with(state, user, model, body, endpoint, ctx, headers).await?;
+        Ok(axum::Json(result.response).into_response())
+    }
+}
+
 impl Call {
     async fn run_complete(
         mut self,
-        body: Map<String, Value>,
         answer: &oneshot::Sender<Result<CallResult, ApiError>>,
     ) -> Result<CallResult, ApiError> {
         let sent = Instant::now();
         let response = self.send(sent).await?;
+        let mut json = self.read_json(response, sent).await?;
+        let upstream_wait = sent.elapsed();
+        let (usage, cost) = self.bill_answer(&mut json);
+        let status = if answer.is_closed() { CallStatus::ClientDisconnect } else { CallStatus::Success };
+        self.observe(upstream_wait, status);
+        Ok(CallResult { response: json, input_tokens: usage.all_input(), output_tokens: usage.output, cost })
+    }
+
+    /// The upstream's JSON answer, within what is left of the request timeout.
+    async fn read_json(&self, response: reqwest::Response, sent: Instant) -> Result<Value, ApiError> {
         let remaining = self.state.upstream.request.saturating_sub(sent.elapsed());
-        let mut json: Value = match tokio::time::timeout(remaining, response.json::<Value>()).await {
+        match tokio::time::timeout(remaining, response.json::<Value>()).await {
             Err(_) => {
                 self.observe(sent.elapsed(), CallStatus::Timeout);
-                return Err(ApiError::UpstreamTimeout);
+                Err(ApiError::UpstreamTimeout)
             }
             Ok(Err(e)) => {
                 self.observe(sent.elapsed(), CallStatus::InvalidResponse);
-                return Err(ApiError::UpstreamUnavailable(format!("invalid upstream response: {e}")));
+                Err(ApiError::UpstreamUnavailable(format!("invalid upstream response: {e}")))
             }
-            Ok(Ok(v)) => v,
-        };
-        let upstream_wait = sent.elapsed();
-        let (input, output, estimated) = match json.get("usage").and_then(tokens_from) {
-            Some((i, o)) => (i, o, false),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    /// Settles a JSON answer at its reported usage (an estimate, flagged, when it has none) and
+    /// writes the billed figures into it: the public model name, `usage.cost_usd`, and for the
+    /// chat-style answers the billed (clamped) counts.
+    fn bill_answer(&mut self, json: &mut Value) -> (Usage, Decimal) {
+        let (reported, estimated) = match self.endpoint.usage(json) {
+            Some(usage) => (usage, false),
             None => {
-                let text = json.pointer("/choices/0/message/content").and_then(Value::as_str).map_or(0, str::len);
-                (estimate_tokens(prompt_chars(&body)), estimate_tokens(text), true)
+                let output = estimate_tokens(self.endpoint.output_chars(json));
+                (Usage::new(estimate_tokens(self.prompt_chars), output), true)
             }
         };
-        let (input, output, cost) = self.settle(input, output, estimated);
+        let (usage, cost) = self.settle(reported, estimated);
         if let Some(obj) = json.as_object_mut() {
             obj.insert("model".into(), Value::String(self.model.name.to_owned()));
-            let usage = obj.entry("usage").or_insert_with(|| json!({}));
-            if let Some(u) = usage.as_object_mut() {
-                u.insert("prompt_tokens".into(), input.into());
-                u.insert("completion_tokens".into(), output.into());
-                u.insert("total_tokens".into(), (input + output).into());
+            let entry = obj.entry("usage").or_insert_with(|| json!({}));
+            if let Some(u) = entry.as_object_mut() {
+                if matches!(
+                    self.endpoint,
+                    Endpoint::ChatCompletions | Endpoint::ConversationMessage | Endpoint::Completions
+                ) {
+                    let (input, output) = (usage.input, usage.output);
+                    u.insert("prompt_tokens".into(), input.into());
+                    u.insert("completion_tokens".into(), output.into());
+                    u.insert("total_tokens".into(), (input + output).into());
+                }
                 u.insert("cost_usd".into(), Value::String(fmt_usd(cost)));
                 if estimated {
                     u.insert("estimated".into(), Value::Bool(true));
                 }
             }
         }
-        let status = if answer.is_closed() { CallStatus::ClientDisconnect } else { CallStatus::Success };
-        self.observe(upstream_wait, status);
-        Ok(CallResult { response: json, input_tokens: input, output_tokens: output, cost })
+        (usage, cost)
     }
 }
 
@@ -507,29 +526,39 @@ pub fn require_stream_usage(body: &mut Map<String, Value>) -> Result<(), ApiErro
     }
 }
 
-/// A streaming completion: answers with the upstream's SSE stream, chunk by chunk.
-pub async fn stream(
+/// A streaming call: answers with the upstream's SSE stream, event by event.
+async fn stream(
     state: &AppState,
     user: AuthUser,
     model: Arc<Model>,
     mut body: Map<String, Value>,
     endpoint: Endpoint,
     ctx: &RequestContext,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_stream_usage(&mut body)?;
-    let call = Call::begin(state, user, model, endpoint, ctx, &mut body).await?;
+    if endpoint == Endpoint::Embeddings {
+        return Err(ApiError::bad_request("invalid_request_body", "embeddings are not streamed"));
+    }
+    if endpoint.asks_for_stream_usage() {
+        require_stream_usage(&mut body)?;
+    } else {
+        body.insert("stream".into(), Value::Bool(true));
+    }
+    let call = Call::begin(state, user, model, endpoint, ctx, &mut body, headers).await?;
 
     // From here the call runs in a task of its own: a client that leaves before the upstream's
     // response head does not stop it from being read to its end and billed.
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let (head_tx, head_rx) = oneshot::channel::<Result<(), ApiError>>();
-    let prompt = prompt_chars(&body);
     tokio::spawn(async move {
         let sent = Instant::now();
         match call.send(sent).await {
-            Ok(response) => {
+            Ok(response) if is_event_stream(response.headers()) => {
                 let _ = head_tx.send(Ok(()));
-                pump(call, response, tx, sent, prompt).await;
+                pump(call, response, tx, sent).await;
+            }
+            Ok(response) => {
+                let _ = head_tx.send(Err(call.not_streamed(response, sent).await));
             }
             Err(e) => {
                 let _ = head_tx.send(Err(e));
@@ -549,6 +578,33 @@ pub async fn stream(
     Ok(response)
 }
 
+fn is_event_stream(headers: &reqwest::header::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+}
+
+impl Call {
+    /// A streaming request the upstream answered with one JSON body (an upstream or a proxy that
+    /// ignores `stream`): the upstream did the work, so the call is billed at the usage the body
+    /// reports (estimated and flagged without one), and the client, which expects events, gets a
+    /// clear 502 saying so rather than a body its SDK cannot parse.
+    async fn not_streamed(mut self, response: reqwest::Response, sent: Instant) -> ApiError {
+        let mut json = match self.read_json(response, sent).await {
+            Ok(json) => json,
+            // Nothing usable: the hold is released when `self` drops, as for any failed call.
+            Err(e) => return e,
+        };
+        let upstream_wait = sent.elapsed();
+        let (_, cost) = self.bill_answer(&mut json);
+        tracing::warn!(target: "pr.upstream", request_id = self.request_id.as_str(), model = self.model.name,
+            "the upstream answered a streaming request without streaming");
+        self.observe(upstream_wait, CallStatus::InvalidResponse);
+        ApiError::UpstreamNotStreaming { cost }
+    }
+}
+
 fn tokio_stream_from(
     mut rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
@@ -562,16 +618,13 @@ async fn pump(
     response: reqwest::Response,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     sent: Instant,
-    prompt_chars: usize,
 ) {
     let idle = call.state.upstream.stream_idle;
     let deadline = sent + call.state.upstream.request.max(Duration::from_secs(1)) * 4;
     let mut upstream = response.bytes_stream();
     let mut buf = BytesMut::new();
     let mut client_gone = false;
-    let mut usage: Option<(u64, u64)> = None;
-    let mut output_chars = 0usize;
-    let mut first_token: Option<Duration> = None;
+    let mut meter = StreamMeter::default();
     let mut status = CallStatus::Success;
 
     'read: loop {
@@ -594,14 +647,14 @@ async fn pump(
         // SSE events end with a blank line; forward whole events only.
         while let Some(end) = find_event_end(&buf) {
             let event = buf.split_to(end.0 + end.1).freeze();
-            let out = inspect_event(&event, &call.model, &mut usage, &mut output_chars, &mut first_token, sent);
+            let (out, done) = meter.inspect(call.endpoint, &event, &call.model, sent);
             // A client that stops reading (but keeps the connection) is treated as gone after the
             // idle timeout, so it cannot pin the call and its hold.
             if !client_gone && !matches!(tokio::time::timeout(idle, tx.send(Ok(out))).await, Ok(Ok(()))) {
                 // Keep reading: the upstream still reports usage at the end, and the call is billed.
                 client_gone = true;
             }
-            if event_is_done(&event) {
+            if done {
                 break 'read;
             }
         }
@@ -612,124 +665,29 @@ async fn pump(
     drop(tx);
 
     let upstream_wait = sent.elapsed();
-    if let Some(ttft) = first_token {
-        metrics::histogram!(m::LLM_TIME_TO_FIRST_TOKEN_SECONDS, "model" => call.model.name).record(ttft.as_secs_f64());
+    if let Some(ttft) = meter.first_token {
+        metrics::histogram!(m::LLM_TIME_TO_FIRST_TOKEN_SECONDS, "model" => call.model.name, "endpoint" => call.endpoint.label())
+            .record(ttft.as_secs_f64());
     }
-    let (input, output, estimated) = match usage {
-        Some((i, o)) => (i, o, false),
-        None => (estimate_tokens(prompt_chars), estimate_tokens(output_chars), true),
+    let (usage, estimated) = match meter.usage {
+        Some(usage) => (usage, false),
+        None => {
+            let output = estimate_tokens(meter.output_chars);
+            // An Anthropic stream cut after `message_start` still said what its prompt was.
+            let input = meter.partial_input().unwrap_or(Usage::new(estimate_tokens(call.prompt_chars), 0));
+            (Usage { output, ..input }, true)
+        }
     };
-    call.settle(input, output, estimated);
+    call.settle(usage, estimated);
     if client_gone && status == CallStatus::Success {
         status = CallStatus::ClientDisconnect;
     }
     call.observe(upstream_wait, status);
 }
 
-/// Position and length of the first event terminator (`\n\n` or `\r\n\r\n`).
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    }
-}
-
-/// The data of an SSE event: its `data:` lines (one optional space after the colon removed),
-/// joined by newlines as the SSE spec says; `None` when it has none.
-fn event_data(event: &str) -> Option<Cow<'_, str>> {
-    let mut lines = event.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d));
-    let first = lines.next()?;
-    let Some(second) = lines.next() else { return Some(Cow::Borrowed(first)) };
-    Some(Cow::Owned([first, second].into_iter().chain(lines).collect::<Vec<_>>().join("\n")))
-}
-
-/// The stream's terminator: an event whose data is exactly `[DONE]` (`data: [DONE]` or
-/// `data:[DONE]`); the same text inside a chunk's content is not.
-fn event_is_done(event: &[u8]) -> bool {
-    std::str::from_utf8(event).ok().and_then(event_data).is_some_and(|d| d.trim_end() == "[DONE]")
-}
-
-/// Records usage, output size and the first token of one event; the event that carries usage is
-/// re-written with the cost added (`usage.cost_usd`), every other event passes unchanged.
-fn inspect_event(
-    event: &Bytes,
-    model: &Model,
-    usage: &mut Option<(u64, u64)>,
-    output_chars: &mut usize,
-    first_token: &mut Option<Duration>,
-    sent: Instant,
-) -> Bytes {
-    let Ok(text) = std::str::from_utf8(event) else {
-        return event.clone();
-    };
-    let Some(data) = event_data(text) else {
-        return event.clone();
-    };
-    let Ok(mut chunk) = serde_json::from_str::<Value>(&data) else {
-        return event.clone();
-    };
-    if let Some(content) = chunk.pointer("/choices/0/delta/content").and_then(Value::as_str) {
-        if !content.is_empty() && first_token.is_none() {
-            *first_token = Some(sent.elapsed());
-        }
-        *output_chars += content.len();
-    }
-    let Some(reported) = chunk.get("usage").and_then(tokens_from) else {
-        return event.clone();
-    };
-    *usage = Some(reported);
-    let cost = model.cost(reported.0, reported.1);
-    if let Some(u) = chunk.get_mut("usage").and_then(Value::as_object_mut) {
-        u.insert("cost_usd".into(), Value::String(fmt_usd(cost)));
-    }
-    Bytes::from(format!("data: {chunk}\n\n"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_event_boundaries() {
-        assert_eq!(find_event_end(b"data: a\n\ndata: b"), Some((7, 2)));
-        assert_eq!(find_event_end(b"data: a\r\n\r\n"), Some((7, 4)));
-        assert_eq!(find_event_end(b"data: a\n"), None);
-    }
-
-    #[test]
-    fn only_a_whole_data_line_ends_the_stream() {
-        assert!(event_is_done(b"data: [DONE]\n\n"));
-        assert!(event_is_done(b"data:[DONE]\r\n\r\n"));
-        assert!(event_is_done(b": keep-alive\ndata: [DONE]\n\n"));
-        assert!(!event_is_done(br#"data: {"choices":[{"delta":{"content":"say data: [DONE]"}}]}"#));
-        assert!(!event_is_done(b"data: x\ndata: [DONE]\n\n"), "the event's data is two lines");
-        assert!(!event_is_done(b"data: [DONE] and more\n\n"));
-    }
-
-    #[test]
-    fn the_worst_case_counts_every_choice_and_every_image() {
-        let catalog = crate::catalog::Catalog::parse(
-            "[[models]]\nname = \"m\"\nupstream = \"http://u/v1\"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\nmax_output_tokens = 100\n",
-            |_| None,
-        )
-        .unwrap();
-        let model = catalog.get("m").unwrap();
-        let mut body = json!({"messages": [], "n": 3, "max_tokens": 50}).as_object().unwrap().clone();
-        assert_eq!(output_cap(&mut body, model).unwrap(), 150, "3 choices of at most 50 tokens");
-        assert_eq!(body["max_tokens"], 50, "the per-choice cap goes upstream");
-        for bad in [json!(0), json!(17), json!("2")] {
-            let mut body = json!({"messages": [], "n": bad}).as_object().unwrap().clone();
-            assert!(output_cap(&mut body, model).is_err(), "n = {bad}");
-        }
-        let text = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]});
-        let image = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"},
-            {"type": "image_url", "image_url": {"url": "https://x/a.png"}}]}]});
-        let bound = |v: &Value| prompt_token_bound(v.as_object().unwrap(), v.to_string().len());
-        let (t, i) = (bound(&text), bound(&image));
-        assert!(i >= t + NON_TEXT_PART_TOKENS, "an image part is bounded by {NON_TEXT_PART_TOKENS} tokens: {t} {i}");
-    }
 
     #[test]
     fn estimates_tokens_from_characters() {

@@ -44,7 +44,9 @@ impl Application {
             None => crate::catalog::Catalog::default(),
         };
         tracing::info!(models = catalog.models().len(), "model catalog loaded");
-        let models: Vec<&'static str> = catalog.models().iter().map(|m| m.name).collect();
+        // Each model's zero series carry the first endpoint it serves (one that can occur).
+        let models: Vec<(&'static str, &'static str)> =
+            catalog.models().iter().map(|m| (m.name, m.endpoints[0].as_str())).collect();
         crate::telemetry::metrics::zero_series(&models);
         let billing = crate::billing::Billing::start(db.clone(), config.billing()).await?;
         let state = AppState::new(config, db, catalog, billing)?;

@@ -24,7 +24,7 @@ pub struct Family {
 /// `POST /v1/chat/completions` (and the conversation path, which builds such a body). The
 /// current OpenAI Chat Completions parameters, less those in [`REFUSED`].
 pub const CHAT_COMPLETIONS: Family = Family {
-    name: "Chat Completions",
+    name: "OpenAI Chat Completions",
     forwarded: &[
         "messages",
         "model",
@@ -62,13 +62,13 @@ pub const CHAT_COMPLETIONS: Family = Family {
 /// Tool types the upstream runs on the client's side (the model only writes the call): server-side
 /// tools (web search, code execution, ...) are charged by the provider per use, which the
 /// catalog's token prices do not cover.
-const CLIENT_SIDE_TOOLS: &[&str] = &["function", "custom"];
+pub(super) const CLIENT_SIDE_TOOLS: &[&str] = &["function", "custom"];
 
 /// URL schemes a message may point the upstream at: the upstream (LiteLLM, vLLM) fetches an
 /// image or file URL itself, from inside the operator's network, so `http://prometheus:9090/...`
 /// would make it a proxy into that network. `https:` (public services; nothing internal in the
 /// stack serves TLS) and inline `data:` only.
-const FETCHABLE_SCHEMES: &[&str] = &["https://", "data:"];
+pub(super) const FETCHABLE_SCHEMES: &[&str] = &["https://", "data:"];
 
 /// Values of Chat Completions requests: text output only (`modalities`), client-side tools only,
 /// and message parts whose URLs are `https:` or `data:`.
@@ -81,22 +81,33 @@ fn chat_values(body: &Map<String, Value>) -> Result<(), String> {
                 .into(),
         );
     }
+    client_side_tools(body, CLIENT_SIDE_TOOLS)?;
+    fetchable_urls(body, "messages")
+}
+
+/// Every `tools[i].type` is one of `allowed` (a missing type counts as "").
+pub(super) fn client_side_tools(body: &Map<String, Value>, allowed: &[&str]) -> Result<(), String> {
     for (i, tool) in body.get("tools").and_then(Value::as_array).into_iter().flatten().enumerate() {
         let kind = tool.get("type").and_then(Value::as_str).unwrap_or("");
-        if !CLIENT_SIDE_TOOLS.contains(&kind) {
+        if !allowed.contains(&kind) {
             let kind: String = kind.chars().filter(|c| !c.is_control()).take(MAX_NAME_CHARS).collect();
             return Err(format!(
-                "`tools[{i}].type` \"{kind}\" (only \"function\" and \"custom\" tools; server-side tools are charged by the upstream beyond the catalog's prices)"
+                "`tools[{i}].type` \"{kind}\" (only client-side tools; server-side tools are charged by the upstream beyond the catalog's prices)"
             ));
         }
     }
-    let messages = body.get("messages").and_then(Value::as_array).into_iter().flatten();
-    for (i, message) in messages.enumerate() {
-        if let Some(url) = message.get("content").and_then(Value::as_array).and_then(|parts| first_url(parts))
+    Ok(())
+}
+
+/// Every URL in the content parts of the items of `body[list]` is `https:` or `data:`.
+pub(super) fn fetchable_urls(body: &Map<String, Value>, list: &str) -> Result<(), String> {
+    let items = body.get(list).and_then(Value::as_array).into_iter().flatten();
+    for (i, item) in items.enumerate() {
+        if let Some(url) = item.get("content").and_then(Value::as_array).and_then(|parts| first_url(parts))
             && !FETCHABLE_SCHEMES.iter().any(|s| url.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s)))
         {
             return Err(format!(
-                "a URL in `messages[{i}].content` that is not https: or data: (the upstream would fetch it from inside the operator's network)"
+                "a URL in `{list}[{i}].content` that is not https: or data: (the upstream would fetch it from inside the operator's network)"
             ));
         }
     }
@@ -105,7 +116,7 @@ fn chat_values(body: &Map<String, Value>) -> Result<(), String> {
 
 /// The first string inside message parts that names a URL (`image_url.url`, `file.file_id` or
 /// `file_url` given as a URL, `input_audio`, ...): any string with a scheme, wherever it sits.
-fn first_url(parts: &[Value]) -> Option<&str> {
+pub(super) fn first_url(parts: &[Value]) -> Option<&str> {
     fn walk(v: &Value) -> Option<&str> {
         match v {
             Value::String(s) => has_scheme(s).then_some(s.as_str()),
@@ -153,7 +164,7 @@ const STEERS: &str = "steers the upstream proxy";
 /// Most refused fields named in one error (the rest are counted).
 const MAX_NAMED: usize = 10;
 /// A client's field name is shown at most this long.
-const MAX_NAME_CHARS: usize = 64;
+pub(super) const MAX_NAME_CHARS: usize = 64;
 
 /// Drops `null` fields the family does not forward; refuses the request when any other such
 /// field is present. Called before anything is held or sent.
@@ -179,7 +190,7 @@ pub fn check(family: &Family, body: &mut Map<String, Value>) -> Result<(), ApiEr
     Err(ApiError::bad_request(
         "unsupported_parameter",
         format!(
-            "Unsupported parameter(s): {}. Only the documented OpenAI {} parameters are accepted.",
+            "Unsupported parameter(s): {}. Only the documented {} parameters are accepted.",
             named.join(", "),
             family.name
         ),
@@ -193,7 +204,7 @@ fn reason(family: &Family, field: &str) -> String {
             Some(prefix) => field.starts_with(prefix),
             None => field == *name,
         })
-        .map_or_else(|| format!("not a {} parameter", family.name), |(_, why)| (*why).to_owned())
+        .map_or_else(|| format!("not a parameter of {}", family.name), |(_, why)| (*why).to_owned())
 }
 
 #[cfg(test)]
@@ -223,7 +234,7 @@ mod tests {
         for part in [
             "`api_base` (steers the upstream proxy)",
             "`litellm_logging` (steers the upstream proxy)",
-            "`top_k` (not a Chat Completions parameter)",
+            "`top_k` (not a parameter of OpenAI Chat Completions)",
             "`service_tier` (changes the upstream's price",
         ] {
             assert!(e.message.contains(part), "{part}: {}", e.message);
@@ -249,7 +260,7 @@ mod tests {
 
         assert!(
             refused(json!({"model": "m", "tools": [{"type": "function"}, {"type": "web_search_20250305"}]}))
-                .contains("`tools[1].type` \"web_search_20250305\"")
+                .contains("`tools[1].type` \"web_search_20250305\" (only client-side tools")
         );
         allowed(json!({"model": "m", "tools": [{"type": "function", "function": {"name": "f"}}, {"type": "custom"}]}));
         assert!(refused(json!({"model": "m", "modalities": ["text", "audio"]})).contains("`modalities`"));

@@ -1,17 +1,19 @@
-//! The OpenAI-compatible surface: `POST /v1/chat/completions` (streaming and not) and
-//! `GET /v1/models`.
+//! The LLM endpoints: OpenAI's `POST /v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings` and `/v1/responses`, Anthropic's `POST /v1/messages` (streaming and not,
+//! each through the one call engine in `gateway`), and `GET /v1/models`.
 
 use axum::{
     Json, Router,
     extract::State,
-    response::{IntoResponse, Response},
+    http::HeaderMap,
+    response::Response,
     routing::{get, post},
 };
 use serde_json::{Map, Value, json};
 
 use crate::{
     auth::AuthUser,
-    error::{ApiError, ApiResult},
+    error::ApiResult,
     extract::AppJson,
     gateway::{self, Endpoint},
     state::AppState,
@@ -20,7 +22,12 @@ use crate::{
 
 /// Routes whose handlers wait on an upstream: they get the upstream timeout, not the API's.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/chat/completions", post(chat_completions))
+    Router::new()
+        .route("/v1/chat/completions", post(|s, u, c, h, b| call(Endpoint::ChatCompletions, s, u, c, h, b)))
+        .route("/v1/completions", post(|s, u, c, h, b| call(Endpoint::Completions, s, u, c, h, b)))
+        .route("/v1/embeddings", post(|s, u, c, h, b| call(Endpoint::Embeddings, s, u, c, h, b)))
+        .route("/v1/responses", post(|s, u, c, h, b| call(Endpoint::Responses, s, u, c, h, b)))
+        .route("/v1/messages", post(|s, u, c, h, b| call(Endpoint::Messages, s, u, c, h, b)))
 }
 
 pub fn models_router() -> Router<AppState> {
@@ -37,34 +44,13 @@ async fn models(State(state): State<AppState>, _user: AuthUser) -> Json<Value> {
     Json(json!({ "object": "list", "data": data }))
 }
 
-async fn chat_completions(
+async fn call(
+    endpoint: Endpoint,
     State(state): State<AppState>,
     user: AuthUser,
     ctx: RequestContext,
+    headers: HeaderMap,
     AppJson(body): AppJson<Map<String, Value>>,
 ) -> ApiResult<Response> {
-    let Some(Value::String(name)) = body.get("model") else {
-        return Err(ApiError::bad_request("invalid_request_body", "`model` is required and must be a string"));
-    };
-    if body.get("messages").and_then(Value::as_array).is_none_or(|a| a.is_empty()) {
-        return Err(ApiError::bad_request(
-            "invalid_request_body",
-            "`messages` is required and must be a non-empty array",
-        ));
-    }
-    let streaming = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(ApiError::bad_request("invalid_request_body", "`stream` must be a boolean"));
-        }
-    };
-    let model =
-        state.catalog.get(name).cloned().ok_or_else(|| ApiError::ModelNotFound(name.chars().take(128).collect()))?;
-    if streaming {
-        gateway::stream(&state, user, model, body, Endpoint::ChatCompletions, &ctx).await
-    } else {
-        let result = gateway::complete(&state, user, model, body, Endpoint::ChatCompletions, &ctx).await?;
-        Ok(Json(result.response).into_response())
-    }
+    gateway::serve(&state, user, body, endpoint, &ctx, &headers).await
 }

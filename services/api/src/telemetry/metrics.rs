@@ -99,14 +99,11 @@ const ZERO_ROUTE: &str = "/v1/chat/completions";
 /// than "no data" until traffic arrives (the exporter prints a family only once it has a series).
 /// Only bounded sets get zero series: one (method, route, status 200) of the gateway route for the
 /// HTTP families and one per exception type on it; per catalog model its successful
-/// chat-completions call, both token directions and its cost; every credit kind. GPU node series
+/// call on the first endpoint it serves, both token directions and its cost; every credit kind. GPU node series
 /// exist only for registered nodes (a made-up node at 0 would fire the "all nodes down" alert):
 /// their families are printed as HELP/TYPE lines alone until a node is registered.
-pub fn zero_series(models: &[&'static str]) {
-    use crate::{
-        billing::ledger::CreditKind,
-        gateway::{CallStatus, Endpoint},
-    };
+pub fn zero_series(models: &[(&'static str, &'static str)]) {
+    use crate::{billing::ledger::CreditKind, gateway::CallStatus};
     let http = [("method", ZERO_METHOD), ("route", ZERO_ROUTE), ("status", "200")];
     metrics::counter!(HTTP_REQUESTS_TOTAL, &http).increment(0);
     // Registered without an observation: rendered with every bucket, `_sum` and `_count` at 0.
@@ -116,13 +113,14 @@ pub fn zero_series(models: &[&'static str]) {
         metrics::counter!(HTTP_EXCEPTIONS_TOTAL, "method" => ZERO_METHOD, "route" => ZERO_ROUTE, "exception_type" => exception_type)
             .increment(0);
     }
-    for &model in models {
-        let (endpoint, status) = (Endpoint::ChatCompletions.label(), CallStatus::Success.label());
+    for &(model, endpoint) in models {
+        let status = CallStatus::Success.label();
         metrics::counter!(LLM_CALLS_TOTAL, "model" => model, "endpoint" => endpoint, "status" => status).increment(0);
         for direction in ["input", "output"] {
-            metrics::counter!(LLM_TOKENS_TOTAL, "model" => model, "direction" => direction).increment(0);
+            metrics::counter!(LLM_TOKENS_TOTAL, "model" => model, "endpoint" => endpoint, "direction" => direction)
+                .increment(0);
         }
-        LLM_COST.add(model, Decimal::ZERO);
+        LLM_COST.add(model, endpoint, Decimal::ZERO);
     }
     metrics::counter!(CHAT_CONVERSATIONS_CREATED_TOTAL).increment(0);
     for kind in CreditKind::ALL {
@@ -136,29 +134,33 @@ pub const LLM_DURATION_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 pub const OVERHEAD_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
-/// `pr_llm_cost_usd_total{model}`: the `metrics` counter type is an integer, and a cost counter
-/// must be a float that equals the ledger's sum. So the sums are kept here as exact decimals per
-/// model and rendered as a Prometheus counter next to the exporter's output.
+/// `pr_llm_cost_usd_total{model,endpoint}`: the `metrics` counter type is an integer, and a cost
+/// counter must be a float that equals the ledger's sum. So the sums are kept here as exact
+/// decimals per model and endpoint and rendered as a Prometheus counter next to the exporter's
+/// output.
 pub struct CostCounter {
-    totals: Mutex<BTreeMap<&'static str, Decimal>>,
+    totals: Mutex<BTreeMap<(&'static str, &'static str), Decimal>>,
 }
 
 pub static LLM_COST: CostCounter = CostCounter { totals: Mutex::new(BTreeMap::new()) };
 
 impl CostCounter {
-    pub fn add(&self, model: &'static str, usd: Decimal) {
-        *self.totals.lock().expect("cost counter lock").entry(model).or_default() += usd;
+    pub fn add(&self, model: &'static str, endpoint: &'static str, usd: Decimal) {
+        *self.totals.lock().expect("cost counter lock").entry((model, endpoint)).or_default() += usd;
     }
 
     pub fn render(&self, out: &mut String) {
         let totals = self.totals.lock().expect("cost counter lock");
         // HELP and TYPE even without a model (an empty catalog): the family is declared.
         out.push_str(&format!(
-            "# HELP {LLM_COST_USD_TOTAL} Running sum of the cost in USD of billed LLM calls (equals the usage rows of the ledger), by model.\n# TYPE {LLM_COST_USD_TOTAL} counter\n"
+            "# HELP {LLM_COST_USD_TOTAL} Running sum of the cost in USD of billed LLM calls (equals the usage rows of the ledger), by model and endpoint.\n# TYPE {LLM_COST_USD_TOTAL} counter\n"
         ));
-        for (model, total) in totals.iter() {
+        for ((model, endpoint), total) in totals.iter() {
             let model = model.replace('\\', "\\\\").replace('"', "\\\"");
-            out.push_str(&format!("{LLM_COST_USD_TOTAL}{{model=\"{model}\"}} {}\n", total.normalize()));
+            out.push_str(&format!(
+                "{LLM_COST_USD_TOTAL}{{model=\"{model}\",endpoint=\"{endpoint}\"}} {}\n",
+                total.normalize()
+            ));
         }
     }
 }
@@ -223,18 +225,22 @@ fn describe() {
     describe_counter!(
         LLM_CALLS_TOTAL,
         Unit::Count,
-        "LLM calls by catalog model, endpoint (chat_completions, conversation_message) and outcome (success, upstream_error, upstream_unavailable, timeout, client_disconnect, insufficient_credits, invalid_response, no_healthy_node)."
+        "LLM calls by catalog model, endpoint (chat_completions, completions, embeddings, responses, messages, conversation_message) and outcome (success, upstream_error, upstream_unavailable, timeout, client_disconnect, insufficient_credits, invalid_response, no_healthy_node)."
     );
-    describe_counter!(LLM_TOKENS_TOTAL, Unit::Count, "Tokens billed, by catalog model and direction (input, output).");
+    describe_counter!(
+        LLM_TOKENS_TOTAL,
+        Unit::Count,
+        "Tokens billed, by catalog model, endpoint and direction (input: every prompt token, cached or not; output)."
+    );
     describe_histogram!(
         LLM_UPSTREAM_DURATION_SECONDS,
         Unit::Seconds,
-        "Time spent waiting on the upstream per LLM call (whole stream for streaming calls), by model."
+        "Time spent waiting on the upstream per LLM call (whole stream for streaming calls), by model and endpoint."
     );
     describe_histogram!(
         LLM_TIME_TO_FIRST_TOKEN_SECONDS,
         Unit::Seconds,
-        "Time from sending a streaming call upstream to its first content token, by model."
+        "Time from sending a streaming call upstream to its first content token, by model and endpoint."
     );
     describe_histogram!(
         LLM_GATEWAY_OVERHEAD_SECONDS,

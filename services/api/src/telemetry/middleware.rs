@@ -308,7 +308,7 @@ impl Record {
             if info.is_some() || !is_json {
                 let mut info = info.unwrap_or_else(|| ErrorInfo::for_status(status));
                 info.status = status;
-                body = Body::from(info.body_json(self.request_id.as_str()));
+                body = Body::from(info.body_for(self.route, self.request_id.as_str()));
                 parts.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
                 parts.headers.remove(header::CONTENT_LENGTH);
                 if status.is_server_error() {
