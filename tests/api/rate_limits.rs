@@ -251,6 +251,16 @@ async fn a_third_concurrent_stream_is_refused_while_two_run_on_the_other_replica
     billed_exactly(&g, user_id, 5).await;
 }
 
+/// Both replicas' subscriptions are up (a message published before would be missed).
+async fn both_subscribed(g: &Gateway) {
+    eventually("both replicas subscribed", Duration::from_secs(10), || async {
+        // One process: both replicas log into the first app's capture.
+        let subscribed = g.app.app_lines().iter().filter(|l| l["msg"] == "subscribed to key revocations").count();
+        (subscribed >= 2).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_key_revoked_on_one_replica_is_refused_by_the_other_at_once() {
     let r = redis().await;
@@ -262,13 +272,7 @@ async fn a_key_revoked_on_one_replica_is_refused_by_the_other_at_once() {
     let (id, key) = (created["id"].as_str().unwrap().to_owned(), created["key"].as_str().unwrap().to_owned());
     let models = |app: &TestApp| app.client.get(app.url("/v1/models")).bearer_auth(&key).send();
     assert_eq!(models(&b).await.unwrap().status(), 200, "cached on B");
-    // B's subscription is up before the revocation (its first message would otherwise be missed).
-    eventually("B subscribed", Duration::from_secs(10), || async {
-        // One process: both replicas log into the first app's capture.
-        let subscribed = g.app.app_lines().iter().filter(|l| l["msg"] == "subscribed to key revocations").count();
-        (subscribed >= 2).then_some(())
-    })
-    .await;
+    both_subscribed(&g).await;
 
     let revoked = g.app.client.delete(g.app.url(&format!("/api/keys/{id}"))).bearer_auth(&owner).send().await.unwrap();
     assert_eq!(revoked.status(), 204);
@@ -318,4 +322,49 @@ async fn with_redis_stopped_each_replica_limits_to_its_share_and_shared_limits_r
     assert!(after.iter().all(|r| header(&r.1, "x-ratelimit-limit-requests") == "10"));
     assert!(g.app.app_lines().iter().any(|l| l["msg"].as_str().is_some_and(|m| m.starts_with("Redis answers again"))));
     billed_exactly(&g, user_id, 20).await;
+}
+
+/// An admin's limit change on replica A binds replica B at once, for a key (its id published)
+/// and for a user (`user:<id>` published: B drops every cached key of the user).
+#[tokio::test]
+async fn an_admins_limit_change_on_one_replica_binds_the_other_at_once() {
+    let r = redis().await;
+    // A minute of cache: only the published change can explain B seeing it within the poll.
+    let g = spawn_gateway_with_redis(&r, |c| c.key_cache_ttl_ms = 60_000).await;
+    let b = spawn_replica(&g, &r, |c| c.key_cache_ttl_ms = 60_000).await;
+    let (_, admin) = g.app.user(true).await;
+    let (user_id, owner) = g.app.user(false).await;
+    g.app.topup(&admin, user_id, "10").await;
+    let created = new_key(&g.app, &owner, json!({})).await;
+    let (id, key) = (created["id"].as_str().unwrap().to_owned(), created["key"].as_str().unwrap().to_owned());
+    // Both keys cached on B without limits: no x-ratelimit headers yet.
+    for k in [&key, &owner] {
+        let r = post(&b, k, &chat("echo")).await;
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().get("x-ratelimit-limit-requests").is_none(), "{:?}", r.headers());
+    }
+    both_subscribed(&g).await;
+    let limit_on_b = |k: String| {
+        let b = &b;
+        move || {
+            let k = k.clone();
+            async move {
+                let r = post(b, &k, &chat("echo")).await;
+                r.headers().get("x-ratelimit-limit-requests").map(|v| v.to_str().unwrap().to_owned())
+            }
+        }
+    };
+    let patch = |path: String, limits: Value| {
+        g.app.client.patch(g.app.url(&path)).bearer_auth(&admin).json(&json!({"limits": limits})).send()
+    };
+
+    let r = patch(format!("/api/admin/keys/{id}"), json!({"requests_per_minute": 1})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = eventually("B applies the key's new limit", Duration::from_secs(5), limit_on_b(key.clone())).await;
+    assert_eq!(seen, "1");
+
+    let r = patch(format!("/api/admin/users/{user_id}"), json!({"requests_per_minute": 3})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = eventually("B applies the user's new limit", Duration::from_secs(5), limit_on_b(owner.clone())).await;
+    assert_eq!(seen, "3");
 }

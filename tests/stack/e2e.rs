@@ -162,7 +162,7 @@ impl E2e {
     }
 }
 
-fn urlencode(s: &str) -> String {
+pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
@@ -171,7 +171,7 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-fn bearer(req: Request, key: &str) -> Request {
+pub fn bearer(req: Request, key: &str) -> Request {
     req.header("Authorization", format!("Bearer {key}"))
 }
 

@@ -197,6 +197,8 @@ impl Kit {
 pub struct Stack {
     pub kit: Kit,
     pub prometheus_password: String,
+    /// The API replicas' `PR_METRICS_TOKEN` (their metrics listeners' bearer token).
+    pub metrics_token: String,
     pub https_port: u16,
     pub http_port: u16,
     /// Where the audit looks for the metrics port: the API's published 9100 when
@@ -492,6 +494,7 @@ impl Stack {
         let stack = Stack {
             kit,
             prometheus_password,
+            metrics_token,
             https_port,
             http_port,
             metrics_port,

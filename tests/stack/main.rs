@@ -6,7 +6,8 @@
 //! Each test brings up its own stack (about 20 s, most of it waiting for Prometheus' first
 //! scrapes), so they run in parallel under nextest.
 //!
-//! Also here: three API replicas with one killed under load (`replicas`), the end-to-end run through real Prometheus with the upstream and GPU-node
+//! Also here: three API replicas with one killed under load (`replicas`), per-key rate limits,
+//! revocation and a Redis outage across three replicas (`rate_limits`), the end-to-end run through real Prometheus with the upstream and GPU-node
 //! stand-ins as containers (`e2e`, `standins`), nginx's connections to the API (`ingress`),
 //! nginx's own rules at the edge (`edge`: host names, the per-address limit, the body limit),
 //! and the compose file brought up and down by `scripts/up` and `scripts/down` (`compose`), with
@@ -26,5 +27,6 @@ mod harness;
 mod ingress;
 mod isolation;
 mod promtool;
+mod rate_limits;
 mod replicas;
 mod standins;

@@ -15,7 +15,7 @@ use std::{
 };
 
 use privaterouter_hardening::net::Request;
-use privaterouter_tests::{random_hex, upstream};
+use privaterouter_tests::random_hex;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use testcontainers::runners::AsyncRunner;
@@ -64,14 +64,7 @@ async fn a_replica_killed_under_load_loses_no_answer_and_no_billing() {
     kit.api_replicas = REPLICAS;
     // As compose runs them: the replicas share Redis (limits and revocations; billing never uses it).
     kit.redis = true;
-    // Requests per second well above what this test sends from one address.
-    kit.nginx_env = vec![("API_RATE_LIMIT".into(), "1000r/s".into()), ("API_RATE_BURST".into(), "1000".into())];
-    let catalog = kit.dir.path().join("models.toml");
-    let dead = format!("http://{}-upstream:9/v1", kit.name);
-    std::fs::write(&catalog, upstream::catalog_toml_for(&standins::upstream_url(&kit), &dead, "PR_TEST_UPSTREAM_KEY"))
-        .unwrap();
-    kit.models_file = Some(catalog);
-    kit.api_env = vec![("PR_TEST_UPSTREAM_KEY".into(), upstream::UPSTREAM_KEY.into())];
+    standins::serve_through_upstream(&mut kit);
     // The stand-in first: it creates the stack's network, which the stack then joins.
     let _upstream = standins::upstream(&kit).start().await.expect("the upstream stand-in starts");
     let stack = Arc::new(Stack::start(kit).await);

@@ -83,6 +83,18 @@ pub fn upstream_url(kit: &Kit) -> String {
     format!("http://{}-upstream:{UPSTREAM_PORT}/v1", kit.name)
 }
 
+/// Points the kit's API replicas at the stand-in upstream (the test catalog, its key), with
+/// nginx's per-address limit raised well above what one test sends from one address.
+pub fn serve_through_upstream(kit: &mut Kit) {
+    kit.nginx_env.extend([("API_RATE_LIMIT".into(), "1000r/s".into()), ("API_RATE_BURST".into(), "1000".into())]);
+    let catalog = kit.dir.path().join("models.toml");
+    let dead = format!("http://{}-upstream:9/v1", kit.name);
+    let toml = privaterouter_tests::upstream::catalog_toml_for(&upstream_url(kit), &dead, "PR_TEST_UPSTREAM_KEY");
+    std::fs::write(&catalog, toml).unwrap();
+    kit.models_file = Some(catalog);
+    kit.api_env.push(("PR_TEST_UPSTREAM_KEY".into(), privaterouter_tests::upstream::UPSTREAM_KEY.into()));
+}
+
 /// A GPU node named `node` (container `<kit>-<node>`): the real agent with the stand-in NVML.
 pub fn gpu_agent(kit: &Kit, node: &str, fake_nvml: &Path, token: &str) -> ContainerRequest<GenericImage> {
     base(kit, node)

@@ -190,15 +190,27 @@ impl KeyCache {
         Ok(user)
     }
 
-    /// A revocation: drops the keys here and publishes them to every other replica (best
-    /// effort: without Redis they expire from the other caches within the TTL).
+    /// A revocation, or a change of these keys' limits: drops the keys here and publishes them
+    /// to every other replica (best effort: without Redis they expire from the other caches
+    /// within the TTL).
     pub async fn revoked(&self, key_ids: &[Uuid]) {
         self.evict_key_ids(key_ids);
+        let items: Vec<_> = key_ids.iter().copied().map(revocation::Evict::Key).collect();
+        self.publish(&items).await;
+    }
+
+    /// A user's limits changed: drops their keys here and on every other replica.
+    pub async fn user_changed(&self, user_id: Uuid) {
+        self.evict_user(user_id);
+        self.publish(&[revocation::Evict::User(user_id)]).await;
+    }
+
+    async fn publish(&self, items: &[revocation::Evict]) {
         if let Some(link) = &self.link
             && link.available()
-            && !revocation::publish(link, key_ids).await
+            && !revocation::publish(link, items).await
         {
-            tracing::warn!(target: "pr.redis", keys = key_ids.len(), "revocation not published; other replicas drop the keys within PR_KEY_CACHE_TTL_MS");
+            tracing::warn!(target: "pr.redis", entries = items.len(), "key cache eviction not published; other replicas drop the keys within PR_KEY_CACHE_TTL_MS");
         }
     }
 

@@ -1,8 +1,8 @@
 //! Admin routes that set rate limits: `PATCH /api/admin/keys/{id}` and
 //! `PATCH /api/admin/users/{id}`, each `{"limits": {...}}` where a field left out keeps its value
 //! and `null` removes that limit. Admins are not bound by the "a key may only tighten" rule.
-//! The change reaches this replica's key cache at once and the others within the cache TTL
-//! (or at once when revocations are published through Redis).
+//! The change reaches this replica's key cache at once and, published through Redis like a
+//! revocation (`accounts::revocation`), every other replica's; without Redis, within the TTL.
 
 use axum::{
     Json, Router,
@@ -38,7 +38,7 @@ async fn patch_key(
     AppJson(req): AppJson<PatchLimits>,
 ) -> ApiResult<Json<Value>> {
     let (key_id, limits) = patch_own(&state, Holder::Key, &id, &req.limits).await?;
-    state.keys.evict_key_ids(&[key_id]);
+    state.keys.revoked(&[key_id]).await;
     Ok(Json(json!({ "id": key_id, "limits": limits })))
 }
 
@@ -49,7 +49,7 @@ async fn patch_user(
     AppJson(req): AppJson<PatchLimits>,
 ) -> ApiResult<Json<Value>> {
     let (user_id, limits) = patch_own(&state, Holder::User, &id, &req.limits).await?;
-    state.keys.evict_user(user_id);
+    state.keys.user_changed(user_id).await;
     // What applies: the user's own limits, the PR_USER_* defaults where they set none.
     let effective = limits.or(state.keys.user_defaults());
     Ok(Json(json!({ "id": user_id, "limits": limits, "effective_limits": effective })))
