@@ -358,30 +358,36 @@ impl Project {
 
         let ca = std::fs::read(self.dir.path().join("tls/dev-ca.pem")).unwrap();
         let host = format!("api.{DOMAIN}");
-        let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-            .resolve(&host, std::net::SocketAddr::from(([127, 0, 0, 1], self.https_port)))
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .unwrap();
+        let builder = || {
+            reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+                .resolve(&host, std::net::SocketAddr::from(([127, 0, 0, 1], self.https_port)))
+                .timeout(std::time::Duration::from_secs(30))
+        };
+        let client = builder().build().unwrap();
+        // For the retry: a new connection every time (every pooled idle connection may be the
+        // one nginx is closing).
+        let fresh = builder().pool_max_idle_per_host(0).build().unwrap();
         let base = format!("https://{host}:{}", self.https_port);
         let rt = tokio::runtime::Runtime::new().unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let retried = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let workers: Vec<_> = (0..4)
             .map(|i| {
-                let (client, stop, key, retried) = (client.clone(), stop.clone(), key.clone(), retried.clone());
+                let (client, fresh, stop, key, retried) =
+                    (client.clone(), fresh.clone(), stop.clone(), key.clone(), retried.clone());
                 let url = if i % 2 == 0 { format!("{base}/v1/models") } else { format!("{base}/readyz") };
                 rt.spawn(async move {
                     let mut statuses = Vec::new();
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        // A GET that got no answer at all is retried once, as HTTP clients do:
-                        // nginx closes idle client connections when it reloads for a changed
-                        // replica set, and a request can cross that close on the wire.
+                        // A GET that got no answer at all is retried once on a new connection, as
+                        // HTTP clients do: nginx closes idle client connections when it reloads
+                        // for a changed replica set, and a request can cross that close on the
+                        // wire (it never reached nginx, so nothing was lost or done twice).
                         let mut answer = client.get(&url).bearer_auth(&key).send().await;
                         if answer.is_err() {
                             retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            answer = client.get(&url).bearer_auth(&key).send().await;
+                            answer = fresh.get(&url).bearer_auth(&key).send().await;
                         }
                         match answer {
                             Ok(r) => statuses.push(r.status().as_u16().to_string()),
