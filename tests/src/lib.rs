@@ -5,6 +5,7 @@
 //! process: the suite runs under `cargo nextest` (one process per test).
 
 pub mod agent;
+pub mod images;
 pub mod prom;
 pub mod redirect;
 pub mod redis;
@@ -27,8 +28,8 @@ use testcontainers::{
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 
-pub const POSTGRES_IMAGE: &str = "privaterouter/postgres";
-pub const POSTGRES_TAG: &str = "15";
+pub const POSTGRES_IMAGE: &str = images::POSTGRES.name;
+pub const POSTGRES_TAG: &str = images::POSTGRES.tag;
 /// Label on every container the tests start, so `scripts/test` can remove leftovers of a killed run.
 pub const TEST_LABEL: &str = "org.privaterouter.test";
 

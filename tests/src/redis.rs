@@ -13,8 +13,8 @@ use testcontainers::{
 
 use crate::{Gateway, TEST_LABEL, TestApp, TestDb, free_port, random_hex, spawn_app_on, spawn_gateway_with};
 
-pub const REDIS_IMAGE: &str = "privaterouter/redis";
-pub const REDIS_TAG: &str = "7.0";
+pub const REDIS_IMAGE: &str = crate::images::REDIS.name;
+pub const REDIS_TAG: &str = crate::images::REDIS.tag;
 
 pub struct TestRedis {
     pub container: ContainerAsync<GenericImage>,

@@ -23,7 +23,7 @@ use std::{
     process::{Command, Output},
 };
 
-use privaterouter_tests::{free_port, random_hex};
+use privaterouter_tests::{free_port, images, random_hex};
 
 use crate::{
     first_call,
@@ -137,12 +137,12 @@ impl Project {
             // The rolling-restart load comes from one address: above nginx's per-address limit.
             ("API_RATE_LIMIT", "500r/s".into()),
             ("API_RATE_BURST", "500".into()),
-            ("POSTGRES_IMAGE", "privaterouter/postgres:15".into()),
-            ("NGINX_IMAGE", "privaterouter/nginx:1.22".into()),
-            ("PROMETHEUS_IMAGE", "privaterouter/prometheus:2.42".into()),
-            ("ALERTMANAGER_IMAGE", "privaterouter/alertmanager:0.25".into()),
-            ("LITELLM_IMAGE", "privaterouter/litellm:1.80.11".into()),
-            ("DEMO_ECHO_IMAGE", "privaterouter/demo-echo:1".into()),
+            ("POSTGRES_IMAGE", images::POSTGRES.reference()),
+            ("NGINX_IMAGE", images::NGINX.reference()),
+            ("PROMETHEUS_IMAGE", images::PROMETHEUS.reference()),
+            ("ALERTMANAGER_IMAGE", images::ALERTMANAGER.reference()),
+            ("LITELLM_IMAGE", images::LITELLM.reference()),
+            ("DEMO_ECHO_IMAGE", images::DEMO_ECHO.reference()),
         ]
         .into_iter()
         .collect();

@@ -35,7 +35,7 @@ use privaterouter_hardening::{
     ConnectTo, Report, Target, audit,
     net::{self, Endpoint, Request, Response, Scheme},
 };
-use privaterouter_tests::{TEST_LABEL, free_port, random_hex};
+use privaterouter_tests::{TEST_LABEL, free_port, images, random_hex};
 use testcontainers::{
     ContainerAsync, ContainerRequest, GenericImage, ImageExt,
     bollard::models::{HostConfig, PortBinding},
@@ -48,18 +48,18 @@ pub const DOMAIN: &str = "privaterouter.test";
 pub const RETENTION: &str = "90d";
 const STARTUP: Duration = Duration::from_secs(120);
 
-/// The API image the stack tests run: `privaterouter/api:local` (scripts/build-images api), or
+/// The API image the stack tests run: the manifest's `OFFLINE_API` (scripts/build-images api), or
 /// `PR_TEST_API_IMAGE` (`name:tag`) so that two checkouts on one machine can test their own builds.
 pub fn api_image() -> (String, String) {
-    let image = std::env::var("PR_TEST_API_IMAGE").unwrap_or_else(|_| "privaterouter/api:local".into());
+    let image = std::env::var("PR_TEST_API_IMAGE").unwrap_or_else(|_| images::API.reference());
     let (name, tag) = image.rsplit_once(':').expect("PR_TEST_API_IMAGE is name:tag");
     (name.to_owned(), tag.to_owned())
 }
 
-/// The Redis image the stack tests run: `privaterouter/redis:7.0` (scripts/build-images redis),
+/// The Redis image the stack tests run: the manifest's `OFFLINE_REDIS` (scripts/build-images redis),
 /// or `PR_TEST_REDIS_IMAGE` (`name:tag`).
 pub fn redis_image() -> String {
-    std::env::var("PR_TEST_REDIS_IMAGE").unwrap_or_else(|_| "privaterouter/redis:7.0".into())
+    std::env::var("PR_TEST_REDIS_IMAGE").unwrap_or_else(|_| images::REDIS.reference())
 }
 
 pub fn repo_root() -> PathBuf {
@@ -301,7 +301,7 @@ impl Stack {
         let name = &kit.name;
 
         let postgres = common(
-            GenericImage::new("privaterouter/postgres", "15")
+            GenericImage::new(images::POSTGRES.name, images::POSTGRES.tag)
                 .with_wait_for(WaitFor::message_on_either_std("database system is ready to accept connections")),
             &kit,
             "postgres",
@@ -377,7 +377,7 @@ impl Stack {
         let redis = kit.redis.then(|| redis_request(&kit, &redis_password));
 
         let alertmanager = common(
-            GenericImage::new("privaterouter/alertmanager", "0.25")
+            GenericImage::new(images::ALERTMANAGER.name, images::ALERTMANAGER.tag)
                 .with_wait_for(WaitFor::message_on_either_std("Listening on")),
             &kit,
             "alertmanager",
@@ -404,7 +404,7 @@ impl Stack {
         prometheus_args.push(format!("--web.external-url=https://prometheus.{DOMAIN}/"));
         prometheus_args.push("--web.route-prefix=/".into());
         let prometheus = common(
-            GenericImage::new("privaterouter/prometheus", "2.42")
+            GenericImage::new(images::PROMETHEUS.name, images::PROMETHEUS.tag)
                 .with_entrypoint("/bin/sh")
                 .with_wait_for(WaitFor::message_on_either_std("Server is ready to receive web requests")),
             &kit,
@@ -420,7 +420,7 @@ impl Stack {
         .with_cap_drop("ALL");
 
         let mut nginx = common(
-            GenericImage::new("privaterouter/nginx", "1.22").with_entrypoint("/bin/sh"),
+            GenericImage::new(images::NGINX.name, images::NGINX.tag).with_entrypoint("/bin/sh"),
             &kit,
             "nginx",
             "nginx",

@@ -7,6 +7,8 @@
 
 use std::{collections::BTreeMap, process::Command};
 
+use privaterouter_tests::images;
+
 /// The running containers of a compose service (ids, sorted): one, or one per API replica.
 /// By compose's labels, as scaled services have no fixed container name.
 pub fn containers(project: &str, service: &str) -> Vec<String> {
@@ -48,9 +50,6 @@ pub fn addresses(project: &str, container: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The image the probes run in (bash, timeout), from `scripts/build-images base`.
-const PROBE_IMAGE: &str = "privaterouter/base:bookworm";
-
 /// Whether `from`'s container (a service's, the first replica's for the api) opens a TCP connection to `ip:port`: bash's /dev/tcp, three
 /// seconds (a dropped SYN never answers), run in a probe container that shares `from`'s network
 /// namespace, so the probe does not depend on what `from`'s own image has. Anything but a
@@ -61,7 +60,9 @@ fn connects(project: &str, from: &str, ip: &str, port: u16) -> bool {
     let out = Command::new("docker")
         .args(["run", "--rm", "--network", &format!("container:{}", containers(project, from)[0]), "--label"])
         .arg(format!("{}=1", privaterouter_tests::TEST_LABEL))
-        .args([PROBE_IMAGE, "timeout", "3", "bash", "-c", &script])
+        // The probe runs in the base image (bash, timeout): `scripts/build-images base`.
+        .arg(images::BASE.reference())
+        .args(["timeout", "3", "bash", "-c", &script])
         .output()
         .expect("docker run runs");
     match out.status.code() {

@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+use privaterouter_tests::images;
 use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt, core::WaitFor};
 
 use crate::harness::{Kit, common, read_only};
@@ -52,7 +53,7 @@ pub fn build_fake_nvml(dir: &Path) -> PathBuf {
 
 fn base(kit: &Kit, service: &str) -> ContainerRequest<GenericImage> {
     common(
-        GenericImage::new("privaterouter/base", "bookworm")
+        GenericImage::new(images::BASE.name, images::BASE.tag)
             .with_entrypoint("/usr/bin/tini")
             .with_wait_for(WaitFor::message_on_stdout("listening")),
         kit,

@@ -136,7 +136,7 @@ pub struct Config {
     pub api_replicas: u32,
 
     /// Default requests per minute of each user whose row sets none (0: no limit). Keys, users
-    /// and catalog models may set their own (README, "Rate limits").
+    /// and catalog models may set their own (docs/rate-limits.md).
     #[arg(long, env = "PR_USER_REQUESTS_PER_MINUTE", default_value_t = 0)]
     pub user_requests_per_minute: u32,
 

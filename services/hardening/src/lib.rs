@@ -1,6 +1,6 @@
 //! The hardening audit: checks a live PrivateRouter deployment from the outside, the way an
-//! attacker or a scanner sees it, against the production checklist (README, "Hardening
-//! checklist"). `pr-hardening` is a thin CLI over [`audit`]; the stack tests call it directly.
+//! attacker or a scanner sees it, against the production checklist (docs/hardening.md). `pr-hardening` is a thin CLI over
+//! [`audit`]; the stack tests call it directly.
 //!
 //! Everything goes over raw sockets: paths are sent exactly as written (an HTTP client library
 //! would normalise `/%6Detrics` or `/x/../metrics` away), and TLS probes can offer protocol
