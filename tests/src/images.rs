@@ -134,6 +134,8 @@ mod tests {
     fn compose_defaults_are_the_manifest_pins_and_every_pin_is_a_compose_default() {
         let defaults = compose_defaults();
         assert!(defaults.len() >= 9, "compose's image variables were found: {defaults:?}");
+        // The demo stand-in has no official image: compose runs the offline build by default.
+        assert_eq!(lookup(MANIFEST, "DEMO_ECHO_IMAGE"), DEMO_ECHO.reference());
         for (name, default) in &defaults {
             let pinned = entries().find(|(k, _)| k == name).map(|(_, v)| v);
             assert_eq!(Some(*default), pinned, "compose's default for {name} is the manifest's {name}");
