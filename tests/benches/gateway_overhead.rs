@@ -205,7 +205,7 @@ fn main() {
             let pool = pool.clone();
             async move {
                 let (user_id, key) =
-                    privaterouter_api::users::create_user(&pool, email, privaterouter_api::auth::Role::User)
+                    privaterouter_api::accounts::users::create_user(&pool, email, privaterouter_api::accounts::auth::Role::User)
                         .await
                         .unwrap();
                 privaterouter_api::billing::ledger::admin_credit(

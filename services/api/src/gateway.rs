@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::{
     accounts::rate_limiter::{Admission, Scope},
-    auth::AuthUser,
+    accounts::auth::AuthUser,
     billing::{Hold, HoldError, Settlement, fmt_usd},
     catalog::{ApiStyle, Model, Target, Usage, endpoint_url},
     error::ApiError,

@@ -12,11 +12,11 @@ use sqlx::PgPool;
 
 use crate::{
     accounts::{rate_limiter::RateLimiter, rate_limits, redis_link::RedisLink},
-    auth::KeyCache,
+    accounts::auth::KeyCache,
     billing::Billing,
     catalog::Catalog,
     config::Config,
-    fleet::Fleet,
+    gpu::fleet::Fleet,
     gateway::UpstreamTimeouts,
     gpu::node_policy::AllowedNets,
 };

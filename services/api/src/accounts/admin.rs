@@ -15,9 +15,9 @@ use uuid::Uuid;
 
 use crate::{
     accounts::rate_limits::{self, Holder, LimitsPatch, RateLimits},
-    auth::AdminUser,
+    accounts::auth::AdminUser,
     error::{ApiError, ApiResult},
-    extract::AppJson,
+    http::extract::AppJson,
     state::AppState,
 };
 

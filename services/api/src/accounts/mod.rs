@@ -4,6 +4,8 @@
 //! replicas are here.
 
 pub mod admin;
+pub mod auth;
+pub mod keys;
 pub mod limits;
 pub mod rate_headers;
 pub mod rate_limiter;
@@ -11,3 +13,4 @@ pub mod rate_limits;
 mod rate_local;
 pub mod redis_link;
 pub mod revocation;
+pub mod users;

@@ -12,9 +12,9 @@ use axum::{
 use serde_json::{Map, Value, json};
 
 use crate::{
-    auth::AuthUser,
+    accounts::auth::AuthUser,
     error::ApiResult,
-    extract::AppJson,
+    http::extract::AppJson,
     gateway::{self, Endpoint},
     state::AppState,
     telemetry::RequestContext,

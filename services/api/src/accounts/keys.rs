@@ -18,9 +18,9 @@ use crate::{
         limits,
         rate_limits::{self, RateLimits},
     },
-    auth::{self, AuthUser},
+    accounts::auth::{self, AuthUser},
     error::{ApiError, ApiResult},
-    extract::AppJson,
+    http::extract::AppJson,
     state::AppState,
 };
 

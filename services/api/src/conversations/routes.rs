@@ -15,10 +15,10 @@ use uuid::Uuid;
 
 use crate::{
     accounts::limits,
-    auth::AuthUser,
+    accounts::auth::AuthUser,
     billing::fmt_usd,
     error::{ApiError, ApiResult},
-    extract::AppJson,
+    http::extract::AppJson,
     gateway::{self, Endpoint},
     state::AppState,
     telemetry::{RequestContext, metrics::CHAT_CONVERSATIONS_CREATED_TOTAL},

@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::{
-    auth::AdminUser,
+    accounts::auth::AdminUser,
     catalog::validate_http_url,
     error::{ApiError, ApiResult},
-    extract::AppJson,
+    http::extract::AppJson,
     fleet::{NODE_COLUMNS, NodeRow},
     gpu::node_policy::{self, AGENT_TOKEN_ENV_RULE},
     state::AppState,

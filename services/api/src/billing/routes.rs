@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::{
-    auth::{AdminUser, AuthUser},
+    accounts::auth::{AdminUser, AuthUser},
     billing::{CreditKind, fmt_usd, ledger},
     error::{ApiError, ApiResult},
-    extract::AppJson,
+    http::extract::AppJson,
     state::AppState,
 };
 

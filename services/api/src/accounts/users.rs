@@ -5,7 +5,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    auth::{self, Role},
+    accounts::auth::{self, Role},
     error::ApiError,
 };
 

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::{
     error::{ApiError, ApiResult},
-    extract::AppJson,
+    http::extract::AppJson,
     state::AppState,
 };
 
