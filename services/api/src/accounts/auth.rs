@@ -1,9 +1,9 @@
-//! API keys and authentication. A key is `pr-` + 40 random base62 characters; only its SHA-256
-//! is stored (keys are high-entropy, so a fast hash is the right tool). Lookups sit on the hot
-//! path of every call, so resolved keys are cached for `PR_KEY_CACHE_TTL_MS` (1 s by default).
-//! A revocation evicts the local entry at once and, with Redis (`PR_REDIS_URL`), is published to
-//! every other replica, which evicts it as soon as the message arrives
-//! (`accounts::revocation`); the TTL is the bound only while Redis is away.
+//! Authentication: the `AuthUser`/`AdminUser` extractors and the cache of resolved keys in front
+//! of `accounts::key_store` (a key is `pr-` + 40 random base62 characters; only its SHA-256 is
+//! stored). Lookups sit on the hot path of every call, so resolved keys are cached for
+//! `PR_KEY_CACHE_TTL_MS` (1 s by default). A revocation evicts the local entry at once and, with
+//! Redis (`PR_REDIS_URL`), is published to every other replica, which evicts it as soon as the
+//! message arrives (`accounts::revocation`); the TTL is the bound only while Redis is away.
 //!
 //! A key created with a key is its child (`parent_key_id`): revoking a key revokes all its
 //! descendants, so a stolen key cannot outlive its revocation through keys it minted.
@@ -15,23 +15,23 @@ use std::{
 };
 
 use axum::{
-    extract::FromRequestParts,
+    extract::{FromRef, FromRequestParts},
     http::{header, request::Parts},
 };
-use rand::Rng;
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    accounts::{rate_limits::RateLimits, redis_link::RedisLink, revocation},
+    accounts::{
+        key_store::{self, KEY_PREFIX},
+        rate_limits::RateLimits,
+        redis_link::RedisLink,
+        revocation,
+    },
     error::ApiError,
-    state::AppState,
     telemetry::RequestContext,
 };
 
-pub const KEY_PREFIX: &str = "pr-";
-const KEY_RANDOM_CHARS: usize = 40;
 /// Entries kept before expired ones are swept (and, if still full, the cache is cleared).
 const CACHE_CAPACITY: usize = 100_000;
 
@@ -70,69 +70,14 @@ pub struct AuthUser {
 #[derive(Clone, Copy, Debug)]
 pub struct AdminUser(pub AuthUser);
 
-pub fn generate_key() -> String {
-    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut rng = rand::rng();
-    let mut key = String::with_capacity(KEY_PREFIX.len() + KEY_RANDOM_CHARS);
-    key.push_str(KEY_PREFIX);
-    for _ in 0..KEY_RANDOM_CHARS {
-        key.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
-    }
-    key
-}
-
-pub fn hash_key(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
-
-/// The part of a key shown in listings: enough to recognise it, useless to an attacker.
-pub fn display_prefix(key: &str) -> String {
-    key.chars().take(KEY_PREFIX.len() + 6).collect()
-}
-
-/// Creates a key for `user_id`, the child of `parent` (the key that asked for it, if any);
-/// returns (key id, the key itself, shown once).
-pub async fn create_key(
-    db: impl sqlx::PgExecutor<'_>,
-    user_id: Uuid,
-    name: &str,
-    parent: Option<Uuid>,
-) -> Result<(Uuid, String), sqlx::Error> {
-    let key = generate_key();
-    let id: Uuid = sqlx::query_scalar(
-        "INSERT INTO api_keys (user_id, name, prefix, key_hash, parent_key_id) VALUES ($1, $2, $3, $4, $5) RETURNING id",
-    )
-    .bind(user_id)
-    .bind(name)
-    .bind(display_prefix(&key))
-    .bind(&hash_key(&key)[..])
-    .bind(parent)
-    .fetch_one(db)
-    .await?;
-    Ok((id, key))
-}
-
-/// Revokes `key_id` and every active key descending from it; returns the ids it revoked, for
-/// the cache to forget. The walk goes through active keys only: a revoked key's descendants were
-/// revoked with it, and a revoked key cannot create keys, so a tree of revoked keys (however
-/// large a user made it) is never walked again.
-pub async fn revoke_tree(db: impl sqlx::PgExecutor<'_>, user_id: Uuid, key_id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "WITH RECURSIVE tree AS ( \
-             SELECT id FROM api_keys WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
-             UNION SELECT k.id FROM api_keys k JOIN tree t ON k.parent_key_id = t.id \
-              WHERE k.user_id = $2 AND k.revoked_at IS NULL) \
-         UPDATE api_keys SET revoked_at = now() WHERE id IN (SELECT id FROM tree) RETURNING id",
-    )
-    .bind(key_id)
-    .bind(user_id)
-    .fetch_all(db)
-    .await
-}
-
+/// The read-through cache of resolved keys in front of `api_keys`; cloning it is one reference
+/// count, since the auth extractor takes it from the router state on every request.
 #[derive(Clone)]
-pub struct KeyCache {
-    inner: Arc<RwLock<HashMap<[u8; 32], CacheEntry>>>,
+pub struct KeyCache(Arc<Inner>);
+
+struct Inner {
+    entries: RwLock<HashMap<[u8; 32], CacheEntry>>,
+    db: PgPool,
     ttl: Duration,
     /// The `PR_USER_*` rate-limit defaults.
     user_defaults: RateLimits,
@@ -147,46 +92,35 @@ struct CacheEntry {
 }
 
 impl KeyCache {
-    pub fn new(ttl: Duration, user_defaults: RateLimits, link: Option<Arc<RedisLink>>) -> Self {
-        Self { inner: Arc::default(), ttl, user_defaults, link }
+    pub fn new(db: PgPool, ttl: Duration, user_defaults: RateLimits, link: Option<Arc<RedisLink>>) -> Self {
+        Self(Arc::new(Inner { entries: RwLock::default(), db, ttl, user_defaults, link }))
     }
 
     /// Resolves a presented key: from the cache when fresh, else from the database (valid and
     /// invalid answers are both cached, so guessing keys cannot hammer the database).
-    pub async fn resolve(&self, db: &PgPool, key: &str) -> Result<Option<AuthUser>, ApiError> {
-        let hash = hash_key(key);
+    pub async fn resolve(&self, key: &str) -> Result<Option<AuthUser>, ApiError> {
+        let hash = key_store::hash_key(key);
         let now = Instant::now();
-        if let Some(entry) = self.inner.read().expect("key cache lock").get(&hash)
+        if let Some(entry) = self.0.entries.read().expect("key cache lock").get(&hash)
             && entry.expires > now
         {
             return Ok(entry.user);
         }
-        type Row = (Uuid, Uuid, String, Option<i32>, Option<i64>, Option<i32>, Option<i32>, Option<i64>, Option<i32>);
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT k.id, k.user_id, u.role, \
-                    k.requests_per_minute, k.tokens_per_minute, k.max_concurrent, \
-                    u.requests_per_minute, u.tokens_per_minute, u.max_concurrent \
-             FROM api_keys k JOIN users u ON u.id = k.user_id \
-             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-        )
-        .bind(&hash[..])
-        .fetch_optional(db)
-        .await?;
-        let user = row.map(|(key_id, user_id, role, k_rpm, k_tpm, k_conc, u_rpm, u_tpm, u_conc)| AuthUser {
-            user_id,
-            role: Role::parse(&role),
-            key_id,
-            key_limits: RateLimits::from_columns(k_rpm, k_tpm, k_conc),
-            user_limits: RateLimits::from_columns(u_rpm, u_tpm, u_conc).or(self.user_defaults),
+        let user = key_store::find_active(&self.0.db, &hash).await?.map(|k| AuthUser {
+            user_id: k.user_id,
+            role: Role::parse(&k.role),
+            key_id: k.key_id,
+            key_limits: k.key_limits,
+            user_limits: k.user_limits.or(self.0.user_defaults),
         });
-        let mut map = self.inner.write().expect("key cache lock");
+        let mut map = self.0.entries.write().expect("key cache lock");
         if map.len() >= CACHE_CAPACITY {
             map.retain(|_, e| e.expires > now);
             if map.len() >= CACHE_CAPACITY {
                 map.clear();
             }
         }
-        map.insert(hash, CacheEntry { user, expires: now + self.ttl });
+        map.insert(hash, CacheEntry { user, expires: now + self.0.ttl });
         Ok(user)
     }
 
@@ -206,7 +140,7 @@ impl KeyCache {
     }
 
     async fn publish(&self, items: &[revocation::Evict]) {
-        if let Some(link) = &self.link
+        if let Some(link) = &self.0.link
             && link.available()
             && !revocation::publish(link, items).await
         {
@@ -216,7 +150,7 @@ impl KeyCache {
 
     /// Forgets everything (after missing revocations while Redis was away).
     pub fn clear(&self) {
-        self.inner.write().expect("key cache lock").clear();
+        self.0.entries.write().expect("key cache lock").clear();
     }
 
     /// Drops every cached entry of these keys on this replica.
@@ -225,16 +159,16 @@ impl KeyCache {
             return;
         }
         let gone: std::collections::HashSet<&Uuid> = key_ids.iter().collect();
-        self.inner.write().expect("key cache lock").retain(|_, e| e.user.is_none_or(|u| !gone.contains(&u.key_id)));
+        self.0.entries.write().expect("key cache lock").retain(|_, e| e.user.is_none_or(|u| !gone.contains(&u.key_id)));
     }
 
     /// Drops every cached key of a user (their limits changed).
     pub fn evict_user(&self, user_id: Uuid) {
-        self.inner.write().expect("key cache lock").retain(|_, e| e.user.is_none_or(|u| u.user_id != user_id));
+        self.0.entries.write().expect("key cache lock").retain(|_, e| e.user.is_none_or(|u| u.user_id != user_id));
     }
 
     pub fn user_defaults(&self) -> RateLimits {
-        self.user_defaults
+        self.0.user_defaults
     }
 }
 
@@ -250,12 +184,17 @@ fn bearer(parts: &Parts) -> Option<&str> {
     from_bearer().or_else(from_x_api_key).filter(|t| t.starts_with(KEY_PREFIX) && t.len() <= 128)
 }
 
-impl FromRequestParts<AppState> for AuthUser {
+/// Any router state that holds the key cache can authenticate (the extractor needs nothing else).
+impl<S> FromRequestParts<S> for AuthUser
+where
+    KeyCache: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        let user = state.keys.resolve(&state.db, key).await?.ok_or(ApiError::Unauthorized)?;
+        let user = KeyCache::from_ref(state).resolve(key).await?.ok_or(ApiError::Unauthorized)?;
         if let Some(ctx) = parts.extensions.get::<RequestContext>() {
             ctx.user.set(user.user_id.to_string());
         }
@@ -263,29 +202,18 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
-impl FromRequestParts<AppState> for AdminUser {
+impl<S> FromRequestParts<S> for AdminUser
+where
+    KeyCache: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
         if user.role != Role::Admin {
             return Err(ApiError::Forbidden);
         }
         Ok(Self(user))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_prefixed_base62_and_unique() {
-        let a = generate_key();
-        assert!(a.starts_with("pr-") && a.len() == 43);
-        assert!(a[3..].bytes().all(|b| b.is_ascii_alphanumeric()));
-        assert_ne!(a, generate_key());
-        assert_eq!(hash_key(&a), hash_key(&a));
-        assert_eq!(display_prefix(&a).len(), 9);
     }
 }

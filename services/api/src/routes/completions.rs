@@ -14,8 +14,8 @@ use serde_json::{Map, Value, json};
 use crate::{
     accounts::auth::AuthUser,
     error::ApiResult,
-    http::extract::AppJson,
     gateway::{self, Endpoint},
+    http::extract::AppJson,
     state::AppState,
     telemetry::RequestContext,
 };
