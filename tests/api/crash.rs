@@ -11,9 +11,8 @@ use std::{
 
 use futures_util::StreamExt;
 use privaterouter_api::{
-    auth::Role,
+    accounts::{auth::Role, users},
     billing::{CreditKind, ledger},
-    users,
 };
 use privaterouter_tests::{
     api_binary, balance_and_held, eventually, free_port, ledger_violations, postgres, prom, upstream,

@@ -7,9 +7,8 @@
 use std::{path::Path, process::Stdio, time::Duration};
 
 use privaterouter_api::{
-    auth::Role,
+    accounts::{auth::Role, users},
     billing::{CreditKind, ledger},
-    users,
 };
 use privaterouter_tests::{api_binary, eventually, free_port, postgres, upstream};
 use rust_decimal::Decimal;

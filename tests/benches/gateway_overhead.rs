@@ -204,10 +204,13 @@ fn main() {
         let funded_user = |email: &'static str| {
             let pool = pool.clone();
             async move {
-                let (user_id, key) =
-                    privaterouter_api::users::create_user(&pool, email, privaterouter_api::auth::Role::User)
-                        .await
-                        .unwrap();
+                let (user_id, key) = privaterouter_api::accounts::users::create_user(
+                    &pool,
+                    email,
+                    privaterouter_api::accounts::auth::Role::User,
+                )
+                .await
+                .unwrap();
                 privaterouter_api::billing::ledger::admin_credit(
                     &pool,
                     user_id,

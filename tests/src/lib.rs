@@ -212,9 +212,13 @@ pub async fn spawn_gateway_with(configure: impl FnOnce(&mut Config)) -> Gateway 
 impl TestApp {
     /// Creates a user with a first API key.
     pub async fn user(&self, admin: bool) -> (uuid::Uuid, String) {
-        let role = if admin { privaterouter_api::auth::Role::Admin } else { privaterouter_api::auth::Role::User };
+        let role = if admin {
+            privaterouter_api::accounts::auth::Role::Admin
+        } else {
+            privaterouter_api::accounts::auth::Role::User
+        };
         let email = format!("{}@example.test", random_hex(6));
-        privaterouter_api::users::create_user(&self.pool, &email, role).await.expect("user created")
+        privaterouter_api::accounts::users::create_user(&self.pool, &email, role).await.expect("user created")
     }
 
     /// Credits a user through the admin endpoint (an admin is created on first use).

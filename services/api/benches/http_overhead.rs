@@ -18,7 +18,7 @@ use std::{
 };
 
 use axum::{Router, routing::get};
-use privaterouter_api::{Config, routes::with_http_stack, telemetry};
+use privaterouter_api::{Config, http::with_http_stack, telemetry};
 
 async fn handler() -> &'static str {
     "{\"status\":\"ok\"}"

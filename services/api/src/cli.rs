@@ -3,7 +3,11 @@
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::{auth::Role, config::Config, db, users};
+use crate::{
+    accounts::{auth::Role, users},
+    config::Config,
+    db,
+};
 
 #[derive(Subcommand, Debug)]
 pub enum Command {

@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::{
+    accounts::auth::AuthUser,
     accounts::rate_limiter::{Admission, Scope},
-    auth::AuthUser,
     billing::{Hold, HoldError, Settlement, fmt_usd},
     catalog::{ApiStyle, Model, Target, Usage, endpoint_url},
     error::ApiError,

@@ -1,24 +1,27 @@
 //! PrivateRouter API: an OpenAI-compatible LLM gateway with a public listener and a separate
-//! internal listener for Prometheus metrics.
+//! internal listener for Prometheus metrics. One folder per domain (`accounts`, `billing`,
+//! `conversations`, `gpu`, `llm`), each owning its router, its SQL and a narrow state;
+//! `http` merges the routers and `state::AppState` composes the domains' states.
 
 pub mod accounts;
-pub mod auth;
 pub mod billing;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod conversations;
 pub mod db;
 pub mod error;
-pub mod extract;
-pub mod fleet;
 pub mod gateway;
 pub mod gpu;
+pub mod http;
 pub mod llm;
-pub mod routes;
+/// The LLM router, until it joins the engine in `llm/`.
+pub mod routes {
+    pub mod completions;
+}
 pub mod startup;
 pub mod state;
 pub mod telemetry;
-pub mod users;
 
 pub use config::Config;
 pub use startup::Application;

@@ -10,7 +10,7 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     config::Config,
-    db, routes,
+    db, http,
     state::AppState,
     telemetry::{AccessLog, LogWriter, metrics::install_recorder, metrics_bind::metrics_bind_addr},
 };
@@ -50,13 +50,13 @@ impl Application {
         crate::telemetry::metrics::zero_series(&models);
         let billing = crate::billing::Billing::start(db.clone(), config.billing()).await?;
         let state = AppState::new(config, db, catalog, billing)?;
-        let internal_router = routes::internal::router(
+        let internal_router = http::internal::router(
             handle.clone(),
             state.config.metrics_token().map(str::to_owned),
             log_writer.clone(),
             state.fleet.clone(),
         );
-        let public_router = routes::public_router(state.clone(), AccessLog::new(log_writer));
+        let public_router = http::public_router(state.clone(), AccessLog::new(log_writer));
         Ok(Self { public, internal, public_router, internal_router, handle, state })
     }
 
@@ -80,7 +80,7 @@ impl Application {
         tracing::info!(public = %public.local_addr()?, metrics = %internal.local_addr()?, "listening");
 
         let upkeep = tokio::spawn(crate::telemetry::metrics::run_upkeep(handle.clone()));
-        let poller = tokio::spawn(crate::fleet::run_poller(
+        let poller = tokio::spawn(crate::gpu::fleet::run_poller(
             state.fleet.clone(),
             state.db.clone(),
             state.http.clone(),

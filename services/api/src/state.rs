@@ -1,4 +1,7 @@
-//! The state shared by handlers: cheap to clone.
+//! The composition root: `AppState` builds and holds every shared part once (cheap to clone).
+//! Handlers take their domain's narrow state from it through `FromRef` (`accounts::AccountsState`,
+//! `gpu::GpuState`, `billing::routes::BillingState`, `conversations::ConversationsState`,
+//! `http::health::HealthState`); only the LLM engine still takes it whole.
 
 use std::{
     sync::{
@@ -11,13 +14,13 @@ use std::{
 use sqlx::PgPool;
 
 use crate::{
+    accounts::auth::KeyCache,
     accounts::{rate_limiter::RateLimiter, rate_limits, redis_link::RedisLink},
-    auth::KeyCache,
     billing::Billing,
     catalog::Catalog,
     config::Config,
-    fleet::Fleet,
     gateway::UpstreamTimeouts,
+    gpu::fleet::Fleet,
     gpu::node_policy::AllowedNets,
 };
 
@@ -39,7 +42,7 @@ pub struct AppState {
     pub limiter: RateLimiter,
     /// The Redis link, when `PR_REDIS_URL` is set (the limiter and the key cache use it).
     pub redis: Option<Arc<RedisLink>>,
-    shutting_down: Arc<AtomicBool>,
+    pub(crate) shutting_down: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -57,6 +60,7 @@ impl AppState {
         };
         Ok(Self {
             keys: KeyCache::new(
+                db.clone(),
                 Duration::from_millis(config.key_cache_ttl_ms),
                 rate_limits::user_defaults(
                     config.user_requests_per_minute,
@@ -81,13 +85,9 @@ impl AppState {
         })
     }
 
-    /// Once set, `/readyz` answers 503 so load balancers stop sending new work while in-flight
-    /// requests drain.
+    /// Once set, `/readyz` answers 503 (`http::health`) so load balancers stop sending new work
+    /// while in-flight requests drain.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
     }
 }

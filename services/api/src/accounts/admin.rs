@@ -14,10 +14,13 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::{
-    accounts::rate_limits::{self, Holder, LimitsPatch, RateLimits},
-    auth::AdminUser,
+    accounts::{
+        AccountsState,
+        auth::AdminUser,
+        rate_limits::{self, Holder, LimitsPatch, RateLimits},
+    },
     error::{ApiError, ApiResult},
-    extract::AppJson,
+    http::extract::AppJson,
     state::AppState,
 };
 
@@ -32,7 +35,7 @@ struct PatchLimits {
 }
 
 async fn patch_key(
-    State(state): State<AppState>,
+    State(state): State<AccountsState>,
     AdminUser(_admin): AdminUser,
     Path(id): Path<String>,
     AppJson(req): AppJson<PatchLimits>,
@@ -43,7 +46,7 @@ async fn patch_key(
 }
 
 async fn patch_user(
-    State(state): State<AppState>,
+    State(state): State<AccountsState>,
     AdminUser(_admin): AdminUser,
     Path(id): Path<String>,
     AppJson(req): AppJson<PatchLimits>,
@@ -55,7 +58,12 @@ async fn patch_user(
     Ok(Json(json!({ "id": user_id, "limits": limits, "effective_limits": effective })))
 }
 
-async fn patch_own(state: &AppState, holder: Holder, id: &str, patch: &LimitsPatch) -> ApiResult<(Uuid, RateLimits)> {
+async fn patch_own(
+    state: &AccountsState,
+    holder: Holder,
+    id: &str,
+    patch: &LimitsPatch,
+) -> ApiResult<(Uuid, RateLimits)> {
     let id: Uuid = id.parse().map_err(|_| ApiError::NotFound(holder.noun()))?;
     let limits = rate_limits::patch(&state.db, holder, id, patch).await?.ok_or(ApiError::NotFound(holder.noun()))?;
     Ok((id, limits))

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use uuid::Uuid;
 
 use super::redis_link::{RETRY_AFTER, RedisLink};
-use crate::auth::KeyCache;
+use crate::accounts::auth::KeyCache;
 
 pub const CHANNEL: &str = "pr:keys:revoked";
 const USER_PREFIX: &str = "user:";

@@ -8,6 +8,7 @@ pub mod check;
 pub mod journal;
 pub mod leases;
 pub mod ledger;
+pub mod routes;
 pub mod settle;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};

@@ -12,10 +12,10 @@ use axum::{
 use serde_json::{Map, Value, json};
 
 use crate::{
-    auth::AuthUser,
+    accounts::auth::AuthUser,
     error::ApiResult,
-    extract::AppJson,
     gateway::{self, Endpoint},
+    http::extract::AppJson,
     state::AppState,
     telemetry::RequestContext,
 };

@@ -1,6 +1,7 @@
-//! Chat conversations: stored histories that are sent to the model with each new message, and
-//! billed like completions. Only the owner sees a conversation (others get 404). What a user may
-//! store is bounded (`PR_MAX_*`, `crate::accounts::limits`), and creating one needs credit.
+//! `/api/chat/conversations`: create, list, show, and post a message (sent to the model with the
+//! stored history, billed like a completion). Only the owner sees a conversation (others get
+//! 404). What a user may store is bounded (`PR_MAX_*`, `crate::accounts::limits`), and creating
+//! one needs credit.
 
 use axum::{
     Json, Router,
@@ -8,18 +9,20 @@ use axum::{
     http::StatusCode,
     routing::{get, post},
 };
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use super::{
+    ConversationsState,
+    store::{self, Conversation},
+};
 use crate::{
-    accounts::limits,
-    auth::AuthUser,
+    accounts::{auth::AuthUser, limits},
     billing::fmt_usd,
     error::{ApiError, ApiResult},
-    extract::AppJson,
     gateway::{self, Endpoint},
+    http::extract::AppJson,
     state::AppState,
     telemetry::{RequestContext, metrics::CHAT_CONVERSATIONS_CREATED_TOTAL},
 };
@@ -35,23 +38,6 @@ pub fn messages_router() -> Router<AppState> {
     Router::new().route("/api/chat/conversations/{id}/messages", post(send))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
-struct Conversation {
-    id: Uuid,
-    title: String,
-    model: String,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-#[derive(Serialize, sqlx::FromRow)]
-struct Message {
-    id: i64,
-    role: String,
-    content: String,
-    created_at: DateTime<Utc>,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateConversation {
@@ -63,17 +49,17 @@ struct CreateConversation {
 }
 
 async fn create(
-    State(state): State<AppState>,
+    State(state): State<ConversationsState>,
     user: AuthUser,
     AppJson(req): AppJson<CreateConversation>,
 ) -> ApiResult<(StatusCode, Json<Conversation>)> {
     let model =
         state.catalog.get(&req.model).ok_or_else(|| ApiError::ModelNotFound(req.model.chars().take(128).collect()))?;
-    let config = &state.config;
-    limits::check_chars(&req.title, config.max_title_chars, "title", "PR_MAX_TITLE_CHARS", "invalid_title")?;
+    let bounds = &state.limits;
+    limits::check_chars(&req.title, bounds.max_title_chars, "title", "PR_MAX_TITLE_CHARS", "invalid_title")?;
     let system = req.system.filter(|s| !s.is_empty());
     if let Some(system) = &system {
-        let max = config.max_system_prompt_chars;
+        let max = bounds.max_system_prompt_chars;
         limits::check_chars(system, max, "system", "PR_MAX_SYSTEM_PROMPT_CHARS", "invalid_system")?;
     }
     // A conversation is stored for free; only a user who can pay for its messages may start one.
@@ -83,28 +69,11 @@ async fn create(
     }
     let mut tx = state.db.begin().await?;
     limits::lock_user(&mut tx, user.user_id).await?;
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM conversations WHERE user_id = $1")
-        .bind(user.user_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    let max = config.max_conversations_per_user;
+    let count = store::count(&mut tx, user.user_id).await?;
+    let max = bounds.max_conversations_per_user;
     let advice = "Conversations cannot be deleted yet; ask the operator to raise the limit.";
     limits::check(count, 1, max, "conversations", "PR_MAX_CONVERSATIONS_PER_USER", advice)?;
-    let conversation: Conversation = sqlx::query_as(
-        "INSERT INTO conversations (user_id, title, model) VALUES ($1, $2, $3) RETURNING id, title, model, created_at, updated_at",
-    )
-    .bind(user.user_id)
-    .bind(&req.title)
-    .bind(model.name)
-    .fetch_one(&mut *tx)
-    .await?;
-    if let Some(system) = system {
-        sqlx::query("INSERT INTO messages (conversation_id, role, content) VALUES ($1, 'system', $2)")
-            .bind(conversation.id)
-            .bind(system)
-            .execute(&mut *tx)
-            .await?;
-    }
+    let conversation = store::create(&mut tx, user.user_id, &req.title, model.name, system.as_deref()).await?;
     tx.commit().await?;
     metrics::counter!(CHAT_CONVERSATIONS_CREATED_TOTAL).increment(1);
     Ok((StatusCode::CREATED, Json(conversation)))
@@ -117,42 +86,29 @@ struct Page {
     before: Option<Uuid>,
 }
 
-async fn list(State(state): State<AppState>, user: AuthUser, Query(page): Query<Page>) -> ApiResult<Json<Value>> {
+async fn list(
+    State(state): State<ConversationsState>,
+    user: AuthUser,
+    Query(page): Query<Page>,
+) -> ApiResult<Json<Value>> {
     let limit = page.limit.unwrap_or(20).clamp(1, 100);
-    let rows: Vec<Conversation> = sqlx::query_as(
-        "SELECT id, title, model, created_at, updated_at FROM conversations c WHERE user_id = $1 \
-           AND ($2::uuid IS NULL OR (created_at, id) < (SELECT created_at, id FROM conversations WHERE id = $2 AND user_id = $1)) \
-         ORDER BY created_at DESC, id DESC LIMIT $3",
-    )
-    .bind(user.user_id)
-    .bind(page.before)
-    .bind(limit)
-    .fetch_all(&state.db)
-    .await?;
+    let rows = store::list(&state.db, user.user_id, page.before, limit).await?;
     let next_cursor = if rows.len() as i64 == limit { rows.last().map(|c| c.id) } else { None };
     Ok(Json(json!({ "data": rows, "next_cursor": next_cursor })))
 }
 
-async fn owned(state: &AppState, user: &AuthUser, id: &str) -> ApiResult<Conversation> {
+async fn owned(state: &ConversationsState, user: &AuthUser, id: &str) -> ApiResult<Conversation> {
     let id: Uuid = id.parse().map_err(|_| ApiError::NotFound("Conversation"))?;
-    sqlx::query_as("SELECT id, title, model, created_at, updated_at FROM conversations WHERE id = $1 AND user_id = $2")
-        .bind(id)
-        .bind(user.user_id)
-        .fetch_optional(&state.db)
-        .await?
-        .ok_or(ApiError::NotFound("Conversation"))
+    store::owned(&state.db, user.user_id, id).await?.ok_or(ApiError::NotFound("Conversation"))
 }
 
-async fn history(state: &AppState, id: Uuid) -> ApiResult<Vec<Message>> {
-    Ok(sqlx::query_as("SELECT id, role, content, created_at FROM messages WHERE conversation_id = $1 ORDER BY id")
-        .bind(id)
-        .fetch_all(&state.db)
-        .await?)
-}
-
-async fn show(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn show(
+    State(state): State<ConversationsState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let conversation = owned(&state, &user, &id).await?;
-    let messages = history(&state, conversation.id).await?;
+    let messages = store::history(&state.db, conversation.id).await?;
     Ok(Json(json!({ "conversation": conversation, "messages": messages })))
 }
 
@@ -162,8 +118,10 @@ struct SendMessage {
     content: String,
 }
 
+/// The model call goes through the LLM engine, which takes its own state (`engine`).
 async fn send(
-    State(state): State<AppState>,
+    State(state): State<ConversationsState>,
+    State(engine): State<AppState>,
     user: AuthUser,
     ctx: RequestContext,
     Path(id): Path<String>,
@@ -172,7 +130,7 @@ async fn send(
     if req.content.is_empty() {
         return Err(ApiError::bad_request("invalid_content", "content must not be empty"));
     }
-    let max = state.config.max_message_chars;
+    let max = state.limits.max_message_chars;
     limits::check_chars(&req.content, max, "content", "PR_MAX_MESSAGE_CHARS", "invalid_content")?;
     let conversation = owned(&state, &user, &id).await?;
     let model = state
@@ -180,11 +138,11 @@ async fn send(
         .get(&conversation.model)
         .cloned()
         .ok_or_else(|| ApiError::ModelNotFound(conversation.model.clone()))?;
-    let history = history(&state, conversation.id).await?;
+    let history = store::history(&state.db, conversation.id).await?;
     // Checked before the call, so a reply that could not be stored is never billed. Concurrent
     // sends to one conversation may pass together: the limit can be overshot by two messages per
     // extra concurrent send (holding a lock across a model call would be worse).
-    let max = state.config.max_messages_per_conversation;
+    let max = state.limits.max_messages_per_conversation;
     let advice = "Start a new conversation.";
     limits::check(
         history.len() as i64,
@@ -200,30 +158,12 @@ async fn send(
     let mut body = Map::new();
     body.insert("messages".into(), Value::Array(messages));
 
-    let result = gateway::complete(&state, user, model, body, Endpoint::ConversationMessage, &ctx).await?;
+    let result = gateway::complete(&engine, user, model, body, Endpoint::ConversationMessage, &ctx).await?;
     let reply =
         result.response.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or_default().to_owned();
 
-    let mut tx = state.db.begin().await?;
-    let user_message: Message = sqlx::query_as(
-        "INSERT INTO messages (conversation_id, role, content) VALUES ($1, 'user', $2) RETURNING id, role, content, created_at",
-    )
-    .bind(conversation.id)
-    .bind(&req.content)
-    .fetch_one(&mut *tx)
-    .await?;
-    let assistant_message: Message = sqlx::query_as(
-        "INSERT INTO messages (conversation_id, role, content) VALUES ($1, 'assistant', $2) RETURNING id, role, content, created_at",
-    )
-    .bind(conversation.id)
-    .bind(&reply)
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query("UPDATE conversations SET updated_at = now() WHERE id = $1")
-        .bind(conversation.id)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    let (user_message, assistant_message) =
+        store::record_exchange(&state.db, conversation.id, &req.content, &reply).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({

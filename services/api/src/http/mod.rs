@@ -1,21 +1,22 @@
-//! Routers: the public API and the internal metrics listener. Each resource module exposes
-//! `router()`; they are merged here, and the telemetry stack is applied once to all of them.
+//! HTTP: the public router (each domain's `router()` merged here, the telemetry stack applied
+//! once to all of them, the JSON 404 fallback), the internal metrics listener's router, health
+//! probes and the extractors whose rejections are API errors.
 
-pub mod billing;
-pub mod completions;
-pub mod conversations;
-pub mod gpu_nodes;
+pub mod extract;
 pub mod health;
 pub mod internal;
-pub mod keys;
 #[cfg(feature = "test-routes")]
 pub mod test_routes;
 
 use axum::Router;
 
 use crate::{
+    accounts, billing,
     config::Config,
+    conversations,
     error::ApiError,
+    gpu,
+    routes::completions,
     state::AppState,
     telemetry::{AccessLog, RequestLimits, TelemetryLayer, client_ip::TrustedProxies},
 };
@@ -24,11 +25,11 @@ pub fn public_router(state: AppState, access_log: AccessLog) -> Router {
     let config = state.config.clone();
     let api = Router::new()
         .merge(health::router())
-        .merge(keys::router())
-        .merge(crate::accounts::admin::router())
-        .merge(billing::router())
+        .merge(accounts::keys::router())
+        .merge(accounts::admin::router())
+        .merge(billing::routes::router())
         .merge(conversations::router())
-        .merge(gpu_nodes::router())
+        .merge(gpu::registry::router())
         .merge(completions::models_router());
     #[cfg(feature = "test-routes")]
     let api = api.merge(test_routes::router());

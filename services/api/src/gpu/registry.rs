@@ -13,12 +13,15 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::{
-    auth::AdminUser,
+    accounts::auth::AdminUser,
     catalog::validate_http_url,
     error::{ApiError, ApiResult},
-    extract::AppJson,
-    fleet::{NODE_COLUMNS, NodeRow},
-    gpu::node_policy::{self, AGENT_TOKEN_ENV_RULE},
+    gpu::{
+        GpuState,
+        node_policy::{self, AGENT_TOKEN_ENV_RULE},
+        node_store::{self, NewNode, NodeRow},
+    },
+    http::extract::AppJson,
     state::AppState,
 };
 
@@ -47,7 +50,7 @@ fn default_pool() -> String {
     "default".into()
 }
 
-fn view(state: &AppState, row: &NodeRow) -> Value {
+fn view(state: &GpuState, row: &NodeRow) -> Value {
     let health = state.fleet.health(row.id).unwrap_or_default();
     json!({
         "id": row.id,
@@ -63,7 +66,7 @@ fn view(state: &AppState, row: &NodeRow) -> Value {
 }
 
 async fn create(
-    State(state): State<AppState>,
+    State(state): State<GpuState>,
     _admin: AdminUser,
     AppJson(req): AppJson<CreateNode>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -86,18 +89,14 @@ async fn create(
     if let Some(var) = &req.agent_token_env {
         check_token_env(var)?;
     }
-    let row: NodeRow = match sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO gpu_nodes (name, agent_url, inference_url, pool, agent_token_env) VALUES ($1, $2, $3, $4, $5) \
-         RETURNING {NODE_COLUMNS}"
-    )))
-    .bind(&req.name)
-    .bind(req.agent_url.trim_end_matches('/'))
-    .bind(req.inference_url.trim_end_matches('/'))
-    .bind(&req.pool)
-    .bind(&req.agent_token_env)
-    .fetch_one(&state.db)
-    .await
-    {
+    let node = NewNode {
+        name: &req.name,
+        agent_url: req.agent_url.trim_end_matches('/'),
+        inference_url: req.inference_url.trim_end_matches('/'),
+        pool: &req.pool,
+        agent_token_env: req.agent_token_env.as_deref(),
+    };
+    let row = match node_store::insert(&state.db, &node).await {
         Ok(row) => row,
         Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
             return Err(ApiError::Conflict(format!("a GPU node named {} already exists", req.name)));
@@ -124,30 +123,22 @@ fn check_token_env(var: &str) -> ApiResult<()> {
 }
 
 /// Polls a node right away instead of at the next round.
-fn poll_soon(state: &AppState, row: NodeRow) {
-    let (fleet, http) = (state.fleet.clone(), state.http.clone());
-    let timeout = std::time::Duration::from_millis(state.config.gpu_poll_timeout_ms.max(1));
+fn poll_soon(state: &GpuState, row: NodeRow) {
+    let (fleet, http, timeout) = (state.fleet.clone(), state.http.clone(), state.poll_timeout);
     tokio::spawn(async move { fleet.poll_node(&http, &row, timeout).await });
 }
 
-async fn list(State(state): State<AppState>, _admin: AdminUser) -> ApiResult<Json<Value>> {
-    let rows: Vec<NodeRow> =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM gpu_nodes ORDER BY name")))
-            .fetch_all(&state.db)
-            .await?;
+async fn list(State(state): State<GpuState>, _admin: AdminUser) -> ApiResult<Json<Value>> {
+    let rows = node_store::list(&state.db, false).await?;
     Ok(Json(json!({ "data": rows.iter().map(|r| view(&state, r)).collect::<Vec<_>>() })))
 }
 
-async fn find(state: &AppState, id: &str) -> ApiResult<NodeRow> {
+async fn find(state: &GpuState, id: &str) -> ApiResult<NodeRow> {
     let id: Uuid = id.parse().map_err(|_| ApiError::NotFound("GPU node"))?;
-    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM gpu_nodes WHERE id = $1")))
-        .bind(id)
-        .fetch_optional(&state.db)
-        .await?
-        .ok_or(ApiError::NotFound("GPU node"))
+    node_store::find(&state.db, id).await?.ok_or(ApiError::NotFound("GPU node"))
 }
 
-async fn show(State(state): State<AppState>, _admin: AdminUser, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn show(State(state): State<GpuState>, _admin: AdminUser, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let row = find(&state, &id).await?;
     Ok(Json(view(&state, &row)))
 }
@@ -164,7 +155,7 @@ struct UpdateNode {
 /// Enable or disable a node (a disabled node is neither polled nor routed to, and its series
 /// leave `/metrics`), or change its token variable.
 async fn update(
-    State(state): State<AppState>,
+    State(state): State<GpuState>,
     _admin: AdminUser,
     Path(id): Path<String>,
     AppJson(req): AppJson<UpdateNode>,
@@ -173,15 +164,7 @@ async fn update(
     if let Some(var) = &req.agent_token_env {
         check_token_env(var)?;
     }
-    let row: NodeRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE gpu_nodes SET enabled = COALESCE($2, enabled), agent_token_env = COALESCE($3, agent_token_env) \
-         WHERE id = $1 RETURNING {NODE_COLUMNS}"
-    )))
-    .bind(row.id)
-    .bind(req.enabled)
-    .bind(&req.agent_token_env)
-    .fetch_one(&state.db)
-    .await?;
+    let row = node_store::update(&state.db, row.id, req.enabled, req.agent_token_env.as_deref()).await?;
     if row.enabled {
         state.fleet.upsert(row.clone());
         poll_soon(&state, row.clone());
@@ -191,9 +174,9 @@ async fn update(
     Ok(Json(view(&state, &row)))
 }
 
-async fn remove(State(state): State<AppState>, _admin: AdminUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn remove(State(state): State<GpuState>, _admin: AdminUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let row = find(&state, &id).await?;
-    sqlx::query("DELETE FROM gpu_nodes WHERE id = $1").bind(row.id).execute(&state.db).await?;
+    node_store::delete(&state.db, row.id).await?;
     state.fleet.remove(row.id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,6 +1,7 @@
 //! GPU nodes at run time: the health poller, the `pr_gpu_node_*` gauges and the choice of a node
-//! for a pool. The registry itself is the `gpu_nodes` table (see `routes::gpu_nodes`); every poll
-//! re-reads it, so nodes added, disabled or deleted through any replica are picked up.
+//! for a pool. The registry itself is the `gpu_nodes` table (`gpu::node_store`, administered
+//! through `gpu::registry`); every poll re-reads it, so nodes added, disabled or deleted through
+//! any replica are picked up.
 //!
 //! The gauges are rendered from this state rather than through the `metrics` registry, so a
 //! deleted node's series disappear from `/metrics` at once (the exporter cannot forget a series).
@@ -21,24 +22,13 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::gpu::node_policy::{self, AllowedNets};
+use crate::gpu::{
+    node_policy::{self, AllowedNets},
+    node_store::{self, NodeRow},
+};
 
 pub const GPU_NODE_UP: &str = "pr_gpu_node_up";
 pub const GPU_NODE_UTILIZATION_PCT: &str = "pr_gpu_node_utilization_pct";
-
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
-pub struct NodeRow {
-    pub id: Uuid,
-    pub name: String,
-    pub agent_url: String,
-    pub inference_url: String,
-    pub pool: String,
-    pub agent_token_env: Option<String>,
-    pub enabled: bool,
-    pub created_at: DateTime<Utc>,
-}
-
-pub const NODE_COLUMNS: &str = "id, name, agent_url, inference_url, pool, agent_token_env, enabled, created_at";
 
 /// What the last poll (or a failed request) said about a node.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -159,12 +149,7 @@ impl Fleet {
     /// One poll round: re-read the registry, then ask every enabled node's agent at once, each
     /// bounded by `timeout` so a slow node never delays the others.
     pub async fn poll_once(&self, db: &PgPool, http: &reqwest::Client, timeout: Duration) {
-        let rows: Vec<NodeRow> = match sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {NODE_COLUMNS} FROM gpu_nodes WHERE enabled ORDER BY name"
-        )))
-        .fetch_all(db)
-        .await
-        {
+        let rows = match node_store::list(db, true).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(target: "pr.gpu", error = %e, "cannot read the GPU node registry; keeping the last known nodes");

@@ -13,7 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 
 use super::health::healthz;
-use crate::fleet::Fleet;
+use crate::gpu::fleet::Fleet;
 use crate::telemetry::{LogWriter, metrics::LOG_LINES_DROPPED_TOTAL};
 
 #[derive(Clone)]

@@ -13,11 +13,11 @@ use serde_json::{Value, json};
 
 use crate::{
     error::{ApiError, ApiResult},
-    extract::AppJson,
-    state::AppState,
+    http::extract::AppJson,
 };
 
-pub fn router() -> Router<AppState> {
+/// Stateless, so it merges into any router.
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/__test/panic", get(panic))
         .route("/__test/sleep", get(sleep))

@@ -1,11 +1,11 @@
-//! Accounts. The first admin is created from the command line
+//! Users. The first admin is created from the command line
 //! (`privaterouter-api admin create-user --email ... --admin`): there is no default credential.
 
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    auth::{self, Role},
+    accounts::{auth::Role, key_store},
     error::ApiError,
 };
 
@@ -30,6 +30,6 @@ pub async fn create_user(db: &PgPool, email: &str, role: Role) -> Result<(Uuid, 
     };
     sqlx::query("INSERT INTO user_balances (user_id) VALUES ($1)").bind(user_id).execute(&mut *tx).await?;
     tx.commit().await?;
-    let (_, key) = auth::create_key(db, user_id, "default", None).await?;
+    let (_, key) = key_store::create(db, user_id, "default", None).await?;
     Ok((user_id, key))
 }

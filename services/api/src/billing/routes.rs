@@ -1,21 +1,24 @@
-//! `/api/billing/*` for the caller's own balance and ledger, and the admin credit endpoint.
+//! `/api/billing/*` for the caller's own balance and ledger, and the admin credit endpoint. The
+//! queries are the ledger's (`billing::ledger`); the balance is the billing engine's, which
+//! counts what is held for calls in flight.
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{FromRef, Path, Query, State},
     http::{HeaderMap, StatusCode},
     routing::{get, post},
 };
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    auth::{AdminUser, AuthUser},
-    billing::{CreditKind, fmt_usd, ledger},
+    accounts::auth::{AdminUser, AuthUser},
+    billing::{Billing, CreditKind, fmt_usd, ledger},
     error::{ApiError, ApiResult},
-    extract::AppJson,
+    http::extract::AppJson,
     state::AppState,
 };
 
@@ -26,7 +29,20 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/users/{id}/credits", post(admin_credit))
 }
 
-async fn balance(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Value>> {
+/// What the billing routes use: the ledger's database and the engine that knows the holds.
+#[derive(Clone)]
+pub struct BillingState {
+    pub db: PgPool,
+    pub billing: Billing,
+}
+
+impl FromRef<AppState> for BillingState {
+    fn from_ref(app: &AppState) -> Self {
+        Self { db: app.db.clone(), billing: app.billing.clone() }
+    }
+}
+
+async fn balance(State(state): State<BillingState>, user: AuthUser) -> ApiResult<Json<Value>> {
     let (balance, held, available) = state.billing.balance(user.user_id).await?;
     Ok(Json(json!({
         "balance_usd": fmt_usd(balance),
@@ -45,7 +61,7 @@ pub struct Page {
 }
 
 async fn transactions(
-    State(state): State<AppState>,
+    State(state): State<BillingState>,
     user: AuthUser,
     Query(page): Query<Page>,
 ) -> ApiResult<Json<Value>> {
@@ -65,7 +81,7 @@ struct CreditRequest {
 }
 
 async fn admin_credit(
-    State(state): State<AppState>,
+    State(state): State<BillingState>,
     AdminUser(_admin): AdminUser,
     Path(user_id): Path<String>,
     headers: HeaderMap,

@@ -1,0 +1,219 @@
+//! Authentication: the `AuthUser`/`AdminUser` extractors and the cache of resolved keys in front
+//! of `accounts::key_store` (a key is `pr-` + 40 random base62 characters; only its SHA-256 is
+//! stored). Lookups sit on the hot path of every call, so resolved keys are cached for
+//! `PR_KEY_CACHE_TTL_MS` (1 s by default). A revocation evicts the local entry at once and, with
+//! Redis (`PR_REDIS_URL`), is published to every other replica, which evicts it as soon as the
+//! message arrives (`accounts::revocation`); the TTL is the bound only while Redis is away.
+//!
+//! A key created with a key is its child (`parent_key_id`): revoking a key revokes all its
+//! descendants, so a stolen key cannot outlive its revocation through keys it minted.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{FromRef, FromRequestParts},
+    http::{header, request::Parts},
+};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    accounts::{
+        key_store::{self, KEY_PREFIX},
+        rate_limits::RateLimits,
+        redis_link::RedisLink,
+        revocation,
+    },
+    error::ApiError,
+    telemetry::RequestContext,
+};
+
+/// Entries kept before expired ones are swept (and, if still full, the cache is cleared).
+const CACHE_CAPACITY: usize = 100_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Admin => "admin",
+        }
+    }
+    fn parse(s: &str) -> Self {
+        if s == "admin" { Self::Admin } else { Self::User }
+    }
+}
+
+/// The authenticated caller.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthUser {
+    pub user_id: Uuid,
+    pub role: Role,
+    pub key_id: Uuid,
+    /// The key's own rate limits (none: only the user's apply).
+    pub key_limits: RateLimits,
+    /// The user's rate limits, the `PR_USER_*` defaults filling what the user's row leaves out.
+    pub user_limits: RateLimits,
+}
+
+/// A caller with the admin role (403 for others).
+#[derive(Clone, Copy, Debug)]
+pub struct AdminUser(pub AuthUser);
+
+/// The read-through cache of resolved keys in front of `api_keys`; cloning it is one reference
+/// count, since the auth extractor takes it from the router state on every request.
+#[derive(Clone)]
+pub struct KeyCache(Arc<Inner>);
+
+struct Inner {
+    entries: RwLock<HashMap<[u8; 32], CacheEntry>>,
+    db: PgPool,
+    ttl: Duration,
+    /// The `PR_USER_*` rate-limit defaults.
+    user_defaults: RateLimits,
+    /// Where revocations are published to the other replicas.
+    link: Option<Arc<RedisLink>>,
+}
+
+#[derive(Clone, Copy)]
+struct CacheEntry {
+    user: Option<AuthUser>,
+    expires: Instant,
+}
+
+impl KeyCache {
+    pub fn new(db: PgPool, ttl: Duration, user_defaults: RateLimits, link: Option<Arc<RedisLink>>) -> Self {
+        Self(Arc::new(Inner { entries: RwLock::default(), db, ttl, user_defaults, link }))
+    }
+
+    /// Resolves a presented key: from the cache when fresh, else from the database (valid and
+    /// invalid answers are both cached, so guessing keys cannot hammer the database).
+    pub async fn resolve(&self, key: &str) -> Result<Option<AuthUser>, ApiError> {
+        let hash = key_store::hash_key(key);
+        let now = Instant::now();
+        if let Some(entry) = self.0.entries.read().expect("key cache lock").get(&hash)
+            && entry.expires > now
+        {
+            return Ok(entry.user);
+        }
+        let user = key_store::find_active(&self.0.db, &hash).await?.map(|k| AuthUser {
+            user_id: k.user_id,
+            role: Role::parse(&k.role),
+            key_id: k.key_id,
+            key_limits: k.key_limits,
+            user_limits: k.user_limits.or(self.0.user_defaults),
+        });
+        let mut map = self.0.entries.write().expect("key cache lock");
+        if map.len() >= CACHE_CAPACITY {
+            map.retain(|_, e| e.expires > now);
+            if map.len() >= CACHE_CAPACITY {
+                map.clear();
+            }
+        }
+        map.insert(hash, CacheEntry { user, expires: now + self.0.ttl });
+        Ok(user)
+    }
+
+    /// A revocation, or a change of these keys' limits: drops the keys here and publishes them
+    /// to every other replica (best effort: without Redis they expire from the other caches
+    /// within the TTL).
+    pub async fn revoked(&self, key_ids: &[Uuid]) {
+        self.evict_key_ids(key_ids);
+        let items: Vec<_> = key_ids.iter().copied().map(revocation::Evict::Key).collect();
+        self.publish(&items).await;
+    }
+
+    /// A user's limits changed: drops their keys here and on every other replica.
+    pub async fn user_changed(&self, user_id: Uuid) {
+        self.evict_user(user_id);
+        self.publish(&[revocation::Evict::User(user_id)]).await;
+    }
+
+    async fn publish(&self, items: &[revocation::Evict]) {
+        if let Some(link) = &self.0.link
+            && link.available()
+            && !revocation::publish(link, items).await
+        {
+            tracing::warn!(target: "pr.redis", entries = items.len(), "key cache eviction not published; other replicas drop the keys within PR_KEY_CACHE_TTL_MS");
+        }
+    }
+
+    /// Forgets everything (after missing revocations while Redis was away).
+    pub fn clear(&self) {
+        self.0.entries.write().expect("key cache lock").clear();
+    }
+
+    /// Drops every cached entry of these keys on this replica.
+    pub fn evict_key_ids(&self, key_ids: &[Uuid]) {
+        if key_ids.is_empty() {
+            return;
+        }
+        let gone: std::collections::HashSet<&Uuid> = key_ids.iter().collect();
+        self.0.entries.write().expect("key cache lock").retain(|_, e| e.user.is_none_or(|u| !gone.contains(&u.key_id)));
+    }
+
+    /// Drops every cached key of a user (their limits changed).
+    pub fn evict_user(&self, user_id: Uuid) {
+        self.0.entries.write().expect("key cache lock").retain(|_, e| e.user.is_none_or(|u| u.user_id != user_id));
+    }
+
+    pub fn user_defaults(&self) -> RateLimits {
+        self.0.user_defaults
+    }
+}
+
+/// The presented key: `Authorization: Bearer <key>`, or `x-api-key: <key>` as Anthropic's
+/// clients send it (the first when both are present).
+fn bearer(parts: &Parts) -> Option<&str> {
+    let from_bearer = || {
+        let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    };
+    let from_x_api_key = || parts.headers.get("x-api-key")?.to_str().ok().map(str::trim);
+    from_bearer().or_else(from_x_api_key).filter(|t| t.starts_with(KEY_PREFIX) && t.len() <= 128)
+}
+
+/// Any router state that holds the key cache can authenticate (the extractor needs nothing else).
+impl<S> FromRequestParts<S> for AuthUser
+where
+    KeyCache: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let user = KeyCache::from_ref(state).resolve(key).await?.ok_or(ApiError::Unauthorized)?;
+        if let Some(ctx) = parts.extensions.get::<RequestContext>() {
+            ctx.user.set(user.user_id.to_string());
+        }
+        Ok(user)
+    }
+}
+
+impl<S> FromRequestParts<S> for AdminUser
+where
+    KeyCache: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if user.role != Role::Admin {
+            return Err(ApiError::Forbidden);
+        }
+        Ok(Self(user))
+    }
+}
