@@ -20,14 +20,11 @@ const CALL_COST: &str = "0.000222";
 const CLAUDE_COST: &str = "0.000651";
 
 async fn funded(g: &Gateway, amount: &str) -> (uuid::Uuid, String) {
-    let (_, admin) = g.app.user(true).await;
-    let (user_id, key) = g.app.user(false).await;
-    g.app.topup(&admin, user_id, amount).await;
-    (user_id, key)
+    g.app.funded_user(amount).await
 }
 
 async fn post(g: &Gateway, path: &str, key: &str, body: &Value) -> reqwest::Response {
-    g.app.client.post(g.app.url(path)).bearer_auth(key).json(body).send().await.unwrap()
+    g.app.api.post(key, path, body).await
 }
 
 /// (cost, input tokens, output tokens, estimated) of each usage row, oldest first, once `n` exist.
@@ -76,11 +73,12 @@ fn dec(s: &str) -> Decimal {
 /// The metrics of `model` on `endpoint` equal the ledger's rows: tokens and cost.
 async fn metrics_match(g: &Gateway, model: &str, endpoint: &str, rows: &[(Decimal, i64, i64, bool)]) {
     let s = g.app.samples().await;
-    let tokens = |d: &str| s.get("pr_llm_tokens_total", &[("model", model), ("endpoint", endpoint), ("direction", d)]);
+    let tokens =
+        |d: &str| s.expect("pr_llm_tokens_total", &[("model", model), ("endpoint", endpoint), ("direction", d)]);
     assert_eq!(tokens("input"), rows.iter().map(|r| r.1).sum::<i64>() as f64, "{model} {endpoint} input");
     assert_eq!(tokens("output"), rows.iter().map(|r| r.2).sum::<i64>() as f64, "{model} {endpoint} output");
     let cost: Decimal = rows.iter().map(|r| r.0).sum();
-    let metric = s.get("pr_llm_cost_usd_total", &[("model", model), ("endpoint", endpoint)]);
+    let metric = s.expect("pr_llm_cost_usd_total", &[("model", model), ("endpoint", endpoint)]);
     assert_eq!(metric, cost.to_string().parse::<f64>().unwrap(), "{model} {endpoint} cost");
 }
 
@@ -105,7 +103,7 @@ async fn embeddings_are_billed_on_input_tokens() {
     metrics_match(&g, "embed", "embeddings", &rows).await;
     let s = g.app.samples().await;
     let calls = [("model", "embed"), ("endpoint", "embeddings"), ("status", "success")];
-    assert_eq!(s.get("pr_llm_calls_total", &calls), 2.0);
+    assert_eq!(s.expect("pr_llm_calls_total", &calls), 2.0);
     let routes: Vec<String> =
         g.app.access_lines(3).await.iter().map(|l| l["route"].as_str().unwrap_or_default().to_owned()).collect();
     assert!(routes.iter().filter(|r| *r == "/v1/embeddings").count() == 2, "{routes:?}");
@@ -216,9 +214,9 @@ async fn completions_and_responses_stream_and_not_billed_exactly() {
     let s = g.app.samples().await;
     for endpoint in ["completions", "responses"] {
         let ttft = [("model", "echo"), ("endpoint", endpoint)];
-        assert_eq!(s.get("pr_llm_time_to_first_token_seconds_count", &ttft), 1.0, "{endpoint}");
+        assert_eq!(s.expect("pr_llm_time_to_first_token_seconds_count", &ttft), 1.0, "{endpoint}");
         let calls = [("model", "echo"), ("endpoint", endpoint), ("status", "success")];
-        assert_eq!(s.get("pr_llm_calls_total", &calls), 2.0, "{endpoint}");
+        assert_eq!(s.expect("pr_llm_calls_total", &calls), 2.0, "{endpoint}");
     }
 }
 
@@ -272,7 +270,7 @@ async fn messages_stream_and_not_billed_with_cache_tokens() {
     metrics_match(&g, "claude", "messages", &rows).await;
     let s = g.app.samples().await;
     assert_eq!(
-        s.get("pr_llm_time_to_first_token_seconds_count", &[("model", "claude"), ("endpoint", "messages")]),
+        s.expect("pr_llm_time_to_first_token_seconds_count", &[("model", "claude"), ("endpoint", "messages")]),
         1.0
     );
 }
@@ -330,7 +328,7 @@ async fn streams_without_usage_are_estimated_and_flagged() {
     let input = (PROMPT_TOKENS + CACHE_READ_TOKENS + CACHE_CREATION_TOKENS) as i64;
     assert_eq!((rows[1].1, rows[1].2), (input, output));
     let s = g.app.samples().await;
-    assert_eq!(s.get("pr_billing_flagged_total", &[("reason", "estimated")]), 2.0);
+    assert_eq!(s.expect("pr_billing_flagged_total", &[("reason", "estimated")]), 2.0);
     metrics_match(&g, "claude-nousage", "messages", &rows[1..]).await;
 }
 
@@ -352,16 +350,14 @@ async fn a_streaming_request_answered_without_streaming_is_billed_and_refused_cl
     assert_eq!(rows[1].0, dec(CLAUDE_COST), "billed once, from the reported usage");
     let s = g.app.samples().await;
     let invalid = [("model", "nostream"), ("endpoint", "chat_completions"), ("status", "invalid_response")];
-    assert_eq!(s.get("pr_llm_calls_total", &invalid), 1.0);
+    assert_eq!(s.expect("pr_llm_calls_total", &invalid), 1.0);
 }
 
 #[tokio::test]
 async fn the_rate_limits_cover_every_endpoint_and_answer_in_its_familys_shape() {
     let g = spawn_gateway().await;
     let (user_id, first) = funded(&g, "1.00").await;
-    let created = g.app.client.post(g.app.url("/api/keys")).bearer_auth(&first);
-    let created: Value =
-        created.json(&json!({"limits": {"requests_per_minute": 2}})).send().await.unwrap().json().await.unwrap();
+    let created = g.app.api.create_key_ok(&first, &json!({"limits": {"requests_per_minute": 2}})).await;
     let key = created["key"].as_str().unwrap();
     // Two calls on two endpoints use the key's two requests of this minute...
     assert_eq!(post(&g, "/v1/embeddings", key, &json!({"model": "embed", "input": "x"})).await.status(), 200);
