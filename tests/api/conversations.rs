@@ -130,7 +130,7 @@ async fn conversation_messages_send_only_documented_parameters_and_relay_upstrea
     let e: Value = response.json().await.unwrap();
     assert_eq!(e["error"]["code"], "upstream_auth_failed");
     assert!(e["error"]["request_id"].is_string());
-    let shown = app.get_json(&format!("/api/chat/conversations/{failing}"), &key).await;
+    let shown = app.get_json(&format!("/api/chat/conversations/{failing}"), key).await;
     assert!(shown["messages"].as_array().unwrap().is_empty(), "{shown}");
     app.wait_for_metrics("the answered message is billed", |s| {
         s.value("pr_credit_transactions_total", &[("kind", "usage")]) == Some(1.0)

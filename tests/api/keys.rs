@@ -8,7 +8,7 @@ async fn protected_routes_require_a_valid_key() {
     let app = spawn_app().await;
     let (_, key) = app.user(false).await;
     // With a valid key each route answers what it answers its owner: the key was accepted (a
-    // body-less completion is then refused for its body, not for its key).
+    // body-less completion is then refused for its missing JSON body, not for its key).
     for (method, path, with_key) in [
         ("GET", "/api/keys", 200),
         ("POST", "/api/keys", 201),
@@ -16,7 +16,7 @@ async fn protected_routes_require_a_valid_key() {
         ("GET", "/api/billing/transactions", 200),
         ("GET", "/api/chat/conversations", 200),
         ("GET", "/v1/models", 200),
-        ("POST", "/v1/chat/completions", 400),
+        ("POST", "/v1/chat/completions", 415),
     ] {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         for auth in
