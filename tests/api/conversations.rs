@@ -5,11 +5,6 @@ use privaterouter_tests::{
 };
 use serde_json::{Value, json};
 
-/// A user with 1 USD of credit: (id, key).
-async fn funded_user(app: &TestApp) -> (uuid::Uuid, String) {
-    app.funded_user("1").await
-}
-
 /// How many calls of a user were billed.
 async fn usage_rows(app: &TestApp, user_id: uuid::Uuid) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM credit_transactions WHERE user_id = $1 AND kind = 'usage'")
@@ -23,7 +18,7 @@ async fn usage_rows(app: &TestApp, user_id: uuid::Uuid) -> i64 {
 async fn conversations_keep_history_bill_each_message_and_stay_private() {
     let g = spawn_gateway().await;
     let app = &g.app;
-    let (user_id, key) = funded_user(app).await;
+    let (user_id, key) = app.funded_user("1").await;
     let (_, stranger) = app.user(false).await;
 
     let unknown = expect_json(app.api.create_conversation(&key, &json!({"model": "gpt-9"})).await, 404).await;
@@ -98,7 +93,7 @@ async fn conversations_keep_history_bill_each_message_and_stay_private() {
 async fn conversation_messages_send_only_documented_parameters_and_relay_upstream_errors_as_ours() {
     let g = spawn_gateway().await;
     let app = &g.app;
-    let (user_id, key) = funded_user(app).await;
+    let (user_id, key) = app.funded_user("1").await;
     let (api, key) = (&app.api, key.as_str());
     let conversation = |model: &'static str| async move {
         let created = expect_json(api.create_conversation(key, &json!({"model": model})).await, 201).await;
@@ -176,7 +171,7 @@ async fn titles_system_prompts_and_messages_are_limited_in_characters() {
         c.max_message_chars = 30;
     })
     .await;
-    let (_, key) = funded_user(&g.app).await;
+    let (_, key) = g.app.funded_user("1").await;
     let (status, body) = create(&g.app, &key, &json!({"model": "echo", "title": "é".repeat(11)})).await;
     assert_error(status, &body, 400, "invalid_title", "PR_MAX_TITLE_CHARS");
     let (status, body) = create(&g.app, &key, &json!({"model": "echo", "system": "s".repeat(21)})).await;
@@ -195,7 +190,7 @@ async fn titles_system_prompts_and_messages_are_limited_in_characters() {
 #[tokio::test]
 async fn a_conversation_holds_at_most_the_configured_messages_and_a_refused_send_is_not_billed() {
     let g = spawn_gateway_with(|c| c.max_messages_per_conversation = 5).await;
-    let (user_id, key) = funded_user(&g.app).await;
+    let (user_id, key) = g.app.funded_user("1").await;
     let (_, body) = create(&g.app, &key, &json!({"model": "echo", "system": "be brief"})).await;
     let id = body["id"].as_str().unwrap();
     // system + 2 × (user, assistant) = 5 messages.
@@ -223,8 +218,8 @@ async fn a_conversation_holds_at_most_the_configured_messages_and_a_refused_send
 #[tokio::test]
 async fn conversations_per_user_are_limited_exactly_under_concurrency() {
     let g = spawn_gateway_with(|c| c.max_conversations_per_user = 3).await;
-    let (user_id, key) = funded_user(&g.app).await;
-    let (_, other) = funded_user(&g.app).await;
+    let (user_id, key) = g.app.funded_user("1").await;
+    let (_, other) = g.app.funded_user("1").await;
     let bodies: Vec<Value> = (0..20).map(|i| json!({"model": "echo", "title": format!("c{i}")})).collect();
     let attempts = bodies.iter().map(|body| create(&g.app, &key, body));
     let results = futures_util::future::join_all(attempts).await;

@@ -19,10 +19,6 @@ const CALL_COST: &str = "0.000222";
 /// Anthropic style: 12 × 3 + 34 × 15 + 100 cache reads × 0.3 + 20 cache writes × 3.75 (µ$).
 const CLAUDE_COST: &str = "0.000651";
 
-async fn funded(g: &Gateway, amount: &str) -> (uuid::Uuid, String) {
-    g.app.funded_user(amount).await
-}
-
 async fn post(g: &Gateway, path: &str, key: &str, body: &Value) -> reqwest::Response {
     g.app.api.post(key, path, body).await
 }
@@ -85,7 +81,7 @@ async fn metrics_match(g: &Gateway, model: &str, endpoint: &str, rows: &[(Decima
 #[tokio::test]
 async fn embeddings_are_billed_on_input_tokens() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let response = post(&g, "/v1/embeddings", &key, &json!({"model": "embed", "input": ["a", "b", "c"]})).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
@@ -112,7 +108,7 @@ async fn embeddings_are_billed_on_input_tokens() {
 #[tokio::test]
 async fn bad_input_is_refused_before_anything_is_held_or_sent() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let too_many: Vec<&str> = vec!["x"; 2049];
     let cases = [
         ("/v1/embeddings", json!({"model": "embed", "input": ""}), "invalid_request_body", "must not be empty"),
@@ -171,7 +167,7 @@ async fn bad_input_is_refused_before_anything_is_held_or_sent() {
 #[tokio::test]
 async fn completions_and_responses_stream_and_not_billed_exactly() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
 
     let plain = post(&g, "/v1/completions", &key, &json!({"model": "echo", "prompt": "Say hi"})).await;
     assert_eq!(plain.status(), 200);
@@ -227,7 +223,7 @@ fn claude(model: &str, stream: bool) -> Value {
 #[tokio::test]
 async fn messages_stream_and_not_billed_with_cache_tokens() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let client = &g.app.client;
     // Anthropic's clients send the key as `x-api-key` and say which API version they speak.
     let plain = client
@@ -289,7 +285,7 @@ async fn anthropic_error(response: reqwest::Response, status: u16, kind: &str) -
 #[tokio::test]
 async fn messages_errors_take_anthropics_shape() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let (_, broke) = g.app.user(false).await;
     let mut no_max = claude("claude", false);
     no_max.as_object_mut().unwrap().remove("max_tokens");
@@ -314,7 +310,7 @@ async fn messages_errors_take_anthropics_shape() {
 #[tokio::test]
 async fn streams_without_usage_are_estimated_and_flagged() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let events =
         sse(post(&g, "/v1/responses", &key, &json!({"model": "nousage", "input": "Say hi", "stream": true})).await)
             .await;
@@ -335,7 +331,7 @@ async fn streams_without_usage_are_estimated_and_flagged() {
 #[tokio::test]
 async fn a_streaming_request_answered_without_streaming_is_billed_and_refused_clearly() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let chat = json!({"model": "nostream", "stream": true, "messages": [{"role": "user", "content": "x"}]});
     let response = post(&g, "/v1/chat/completions", &key, &chat).await;
     assert_eq!(response.status(), 502);
@@ -356,7 +352,7 @@ async fn a_streaming_request_answered_without_streaming_is_billed_and_refused_cl
 #[tokio::test]
 async fn the_rate_limits_cover_every_endpoint_and_answer_in_its_familys_shape() {
     let g = spawn_gateway().await;
-    let (user_id, first) = funded(&g, "1.00").await;
+    let (user_id, first) = g.app.funded_user("1.00").await;
     let created = g.app.api.create_key_ok(&first, &json!({"limits": {"requests_per_minute": 2}})).await;
     let key = created["key"].as_str().unwrap();
     // Two calls on two endpoints use the key's two requests of this minute...

@@ -10,10 +10,6 @@ use serde_json::{Value, json};
 /// Cost of one stand-in call: 12 input tokens at 1.5 $/Mtok + 34 output tokens at 6 $/Mtok.
 const CALL_COST: &str = "0.000222";
 
-async fn funded(g: &Gateway, amount: &str) -> (uuid::Uuid, String) {
-    g.app.funded_user(amount).await
-}
-
 fn chat(model: &str, stream: bool) -> Value {
     json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi there"}]})
 }
@@ -59,7 +55,7 @@ fn dec(s: &str) -> f64 {
 #[tokio::test]
 async fn completion_is_proxied_metered_and_billed_once() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
 
     let models = g.app.api.get_ok(&key, "/v1/models").await;
     let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
@@ -169,7 +165,7 @@ async fn refusals_errors_and_unknown_models() {
     assert_eq!(body["error"]["code"], "insufficient_credits");
     assert!(g.upstream.requests().is_empty(), "nothing reached the upstream");
 
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let cases = [
         ("nope-model", 404, "model_not_found"),
         ("fail500", 502, "upstream_error"),
@@ -232,7 +228,7 @@ async fn refusals_errors_and_unknown_models() {
 #[tokio::test]
 async fn unknown_models_never_become_labels() {
     let g = spawn_gateway().await;
-    let (_, key) = funded(&g, "1.00").await;
+    let (_, key) = g.app.funded_user("1.00").await;
     assert_eq!(post(&g, &key, &chat("echo", false)).await.status(), 200);
     assert_eq!(post(&g, &key, &chat("not-a-model", false)).await.status(), 404);
     let before = g
@@ -305,7 +301,7 @@ fn streamed_text(events: &[(Duration, String)]) -> String {
 #[tokio::test]
 async fn streams_are_forwarded_as_they_arrive_and_billed_from_reported_usage() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
 
     let response = post(&g, &key, &chat("echo", true)).await;
     assert_eq!(response.status(), 200);
@@ -360,7 +356,7 @@ async fn streams_are_forwarded_as_they_arrive_and_billed_from_reported_usage() {
 #[tokio::test]
 async fn a_client_that_disconnects_mid_stream_is_still_billed() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let response = post(&g, &key, &chat("long", true)).await;
     assert_eq!(response.status(), 200);
     let mut stream = response.bytes_stream();
@@ -393,7 +389,7 @@ async fn a_client_that_disconnects_mid_stream_is_still_billed() {
 async fn the_ledger_holds_under_concurrency_and_matches_the_metrics() {
     let g = spawn_gateway().await;
     // One user with credit for about 20 worst cases (4,096 output tokens each) sends 200 at once.
-    let (solo, solo_key) = funded(&g, "0.5").await;
+    let (solo, solo_key) = g.app.funded_user("0.5").await;
     let mut tasks = Vec::new();
     for i in 0..200 {
         let api = g.app.api.clone();
@@ -507,7 +503,7 @@ const UPSTREAM_ERRORS: [(&str, u16, &str); 4] = [
 #[tokio::test]
 async fn upstream_errors_reach_the_client_bounded_sanitised_and_as_our_status() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let mut ids = Vec::new();
     for (model, status, code) in UPSTREAM_ERRORS {
         let response = post(&g, &key, &chat(model, false)).await;
@@ -605,7 +601,7 @@ fn steering_value(field: &str) -> Value {
 #[tokio::test]
 async fn only_documented_openai_parameters_reach_the_upstream() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     for field in STEERING {
         for stream in [false, true] {
             let mut body = chat("echo", stream);
@@ -674,7 +670,7 @@ async fn only_documented_openai_parameters_reach_the_upstream() {
 #[tokio::test]
 async fn a_model_that_writes_the_terminator_as_text_is_streamed_to_its_end_and_billed_as_reported() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let events = read_sse(post(&g, &key, &chat("donetext", true)).await).await;
     // The content chunks, the usage chunk, [DONE].
     assert_eq!(events.len(), DONE_TEXT.len() + 2, "{events:?}");
