@@ -123,7 +123,8 @@ impl E2e {
         assert_eq!(r.status, 200, "{promql}: {}", r.text());
         let body: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["status"], "success", "{promql}: {body}");
-        body["data"]["result"].as_array().cloned().unwrap_or_default()
+        // An instant query's result is always a vector: a missing one is a failure, not "no data".
+        body["data"]["result"].as_array().cloned().unwrap_or_else(|| panic!("{promql}: no result vector: {body}"))
     }
 
     /// The value of a query that returns one series, `None` when it returns none.
