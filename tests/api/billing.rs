@@ -6,64 +6,50 @@ async fn admin_credits_are_idempotent_validated_and_admin_only() {
     let app = spawn_app().await;
     let (_, admin) = app.user(true).await;
     let (user_id, user) = app.user(false).await;
-    let url = app.url(&format!("/api/admin/users/{user_id}/credits"));
-    let credit = |key: &str, idem: Option<&str>, body: Value| {
-        let mut r = app.client.post(&url).bearer_auth(key).json(&body);
-        if let Some(k) = idem {
-            r = r.header("idempotency-key", k);
-        }
-        r.send()
-    };
-    let balance = || async {
-        let b: Value = app
-            .client
-            .get(app.url("/api/billing/balance"))
-            .bearer_auth(&user)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        b["balance_usd"].as_str().unwrap().to_owned()
-    };
+    let balance = || async { app.api.balance(&user).await["balance_usd"].as_str().unwrap().to_owned() };
     assert_eq!(balance().await, "0.00");
 
     let topup = json!({"kind": "topup", "amount_usd": "12.50", "reason": "invoice 7"});
-    assert_eq!(credit(&user, Some("k1"), topup.clone()).await.unwrap().status(), 403, "users cannot credit");
-    assert_eq!(credit(&admin, None, topup.clone()).await.unwrap().status(), 400, "Idempotency-Key is required");
+    assert_eq!(app.api.credit(&user, user_id, Some("k1"), &topup).await.status(), 403, "users cannot credit");
+    assert_eq!(app.api.credit(&admin, user_id, None, &topup).await.status(), 400, "Idempotency-Key is required");
 
-    let first = credit(&admin, Some("k1"), topup.clone()).await.unwrap();
+    let first = app.api.credit(&admin, user_id, Some("k1"), &topup).await;
     assert_eq!(first.status(), 201);
     let first: Value = first.json().await.unwrap();
     assert_eq!(first["applied"], true);
     assert_eq!(first["balance_usd"], "12.50");
     for _ in 0..3 {
-        let retry = credit(&admin, Some("k1"), topup.clone()).await.unwrap();
+        let retry = app.api.credit(&admin, user_id, Some("k1"), &topup).await;
         assert_eq!(retry.status(), 200, "a retry is answered, not applied");
         let retry: Value = retry.json().await.unwrap();
         assert_eq!(retry["applied"], false);
         assert_eq!(retry["transaction"]["id"], first["transaction"]["id"]);
     }
     assert_eq!(balance().await, "12.50");
-    let reuse =
-        credit(&admin, Some("k1"), json!({"kind": "topup", "amount_usd": "99", "reason": "invoice 7"})).await.unwrap();
+    let reuse = app
+        .api
+        .credit(&admin, user_id, Some("k1"), &json!({"kind": "topup", "amount_usd": "99", "reason": "invoice 7"}))
+        .await;
     assert_eq!(reuse.status(), 422, "same key, different request");
 
     // Concurrent retries of one key apply once.
-    let mut tasks = Vec::new();
-    for _ in 0..20 {
-        tasks.push(credit(&admin, Some("k2"), json!({"kind": "refund", "amount_usd": "0.000001", "reason": "r"})));
-    }
+    let refund = json!({"kind": "refund", "amount_usd": "0.000001", "reason": "r"});
+    let tasks = (0..20).map(|_| app.api.credit(&admin, user_id, Some("k2"), &refund));
     let statuses: Vec<u16> =
-        futures_util::future::join_all(tasks).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+        futures_util::future::join_all(tasks).await.into_iter().map(|r| r.status().as_u16()).collect();
     assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 19, "the others are answered as retries: {statuses:?}");
     assert_eq!(balance().await, "12.500001");
 
     assert_eq!(
-        credit(&admin, Some("k3"), json!({"kind": "admin_adjust", "amount_usd": "-2.5", "reason": "correction"}))
+        app.api
+            .credit(
+                &admin,
+                user_id,
+                Some("k3"),
+                &json!({"kind": "admin_adjust", "amount_usd": "-2.5", "reason": "correction"})
+            )
             .await
-            .unwrap()
             .status(),
         201
     );
@@ -78,18 +64,10 @@ async fn admin_credits_are_idempotent_validated_and_admin_only() {
         (json!({"kind": "topup", "amount_usd": "1.0000000000001", "reason": ""}), "beyond 12 decimals"),
         (json!({"kind": "admin_adjust", "amount_usd": "0", "reason": ""}), "zero adjustment"),
     ] {
-        let response = credit(&admin, Some(&random_hex(8)), body).await.unwrap();
+        let response = app.api.credit(&admin, user_id, Some(&random_hex(8)), &body).await;
         assert_eq!(response.status(), 400, "{why}");
     }
-    let missing = app
-        .client
-        .post(app.url(&format!("/api/admin/users/{}/credits", uuid::Uuid::new_v4())))
-        .bearer_auth(&admin)
-        .header("idempotency-key", "x")
-        .json(&topup)
-        .send()
-        .await
-        .unwrap();
+    let missing = app.api.credit(&admin, uuid::Uuid::new_v4(), Some("x"), &topup).await;
     assert_eq!(missing.status(), 404);
 
     // The ledger invariant, in SQL.
@@ -105,9 +83,9 @@ async fn admin_credits_are_idempotent_validated_and_admin_only() {
 
     // Counted by kind.
     let s = app.samples().await;
-    assert_eq!(s.get("pr_credit_transactions_total", &[("kind", "topup")]), 1.0);
-    assert_eq!(s.get("pr_credit_transactions_total", &[("kind", "refund")]), 1.0);
-    assert_eq!(s.get("pr_credit_transactions_total", &[("kind", "admin_adjust")]), 1.0);
+    assert_eq!(s.expect("pr_credit_transactions_total", &[("kind", "topup")]), 1.0);
+    assert_eq!(s.expect("pr_credit_transactions_total", &[("kind", "refund")]), 1.0);
+    assert_eq!(s.expect("pr_credit_transactions_total", &[("kind", "admin_adjust")]), 1.0);
 }
 
 #[tokio::test]
@@ -121,11 +99,11 @@ async fn transactions_are_paginated_newest_first() {
     let mut seen = Vec::new();
     let mut cursor: Option<i64> = None;
     loop {
-        let mut url = app.url("/api/billing/transactions?limit=3");
+        let mut path = "/api/billing/transactions?limit=3".to_owned();
         if let Some(c) = cursor {
-            url.push_str(&format!("&before={c}"));
+            path.push_str(&format!("&before={c}"));
         }
-        let page: Value = app.client.get(url).bearer_auth(&user).send().await.unwrap().json().await.unwrap();
+        let page = app.api.get_ok(&user, &path).await;
         for t in page["data"].as_array().unwrap() {
             assert_eq!(t["kind"], "topup");
             seen.push(t["amount_usd"].as_str().unwrap().to_owned());
@@ -137,15 +115,6 @@ async fn transactions_are_paginated_newest_first() {
     }
     assert_eq!(seen, ["7.00", "6.00", "5.00", "4.00", "3.00", "2.00", "1.00"]);
     // Another user's ledger is separate.
-    let other: Value = app
-        .client
-        .get(app.url("/api/billing/transactions"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let other = app.api.get_ok(&admin, "/api/billing/transactions").await;
     assert!(other["data"].as_array().unwrap().is_empty());
 }

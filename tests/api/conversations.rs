@@ -1,13 +1,9 @@
-use privaterouter_tests::{TestApp, spawn_gateway, spawn_gateway_with};
+use privaterouter_tests::{
+    TestApp,
+    client::{expect_json, status_json},
+    spawn_gateway, spawn_gateway_with,
+};
 use serde_json::{Value, json};
-
-/// A user with 1 USD of credit: (id, key).
-async fn funded_user(app: &TestApp) -> (uuid::Uuid, String) {
-    let (_, admin) = app.user(true).await;
-    let (user_id, key) = app.user(false).await;
-    app.topup(&admin, user_id, "1").await;
-    (user_id, key)
-}
 
 /// How many calls of a user were billed.
 async fn usage_rows(app: &TestApp, user_id: uuid::Uuid) -> i64 {
@@ -22,43 +18,18 @@ async fn usage_rows(app: &TestApp, user_id: uuid::Uuid) -> i64 {
 async fn conversations_keep_history_bill_each_message_and_stay_private() {
     let g = spawn_gateway().await;
     let app = &g.app;
-    let (user_id, key) = funded_user(app).await;
+    let (user_id, key) = app.funded_user("1").await;
     let (_, stranger) = app.user(false).await;
 
-    let unknown = app
-        .client
-        .post(app.url("/api/chat/conversations"))
-        .bearer_auth(&key)
-        .json(&json!({"model": "gpt-9"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unknown.status(), 404);
-    assert_eq!(unknown.json::<Value>().await.unwrap()["error"]["code"], "model_not_found");
+    let unknown = expect_json(app.api.create_conversation(&key, &json!({"model": "gpt-9"})).await, 404).await;
+    assert_eq!(unknown["error"]["code"], "model_not_found");
 
-    let created = app
-        .client
-        .post(app.url("/api/chat/conversations"))
-        .bearer_auth(&key)
-        .json(&json!({"model": "echo", "title": "first", "system": "be brief"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let conversation: Value = created.json().await.unwrap();
+    let first = json!({"model": "echo", "title": "first", "system": "be brief"});
+    let conversation = expect_json(app.api.create_conversation(&key, &first).await, 201).await;
     let id = conversation["id"].as_str().unwrap().to_owned();
 
     for (i, text) in ["hello", "and again"].iter().enumerate() {
-        let sent = app
-            .client
-            .post(app.url(&format!("/api/chat/conversations/{id}/messages")))
-            .bearer_auth(&key)
-            .json(&json!({"content": text}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(sent.status(), 201);
-        let sent: Value = sent.json().await.unwrap();
+        let sent = expect_json(app.api.send_message(&key, &id, &json!({"content": text})).await, 201).await;
         assert_eq!(sent["assistant_message"]["content"], format!("echo: {text}"));
         assert_eq!(sent["usage"]["cost_usd"], "0.000222");
         // The whole history went to the model: system + previous turns + this message.
@@ -67,64 +38,33 @@ async fn conversations_keep_history_bill_each_message_and_stay_private() {
         assert_eq!(request["messages"][0]["role"], "system");
     }
 
-    let shown: Value = app
-        .client
-        .get(app.url(&format!("/api/chat/conversations/{id}")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown = expect_json(app.api.conversation(&key, &id).await, 200).await;
     let roles: Vec<&str> = shown["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["system", "user", "assistant", "user", "assistant"]);
 
     // Only the owner sees or writes to it.
     for response in [
-        app.client.get(app.url(&format!("/api/chat/conversations/{id}"))).bearer_auth(&stranger).send().await.unwrap(),
-        app.client
-            .post(app.url(&format!("/api/chat/conversations/{id}/messages")))
-            .bearer_auth(&stranger)
-            .json(&json!({"content": "x"}))
-            .send()
-            .await
-            .unwrap(),
+        app.api.conversation(&stranger, &id).await,
+        app.api.send_message(&stranger, &id, &json!({"content": "x"})).await,
     ] {
         assert_eq!(response.status(), 404);
     }
-    let theirs: Value = app
-        .client
-        .get(app.url("/api/chat/conversations"))
-        .bearer_auth(&stranger)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let theirs = app.api.get_ok(&stranger, "/api/chat/conversations").await;
     assert!(theirs["data"].as_array().unwrap().is_empty());
 
     // Pagination: 4 more conversations, pages of 2, newest first.
     for n in 2..=5 {
-        let r = app
-            .client
-            .post(app.url("/api/chat/conversations"))
-            .bearer_auth(&key)
-            .json(&json!({"model": "echo", "title": format!("c{n}")}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        let body = json!({"model": "echo", "title": format!("c{n}")});
+        expect_json(app.api.create_conversation(&key, &body).await, 201).await;
     }
     let mut titles = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let url = match &cursor {
-            Some(c) => app.url(&format!("/api/chat/conversations?limit=2&before={c}")),
-            None => app.url("/api/chat/conversations?limit=2"),
+        let path = match &cursor {
+            Some(c) => format!("/api/chat/conversations?limit=2&before={c}"),
+            None => "/api/chat/conversations?limit=2".to_owned(),
         };
-        let page: Value = app.client.get(url).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+        let page = app.api.get_ok(&key, &path).await;
         titles.extend(page["data"].as_array().unwrap().iter().map(|c| c["title"].as_str().unwrap().to_owned()));
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
@@ -139,9 +79,12 @@ async fn conversations_keep_history_bill_each_message_and_stay_private() {
     })
     .await;
     let s = app.samples().await;
-    assert_eq!(s.get("pr_chat_conversations_created_total", &[]), 5.0);
+    assert_eq!(s.expect("pr_chat_conversations_created_total", &[]), 5.0);
     assert_eq!(
-        s.get("pr_llm_calls_total", &[("model", "echo"), ("endpoint", "conversation_message"), ("status", "success")]),
+        s.expect(
+            "pr_llm_calls_total",
+            &[("model", "echo"), ("endpoint", "conversation_message"), ("status", "success")]
+        ),
         2.0
     );
 }
@@ -150,19 +93,13 @@ async fn conversations_keep_history_bill_each_message_and_stay_private() {
 async fn conversation_messages_send_only_documented_parameters_and_relay_upstream_errors_as_ours() {
     let g = spawn_gateway().await;
     let app = &g.app;
-    let (user_id, key) = funded_user(app).await;
-    let conversation = |model: &'static str| {
-        let request = app.client.post(app.url("/api/chat/conversations")).bearer_auth(&key);
-        async move {
-            let created: Value = request.json(&json!({"model": model})).send().await.unwrap().json().await.unwrap();
-            created["id"].as_str().unwrap().to_owned()
-        }
+    let (user_id, key) = app.funded_user("1").await;
+    let (api, key) = (&app.api, key.as_str());
+    let conversation = |model: &'static str| async move {
+        let created = expect_json(api.create_conversation(key, &json!({"model": model})).await, 201).await;
+        created["id"].as_str().unwrap().to_owned()
     };
-    let send = |id: String, body: Value| {
-        let request =
-            app.client.post(app.url(&format!("/api/chat/conversations/{id}/messages"))).bearer_auth(&key).json(&body);
-        async move { request.send().await.unwrap() }
-    };
+    let send = |id: String, body: Value| async move { api.send_message(key, &id, &body).await };
 
     let id = conversation("echo").await;
     for field in ["api_base", "mock_response", "metadata", "litellm_params"] {
@@ -188,24 +125,21 @@ async fn conversation_messages_send_only_documented_parameters_and_relay_upstrea
     let e: Value = response.json().await.unwrap();
     assert_eq!(e["error"]["code"], "upstream_auth_failed");
     assert!(e["error"]["request_id"].is_string());
-    let shown = app.get_json(&format!("/api/chat/conversations/{failing}"), &key).await;
+    let shown = app.get_json(&format!("/api/chat/conversations/{failing}"), key).await;
     assert!(shown["messages"].as_array().unwrap().is_empty(), "{shown}");
     app.wait_for_metrics("the answered message is billed", |s| {
-        s.get("pr_credit_transactions_total", &[("kind", "usage")]) == 1.0
+        s.value("pr_credit_transactions_total", &[("kind", "usage")]) == Some(1.0)
     })
     .await;
     assert_eq!(usage_rows(app, user_id).await, 1, "only the message that was answered");
 }
 
 async fn create(app: &TestApp, key: &str, body: &Value) -> (u16, Value) {
-    let r = app.client.post(app.url("/api/chat/conversations")).bearer_auth(key).json(body).send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    status_json(app.api.create_conversation(key, body).await).await
 }
 
 async fn send(app: &TestApp, key: &str, id: &str, content: &str) -> (u16, Value) {
-    let url = app.url(&format!("/api/chat/conversations/{id}/messages"));
-    let r = app.client.post(url).bearer_auth(key).json(&json!({"content": content})).send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    status_json(app.api.send_message(key, id, &json!({"content": content})).await).await
 }
 
 fn assert_error(status: u16, body: &Value, want_status: u16, code: &str, mentions: &str) {
@@ -237,7 +171,7 @@ async fn titles_system_prompts_and_messages_are_limited_in_characters() {
         c.max_message_chars = 30;
     })
     .await;
-    let (_, key) = funded_user(&g.app).await;
+    let (_, key) = g.app.funded_user("1").await;
     let (status, body) = create(&g.app, &key, &json!({"model": "echo", "title": "é".repeat(11)})).await;
     assert_error(status, &body, 400, "invalid_title", "PR_MAX_TITLE_CHARS");
     let (status, body) = create(&g.app, &key, &json!({"model": "echo", "system": "s".repeat(21)})).await;
@@ -256,7 +190,7 @@ async fn titles_system_prompts_and_messages_are_limited_in_characters() {
 #[tokio::test]
 async fn a_conversation_holds_at_most_the_configured_messages_and_a_refused_send_is_not_billed() {
     let g = spawn_gateway_with(|c| c.max_messages_per_conversation = 5).await;
-    let (user_id, key) = funded_user(&g.app).await;
+    let (user_id, key) = g.app.funded_user("1").await;
     let (_, body) = create(&g.app, &key, &json!({"model": "echo", "system": "be brief"})).await;
     let id = body["id"].as_str().unwrap();
     // system + 2 × (user, assistant) = 5 messages.
@@ -284,8 +218,8 @@ async fn a_conversation_holds_at_most_the_configured_messages_and_a_refused_send
 #[tokio::test]
 async fn conversations_per_user_are_limited_exactly_under_concurrency() {
     let g = spawn_gateway_with(|c| c.max_conversations_per_user = 3).await;
-    let (user_id, key) = funded_user(&g.app).await;
-    let (_, other) = funded_user(&g.app).await;
+    let (user_id, key) = g.app.funded_user("1").await;
+    let (_, other) = g.app.funded_user("1").await;
     let bodies: Vec<Value> = (0..20).map(|i| json!({"model": "echo", "title": format!("c{i}")})).collect();
     let attempts = bodies.iter().map(|body| create(&g.app, &key, body));
     let results = futures_util::future::join_all(attempts).await;

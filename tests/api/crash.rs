@@ -15,7 +15,8 @@ use privaterouter_api::{
     billing::{CreditKind, ledger},
 };
 use privaterouter_tests::{
-    api_binary, balance_and_held, eventually, free_port, ledger_violations, postgres, prom, upstream,
+    ApiClient, api_binary, balance_and_held, client::status_json, eventually, free_port, ledger_violations, postgres,
+    prom, upstream,
 };
 use rust_decimal::Decimal;
 use serde_json::json;
@@ -31,7 +32,7 @@ struct Binary {
 
 struct Running {
     child: Child,
-    public: String,
+    api: ApiClient,
     metrics: String,
 }
 
@@ -58,10 +59,10 @@ impl Binary {
             .unwrap();
         let running = Running {
             child,
-            public: format!("http://127.0.0.1:{public}"),
+            api: ApiClient::new(format!("http://127.0.0.1:{public}"), reqwest::Client::new()),
             metrics: format!("http://127.0.0.1:{metrics}"),
         };
-        let url = format!("{}/readyz", running.public);
+        let url = running.api.url("/readyz");
         eventually("the binary is ready", Duration::from_secs(30), || async {
             reqwest::get(&url).await.ok().filter(|r| r.status() == 200).map(|_| ())
         })
@@ -109,18 +110,12 @@ async fn sigkill_leaves_holds_that_the_next_start_resolves_and_journaled_usage_i
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     let (user_id, key) = users::create_user(&pool, "crash@example.test", Role::User).await.unwrap();
     ledger::admin_credit(&pool, user_id, CreditKind::Topup, "1".parse().unwrap(), "test", "t1").await.unwrap();
-    let client = reqwest::Client::new();
+    let long_stream = json!({"model": "long", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
 
     // 10 streams in flight (2 s each), each past its first chunk.
     let mut streams = Vec::new();
     for _ in 0..10 {
-        let r = client
-            .post(format!("{}/v1/chat/completions", first.public))
-            .bearer_auth(&key)
-            .json(&json!({"model": "long", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-            .unwrap();
+        let r = first.api.chat(&key, &long_stream).await;
         assert_eq!(r.status(), 200);
         let mut body = r.bytes_stream();
         body.next().await.unwrap().unwrap();
@@ -130,7 +125,7 @@ async fn sigkill_leaves_holds_that_the_next_start_resolves_and_journaled_usage_i
     assert_eq!(n, 1, "one lease of this replica for this user");
     assert!(held > Decimal::ZERO);
     eventually("10 holds active", Duration::from_secs(5), || async {
-        (first.samples().await.get("pr_credit_holds_active", &[]) == 10.0).then_some(())
+        (first.samples().await.value("pr_credit_holds_active", &[]) == Some(10.0)).then_some(())
     })
     .await;
 
@@ -172,11 +167,9 @@ async fn sigkill_leaves_holds_that_the_next_start_resolves_and_journaled_usage_i
     // 3 calls finish while the database is away: served, journaled. Then SIGKILL before it returns.
     let mut calls = Vec::new();
     for _ in 0..3 {
-        let request = client
-            .post(format!("{}/v1/chat/completions", second.public))
-            .bearer_auth(&key)
-            .json(&json!({"model": "twosec", "messages": [{"role": "user", "content": "hi"}]}));
-        calls.push(tokio::spawn(async move { request.send().await.unwrap().status().as_u16() }));
+        let (api, key) = (second.api.clone(), key.clone());
+        let body = json!({"model": "twosec", "messages": [{"role": "user", "content": "hi"}]});
+        calls.push(tokio::spawn(async move { status_json(api.chat(&key, &body).await).await.0 }));
     }
     let before = up.requests().len();
     eventually("3 calls upstream", Duration::from_secs(10), || async {
@@ -188,7 +181,7 @@ async fn sigkill_leaves_holds_that_the_next_start_resolves_and_journaled_usage_i
         assert_eq!(c.await.unwrap(), 200);
     }
     eventually("3 settlements journaled", Duration::from_secs(10), || async {
-        (second.samples().await.get("pr_billing_journal_pending", &[]) == 3.0).then_some(())
+        (second.samples().await.value("pr_billing_journal_pending", &[]) == Some(3.0)).then_some(())
     })
     .await;
     second.signal("-KILL");
@@ -210,13 +203,8 @@ async fn sigkill_leaves_holds_that_the_next_start_resolves_and_journaled_usage_i
     assert!(ok, "{report}");
 
     // SIGTERM with a stream in flight: it finishes, is billed, and nothing stays held or journaled.
-    let r = client
-        .post(format!("{}/v1/chat/completions", third.public))
-        .bearer_auth(&key)
-        .json(&json!({"model": "long", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let r = third.api.chat(&key, &long_stream).await;
+    assert_eq!(r.status(), 200);
     let mut body = r.bytes_stream();
     body.next().await.unwrap().unwrap();
     third.signal("-TERM");

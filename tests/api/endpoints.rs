@@ -19,15 +19,8 @@ const CALL_COST: &str = "0.000222";
 /// Anthropic style: 12 × 3 + 34 × 15 + 100 cache reads × 0.3 + 20 cache writes × 3.75 (µ$).
 const CLAUDE_COST: &str = "0.000651";
 
-async fn funded(g: &Gateway, amount: &str) -> (uuid::Uuid, String) {
-    let (_, admin) = g.app.user(true).await;
-    let (user_id, key) = g.app.user(false).await;
-    g.app.topup(&admin, user_id, amount).await;
-    (user_id, key)
-}
-
 async fn post(g: &Gateway, path: &str, key: &str, body: &Value) -> reqwest::Response {
-    g.app.client.post(g.app.url(path)).bearer_auth(key).json(body).send().await.unwrap()
+    g.app.api.post(key, path, body).await
 }
 
 /// (cost, input tokens, output tokens, estimated) of each usage row, oldest first, once `n` exist.
@@ -76,18 +69,19 @@ fn dec(s: &str) -> Decimal {
 /// The metrics of `model` on `endpoint` equal the ledger's rows: tokens and cost.
 async fn metrics_match(g: &Gateway, model: &str, endpoint: &str, rows: &[(Decimal, i64, i64, bool)]) {
     let s = g.app.samples().await;
-    let tokens = |d: &str| s.get("pr_llm_tokens_total", &[("model", model), ("endpoint", endpoint), ("direction", d)]);
+    let tokens =
+        |d: &str| s.expect("pr_llm_tokens_total", &[("model", model), ("endpoint", endpoint), ("direction", d)]);
     assert_eq!(tokens("input"), rows.iter().map(|r| r.1).sum::<i64>() as f64, "{model} {endpoint} input");
     assert_eq!(tokens("output"), rows.iter().map(|r| r.2).sum::<i64>() as f64, "{model} {endpoint} output");
     let cost: Decimal = rows.iter().map(|r| r.0).sum();
-    let metric = s.get("pr_llm_cost_usd_total", &[("model", model), ("endpoint", endpoint)]);
+    let metric = s.expect("pr_llm_cost_usd_total", &[("model", model), ("endpoint", endpoint)]);
     assert_eq!(metric, cost.to_string().parse::<f64>().unwrap(), "{model} {endpoint} cost");
 }
 
 #[tokio::test]
 async fn embeddings_are_billed_on_input_tokens() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let response = post(&g, "/v1/embeddings", &key, &json!({"model": "embed", "input": ["a", "b", "c"]})).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
@@ -105,7 +99,7 @@ async fn embeddings_are_billed_on_input_tokens() {
     metrics_match(&g, "embed", "embeddings", &rows).await;
     let s = g.app.samples().await;
     let calls = [("model", "embed"), ("endpoint", "embeddings"), ("status", "success")];
-    assert_eq!(s.get("pr_llm_calls_total", &calls), 2.0);
+    assert_eq!(s.expect("pr_llm_calls_total", &calls), 2.0);
     let routes: Vec<String> =
         g.app.access_lines(3).await.iter().map(|l| l["route"].as_str().unwrap_or_default().to_owned()).collect();
     assert!(routes.iter().filter(|r| *r == "/v1/embeddings").count() == 2, "{routes:?}");
@@ -114,7 +108,7 @@ async fn embeddings_are_billed_on_input_tokens() {
 #[tokio::test]
 async fn bad_input_is_refused_before_anything_is_held_or_sent() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let too_many: Vec<&str> = vec!["x"; 2049];
     let cases = [
         ("/v1/embeddings", json!({"model": "embed", "input": ""}), "invalid_request_body", "must not be empty"),
@@ -173,7 +167,7 @@ async fn bad_input_is_refused_before_anything_is_held_or_sent() {
 #[tokio::test]
 async fn completions_and_responses_stream_and_not_billed_exactly() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
 
     let plain = post(&g, "/v1/completions", &key, &json!({"model": "echo", "prompt": "Say hi"})).await;
     assert_eq!(plain.status(), 200);
@@ -216,9 +210,9 @@ async fn completions_and_responses_stream_and_not_billed_exactly() {
     let s = g.app.samples().await;
     for endpoint in ["completions", "responses"] {
         let ttft = [("model", "echo"), ("endpoint", endpoint)];
-        assert_eq!(s.get("pr_llm_time_to_first_token_seconds_count", &ttft), 1.0, "{endpoint}");
+        assert_eq!(s.expect("pr_llm_time_to_first_token_seconds_count", &ttft), 1.0, "{endpoint}");
         let calls = [("model", "echo"), ("endpoint", endpoint), ("status", "success")];
-        assert_eq!(s.get("pr_llm_calls_total", &calls), 2.0, "{endpoint}");
+        assert_eq!(s.expect("pr_llm_calls_total", &calls), 2.0, "{endpoint}");
     }
 }
 
@@ -229,7 +223,7 @@ fn claude(model: &str, stream: bool) -> Value {
 #[tokio::test]
 async fn messages_stream_and_not_billed_with_cache_tokens() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let client = &g.app.client;
     // Anthropic's clients send the key as `x-api-key` and say which API version they speak.
     let plain = client
@@ -272,7 +266,7 @@ async fn messages_stream_and_not_billed_with_cache_tokens() {
     metrics_match(&g, "claude", "messages", &rows).await;
     let s = g.app.samples().await;
     assert_eq!(
-        s.get("pr_llm_time_to_first_token_seconds_count", &[("model", "claude"), ("endpoint", "messages")]),
+        s.expect("pr_llm_time_to_first_token_seconds_count", &[("model", "claude"), ("endpoint", "messages")]),
         1.0
     );
 }
@@ -291,7 +285,7 @@ async fn anthropic_error(response: reqwest::Response, status: u16, kind: &str) -
 #[tokio::test]
 async fn messages_errors_take_anthropics_shape() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let (_, broke) = g.app.user(false).await;
     let mut no_max = claude("claude", false);
     no_max.as_object_mut().unwrap().remove("max_tokens");
@@ -316,7 +310,7 @@ async fn messages_errors_take_anthropics_shape() {
 #[tokio::test]
 async fn streams_without_usage_are_estimated_and_flagged() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let events =
         sse(post(&g, "/v1/responses", &key, &json!({"model": "nousage", "input": "Say hi", "stream": true})).await)
             .await;
@@ -330,14 +324,14 @@ async fn streams_without_usage_are_estimated_and_flagged() {
     let input = (PROMPT_TOKENS + CACHE_READ_TOKENS + CACHE_CREATION_TOKENS) as i64;
     assert_eq!((rows[1].1, rows[1].2), (input, output));
     let s = g.app.samples().await;
-    assert_eq!(s.get("pr_billing_flagged_total", &[("reason", "estimated")]), 2.0);
+    assert_eq!(s.expect("pr_billing_flagged_total", &[("reason", "estimated")]), 2.0);
     metrics_match(&g, "claude-nousage", "messages", &rows[1..]).await;
 }
 
 #[tokio::test]
 async fn a_streaming_request_answered_without_streaming_is_billed_and_refused_clearly() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let chat = json!({"model": "nostream", "stream": true, "messages": [{"role": "user", "content": "x"}]});
     let response = post(&g, "/v1/chat/completions", &key, &chat).await;
     assert_eq!(response.status(), 502);
@@ -352,16 +346,14 @@ async fn a_streaming_request_answered_without_streaming_is_billed_and_refused_cl
     assert_eq!(rows[1].0, dec(CLAUDE_COST), "billed once, from the reported usage");
     let s = g.app.samples().await;
     let invalid = [("model", "nostream"), ("endpoint", "chat_completions"), ("status", "invalid_response")];
-    assert_eq!(s.get("pr_llm_calls_total", &invalid), 1.0);
+    assert_eq!(s.expect("pr_llm_calls_total", &invalid), 1.0);
 }
 
 #[tokio::test]
 async fn the_rate_limits_cover_every_endpoint_and_answer_in_its_familys_shape() {
     let g = spawn_gateway().await;
-    let (user_id, first) = funded(&g, "1.00").await;
-    let created = g.app.client.post(g.app.url("/api/keys")).bearer_auth(&first);
-    let created: Value =
-        created.json(&json!({"limits": {"requests_per_minute": 2}})).send().await.unwrap().json().await.unwrap();
+    let (user_id, first) = g.app.funded_user("1.00").await;
+    let created = g.app.api.create_key_ok(&first, &json!({"limits": {"requests_per_minute": 2}})).await;
     let key = created["key"].as_str().unwrap();
     // Two calls on two endpoints use the key's two requests of this minute...
     assert_eq!(post(&g, "/v1/embeddings", key, &json!({"model": "embed", "input": "x"})).await.status(), 200);

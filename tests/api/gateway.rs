@@ -10,19 +10,31 @@ use serde_json::{Value, json};
 /// Cost of one stand-in call: 12 input tokens at 1.5 $/Mtok + 34 output tokens at 6 $/Mtok.
 const CALL_COST: &str = "0.000222";
 
-async fn funded(g: &Gateway, amount: &str) -> (uuid::Uuid, String) {
-    let (_, admin) = g.app.user(true).await;
-    let (user_id, key) = g.app.user(false).await;
-    g.app.topup(&admin, user_id, amount).await;
-    (user_id, key)
-}
-
 fn chat(model: &str, stream: bool) -> Value {
     json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi there"}]})
 }
 
 async fn post(g: &Gateway, key: &str, body: &Value) -> reqwest::Response {
-    g.app.client.post(g.app.url("/v1/chat/completions")).bearer_auth(key).json(body).send().await.unwrap()
+    g.app.api.chat(key, body).await
+}
+
+/// Reads a call's whole answer: a served call's body is complete (a stream to its `[DONE]`, a
+/// completion with its usage), a refused one is our JSON error. Returns the status.
+async fn read_answer(response: reqwest::Response, stream: bool) -> u16 {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("the body is read to its end");
+    match (status, stream) {
+        (200, true) => assert!(text.trim_end().ends_with("data: [DONE]"), "a stream cut short: {text}"),
+        (200, false) => {
+            let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert_eq!(body["usage"]["cost_usd"], CALL_COST, "{body}");
+        }
+        _ => {
+            let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {e}: {text}"));
+            assert!(body["error"]["code"].is_string(), "{status}: {body}");
+        }
+    }
+    status
 }
 
 async fn usage_rows(g: &Gateway, user_id: uuid::Uuid) -> Vec<(String, i64, i64, bool, String)> {
@@ -43,10 +55,9 @@ fn dec(s: &str) -> f64 {
 #[tokio::test]
 async fn completion_is_proxied_metered_and_billed_once() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
 
-    let models: Value =
-        g.app.client.get(g.app.url("/v1/models")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    let models = g.app.api.get_ok(&key, "/v1/models").await;
     let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(
         ids,
@@ -108,25 +119,31 @@ async fn completion_is_proxied_metered_and_billed_once() {
 
     let s = g.app.samples().await;
     assert_eq!(
-        s.get("pr_llm_calls_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("status", "success")]),
+        s.expect("pr_llm_calls_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("status", "success")]),
         1.0
     );
     assert_eq!(
-        s.get("pr_llm_tokens_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("direction", "input")]),
+        s.expect("pr_llm_tokens_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("direction", "input")]),
         12.0
     );
     assert_eq!(
-        s.get("pr_llm_tokens_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("direction", "output")]),
+        s.expect(
+            "pr_llm_tokens_total",
+            &[("model", "echo"), ("endpoint", "chat_completions"), ("direction", "output")]
+        ),
         34.0
     );
-    assert_eq!(s.get("pr_llm_cost_usd_total", &[("model", "echo"), ("endpoint", "chat_completions")]), dec(CALL_COST));
-    assert_eq!(s.types["pr_llm_cost_usd_total"], "counter");
-    assert_eq!(s.get("pr_credit_transactions_total", &[("kind", "usage")]), 1.0);
     assert_eq!(
-        s.get("pr_llm_upstream_duration_seconds_count", &[("model", "echo"), ("endpoint", "chat_completions")]),
+        s.expect("pr_llm_cost_usd_total", &[("model", "echo"), ("endpoint", "chat_completions")]),
+        dec(CALL_COST)
+    );
+    assert_eq!(s.types["pr_llm_cost_usd_total"], "counter");
+    assert_eq!(s.expect("pr_credit_transactions_total", &[("kind", "usage")]), 1.0);
+    assert_eq!(
+        s.expect("pr_llm_upstream_duration_seconds_count", &[("model", "echo"), ("endpoint", "chat_completions")]),
         1.0
     );
-    assert_eq!(s.get("pr_llm_gateway_overhead_seconds_count", &[("endpoint", "chat_completions")]), 1.0);
+    assert_eq!(s.expect("pr_llm_gateway_overhead_seconds_count", &[("endpoint", "chat_completions")]), 1.0);
     for name in [
         "pr_llm_calls_total",
         "pr_llm_tokens_total",
@@ -148,7 +165,7 @@ async fn refusals_errors_and_unknown_models() {
     assert_eq!(body["error"]["code"], "insufficient_credits");
     assert!(g.upstream.requests().is_empty(), "nothing reached the upstream");
 
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let cases = [
         ("nope-model", 404, "model_not_found"),
         ("fail500", 502, "upstream_error"),
@@ -190,7 +207,7 @@ async fn refusals_errors_and_unknown_models() {
 
     let s = g.app.samples().await;
     let calls = |model: &str, status: &str| {
-        s.get("pr_llm_calls_total", &[("model", model), ("endpoint", "chat_completions"), ("status", status)])
+        s.expect("pr_llm_calls_total", &[("model", model), ("endpoint", "chat_completions"), ("status", status)])
     };
     assert_eq!(calls("echo", "insufficient_credits"), 1.0);
     assert_eq!(calls("fail500", "upstream_error"), 2.0);
@@ -198,7 +215,7 @@ async fn refusals_errors_and_unknown_models() {
     assert_eq!(calls("dead", "upstream_unavailable"), 1.0);
     assert_eq!(calls("slow", "timeout"), 1.0);
     let ex = |kind: &str| {
-        s.get(
+        s.expect(
             "pr_http_exceptions_total",
             &[("method", "POST"), ("route", "/v1/chat/completions"), ("exception_type", kind)],
         )
@@ -211,27 +228,26 @@ async fn refusals_errors_and_unknown_models() {
 #[tokio::test]
 async fn unknown_models_never_become_labels() {
     let g = spawn_gateway().await;
-    let (_, key) = funded(&g, "1.00").await;
+    let (_, key) = g.app.funded_user("1.00").await;
     assert_eq!(post(&g, &key, &chat("echo", false)).await.status(), 200);
     assert_eq!(post(&g, &key, &chat("not-a-model", false)).await.status(), 404);
     let before = g
         .app
         .wait_for_metrics("warm-up counted and billed", |s| {
-            s.get("pr_http_requests_total", &[("method", "POST"), ("route", "/v1/chat/completions"), ("status", "404")])
-                == 1.0
-                && s.get("pr_credit_transactions_total", &[("kind", "usage")]) == 1.0
+            s.value(
+                "pr_http_requests_total",
+                &[("method", "POST"), ("route", "/v1/chat/completions"), ("status", "404")],
+            ) == Some(1.0)
+                && s.value("pr_credit_transactions_total", &[("kind", "usage")]) == Some(1.0)
         })
         .await;
 
     let mut tasks = Vec::new();
     for _ in 0..1000 {
-        let client = g.app.client.clone();
-        let url = g.app.url("/v1/chat/completions");
+        let api = g.app.api.clone();
         let key = key.clone();
         let model = format!("m-{}", random_hex(8));
-        tasks.push(tokio::spawn(async move {
-            client.post(url).bearer_auth(key).json(&chat(&model, false)).send().await.unwrap().status()
-        }));
+        tasks.push(tokio::spawn(async move { api.chat(&key, &chat(&model, false)).await.status() }));
         if tasks.len() == 50 {
             for t in tasks.drain(..) {
                 assert_eq!(t.await.unwrap(), 404);
@@ -241,8 +257,10 @@ async fn unknown_models_never_become_labels() {
     let after = g
         .app
         .wait_for_metrics("all counted", |s| {
-            s.get("pr_http_requests_total", &[("method", "POST"), ("route", "/v1/chat/completions"), ("status", "404")])
-                == 1001.0
+            s.value(
+                "pr_http_requests_total",
+                &[("method", "POST"), ("route", "/v1/chat/completions"), ("status", "404")],
+            ) == Some(1001.0)
         })
         .await;
     assert_eq!(after.samples.len(), before.samples.len(), "no new series");
@@ -283,7 +301,7 @@ fn streamed_text(events: &[(Duration, String)]) -> String {
 #[tokio::test]
 async fn streams_are_forwarded_as_they_arrive_and_billed_from_reported_usage() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
 
     let response = post(&g, &key, &chat("echo", true)).await;
     assert_eq!(response.status(), 200);
@@ -307,10 +325,12 @@ async fn streams_are_forwarded_as_they_arrive_and_billed_from_reported_usage() {
 
     let rows = g
         .app
-        .wait_for_metrics("stream billed", |s| s.get("pr_credit_transactions_total", &[("kind", "usage")]) == 1.0)
+        .wait_for_metrics("stream billed", |s| {
+            s.value("pr_credit_transactions_total", &[("kind", "usage")]) == Some(1.0)
+        })
         .await;
     assert_eq!(
-        rows.get("pr_llm_time_to_first_token_seconds_count", &[("model", "echo"), ("endpoint", "chat_completions")]),
+        rows.expect("pr_llm_time_to_first_token_seconds_count", &[("model", "echo"), ("endpoint", "chat_completions")]),
         1.0
     );
     let rows = usage_rows(&g, user_id).await;
@@ -321,7 +341,9 @@ async fn streams_are_forwarded_as_they_arrive_and_billed_from_reported_usage() {
     let events = read_sse(post(&g, &key, &chat("nousage", true)).await).await;
     assert_eq!(events.last().unwrap().1, "[DONE]");
     g.app
-        .wait_for_metrics("estimate billed", |s| s.get("pr_credit_transactions_total", &[("kind", "usage")]) == 2.0)
+        .wait_for_metrics("estimate billed", |s| {
+            s.value("pr_credit_transactions_total", &[("kind", "usage")]) == Some(2.0)
+        })
         .await;
     let rows = usage_rows(&g, user_id).await;
     assert_eq!(rows.len(), 2);
@@ -334,7 +356,7 @@ async fn streams_are_forwarded_as_they_arrive_and_billed_from_reported_usage() {
 #[tokio::test]
 async fn a_client_that_disconnects_mid_stream_is_still_billed() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let response = post(&g, &key, &chat("long", true)).await;
     assert_eq!(response.status(), 200);
     let mut stream = response.bytes_stream();
@@ -347,36 +369,33 @@ async fn a_client_that_disconnects_mid_stream_is_still_billed() {
         .wait_for_metrics("disconnect billed", |s| {
             // The call is counted when its usage is handed to the billing writer; the row is
             // written after that.
-            s.get(
+            s.value(
                 "pr_llm_calls_total",
                 &[("model", "long"), ("endpoint", "chat_completions"), ("status", "client_disconnect")],
-            ) == 1.0
-                && s.get("pr_credit_transactions_total", &[("kind", "usage")]) == 1.0
+            ) == Some(1.0)
+                && s.value("pr_credit_transactions_total", &[("kind", "usage")]) == Some(1.0)
         })
         .await;
     let rows = usage_rows(&g, user_id).await;
     assert_eq!(rows.len(), 1, "billed exactly once");
     assert_eq!((rows[0].1, rows[0].2, rows[0].3), (12, 34, false), "billed from what the upstream reported");
-    assert_eq!(s.get("pr_llm_cost_usd_total", &[("model", "long"), ("endpoint", "chat_completions")]), dec(CALL_COST));
+    assert_eq!(
+        s.expect("pr_llm_cost_usd_total", &[("model", "long"), ("endpoint", "chat_completions")]),
+        dec(CALL_COST)
+    );
 }
 
 #[tokio::test]
 async fn the_ledger_holds_under_concurrency_and_matches_the_metrics() {
     let g = spawn_gateway().await;
     // One user with credit for about 20 worst cases (4,096 output tokens each) sends 200 at once.
-    let (solo, solo_key) = funded(&g, "0.5").await;
+    let (solo, solo_key) = g.app.funded_user("0.5").await;
     let mut tasks = Vec::new();
     for i in 0..200 {
-        let client = g.app.client.clone();
-        let url = g.app.url("/v1/chat/completions");
+        let api = g.app.api.clone();
         let key = solo_key.clone();
         let stream = i % 4 == 0;
-        tasks.push(tokio::spawn(async move {
-            let r = client.post(url).bearer_auth(key).json(&chat("echo", stream)).send().await.unwrap();
-            let status = r.status().as_u16();
-            let _ = r.bytes().await;
-            status
-        }));
+        tasks.push(tokio::spawn(async move { read_answer(api.chat(&key, &chat("echo", stream)).await, stream).await }));
     }
     let statuses: Vec<u16> = futures_util::future::join_all(tasks).await.into_iter().map(Result::unwrap).collect();
     assert!(statuses.iter().all(|s| *s == 200 || *s == 402), "{statuses:?}");
@@ -393,15 +412,12 @@ async fn the_ledger_holds_under_concurrency_and_matches_the_metrics() {
     let mut tasks = Vec::new();
     for (_, key) in &users {
         for i in 0..10 {
-            let client = g.app.client.clone();
-            let url = g.app.url("/v1/chat/completions");
+            let api = g.app.api.clone();
             let key = key.clone();
-            tasks.push(tokio::spawn(async move {
-                let r = client.post(url).bearer_auth(key).json(&chat("echo", i % 2 == 0)).send().await.unwrap();
-                let status = r.status().as_u16();
-                let _ = r.bytes().await;
-                status
-            }));
+            let stream = i % 2 == 0;
+            tasks.push(tokio::spawn(
+                async move { read_answer(api.chat(&key, &chat("echo", stream)).await, stream).await },
+            ));
         }
     }
     let many: Vec<u16> = futures_util::future::join_all(tasks).await.into_iter().map(Result::unwrap).collect();
@@ -411,7 +427,7 @@ async fn the_ledger_holds_under_concurrency_and_matches_the_metrics() {
     let s = g
         .app
         .wait_for_metrics("every call billed", |s| {
-            s.get("pr_credit_transactions_total", &[("kind", "usage")]) == total_calls as f64
+            s.value("pr_credit_transactions_total", &[("kind", "usage")]) == Some(total_calls as f64)
         })
         .await;
 
@@ -443,7 +459,7 @@ async fn the_ledger_holds_under_concurrency_and_matches_the_metrics() {
         .await
         .unwrap();
     assert!(dec(&solo_balance) >= 0.0, "no overdraft: {solo_balance}");
-    assert!(ok >= 10 && ok < 200, "the worst cases that fit were served, the rest refused: {ok}");
+    assert!((10..200).contains(&ok), "the worst cases that fit were served, the rest refused: {ok}");
 
     // Metrics equal the ledger.
     let (cost, input, output): (String, i64, i64) = sqlx::query_as(
@@ -453,22 +469,26 @@ async fn the_ledger_holds_under_concurrency_and_matches_the_metrics() {
     .await
     .unwrap();
     assert!(
-        (s.get("pr_llm_cost_usd_total", &[("model", "echo"), ("endpoint", "chat_completions")]) - dec(&cost)).abs()
+        (s.expect("pr_llm_cost_usd_total", &[("model", "echo"), ("endpoint", "chat_completions")]) - dec(&cost)).abs()
             < 1e-12,
         "cost {cost}"
     );
     assert_eq!(
-        s.get("pr_llm_tokens_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("direction", "input")]),
+        s.expect("pr_llm_tokens_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("direction", "input")]),
         input as f64
     );
     assert_eq!(
-        s.get("pr_llm_tokens_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("direction", "output")]),
+        s.expect(
+            "pr_llm_tokens_total",
+            &[("model", "echo"), ("endpoint", "chat_completions"), ("direction", "output")]
+        ),
         output as f64
     );
-    let successes: f64 = ["success", "client_disconnect"]
-        .iter()
-        .map(|st| s.get("pr_llm_calls_total", &[("model", "echo"), ("endpoint", "chat_completions"), ("status", st)]))
-        .sum();
+    let calls = |status| [("model", "echo"), ("endpoint", "chat_completions"), ("status", status)];
+    // Every answer was read to its end, so no call should count as a disconnect; the series
+    // exists only once one has (it has no zero series), so its absence reads as none.
+    let disconnects = s.value("pr_llm_calls_total", &calls("client_disconnect")).unwrap_or(0.0);
+    let successes = s.expect("pr_llm_calls_total", &calls("success")) + disconnects;
     assert_eq!(successes as usize, total_calls);
 }
 
@@ -483,7 +503,7 @@ const UPSTREAM_ERRORS: [(&str, u16, &str); 4] = [
 #[tokio::test]
 async fn upstream_errors_reach_the_client_bounded_sanitised_and_as_our_status() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let mut ids = Vec::new();
     for (model, status, code) in UPSTREAM_ERRORS {
         let response = post(&g, &key, &chat(model, false)).await;
@@ -537,13 +557,13 @@ async fn upstream_errors_reach_the_client_bounded_sanitised_and_as_our_status() 
     assert_eq!((dec(balance["balance_usd"].as_str().unwrap()), dec(balance["held_usd"].as_str().unwrap())), (1.0, 0.0));
     let s = g.app.samples().await;
     for (model, ..) in UPSTREAM_ERRORS {
-        let calls = s.get(
+        let calls = s.expect(
             "pr_llm_calls_total",
             &[("model", model), ("endpoint", "chat_completions"), ("status", "upstream_error")],
         );
         assert_eq!(calls, if model == "internals" { 2.0 } else { 1.0 }, "{model}");
     }
-    let auth = s.get(
+    let auth = s.expect(
         "pr_http_exceptions_total",
         &[("method", "POST"), ("route", "/v1/chat/completions"), ("exception_type", "upstream_auth_failed")],
     );
@@ -581,7 +601,7 @@ fn steering_value(field: &str) -> Value {
 #[tokio::test]
 async fn only_documented_openai_parameters_reach_the_upstream() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     for field in STEERING {
         for stream in [false, true] {
             let mut body = chat("echo", stream);
@@ -650,7 +670,7 @@ async fn only_documented_openai_parameters_reach_the_upstream() {
 #[tokio::test]
 async fn a_model_that_writes_the_terminator_as_text_is_streamed_to_its_end_and_billed_as_reported() {
     let g = spawn_gateway().await;
-    let (user_id, key) = funded(&g, "1.00").await;
+    let (user_id, key) = g.app.funded_user("1.00").await;
     let events = read_sse(post(&g, &key, &chat("donetext", true)).await).await;
     // The content chunks, the usage chunk, [DONE].
     assert_eq!(events.len(), DONE_TEXT.len() + 2, "{events:?}");

@@ -3,6 +3,7 @@ use std::time::{Duration, Instant};
 use privaterouter_tests::{
     TestApp,
     agent::{Agent, Behaviour},
+    client::{expect_json, status_json},
     eventually,
     prom::Samples,
     spawn_app_with, spawn_gateway_with, upstream,
@@ -10,16 +11,9 @@ use privaterouter_tests::{
 use serde_json::{Value, json};
 
 async fn add_node(app: &TestApp, admin: &str, name: &str, agent: &str, inference: &str, pool: &str) -> String {
-    let response = app
-        .client
-        .post(app.url("/api/admin/gpu-nodes"))
-        .bearer_auth(admin)
-        .json(&json!({"name": name, "agent_url": agent, "inference_url": inference, "pool": pool}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+    let body = json!({"name": name, "agent_url": agent, "inference_url": inference, "pool": pool});
+    let created = expect_json(app.api.add_gpu_node(admin, &body).await, 201).await;
+    created["id"].as_str().unwrap().to_owned()
 }
 
 fn up(s: &Samples, id: &str, name: &str) -> Option<f64> {
@@ -66,16 +60,7 @@ async fn the_poller_follows_each_node_and_a_slow_node_delays_no_one() {
         "a hanging node delayed the others: {:?}",
         started.elapsed()
     );
-    let shown: Value = app
-        .client
-        .get(app.url(&format!("/api/admin/gpu-nodes/{a}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown = expect_json(app.api.gpu_node(&admin, &a).await, 200).await;
     assert_eq!(shown["health"]["up"], false);
     assert!(shown["health"]["last_error"].as_str().unwrap().contains("timed out"), "{shown}");
 
@@ -87,27 +72,18 @@ async fn the_poller_follows_each_node_and_a_slow_node_delays_no_one() {
     app.wait_for_metrics("a back", |s| up(s, &a, "node-a") == Some(1.0) && util(s, &a, "node-a") == Some(55.0)).await;
 
     // Disabled: its series leave; enabled: back. Deleted: gone for good.
-    let disabled = app
-        .client
-        .patch(app.url(&format!("/api/admin/gpu-nodes/{b}")))
-        .bearer_auth(&admin)
-        .json(&json!({"enabled": false}))
-        .send()
-        .await
-        .unwrap();
+    let disabled = app.api.patch_gpu_node(&admin, &b, &json!({"enabled": false})).await;
     assert_eq!(disabled.status(), 200);
     let text = app.metrics_text().await;
     assert!(!text.contains(&b), "a disabled node has no series");
-    let deleted =
-        app.client.delete(app.url(&format!("/api/admin/gpu-nodes/{a}"))).bearer_auth(&admin).send().await.unwrap();
+    let deleted = app.api.delete_gpu_node(&admin, &a).await;
     assert_eq!(deleted.status(), 204);
     let text = app.metrics_text().await;
     assert!(!text.contains(&a), "a deleted node's series are gone at once");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let text = app.metrics_text().await;
     assert!(!text.contains(&a) && !text.contains(&b), "and stay gone after the next poll");
-    let list: Value =
-        app.client.get(app.url("/api/admin/gpu-nodes")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    let list = expect_json(app.api.gpu_nodes(&admin).await, 200).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
 }
 
@@ -121,18 +97,14 @@ async fn the_registry_is_admin_only_validated_and_never_returns_a_token() {
     let agent = Agent::start(Behaviour::Healthy(5.0)).await;
     let body = json!({"name": "n1", "agent_url": agent.url(), "inference_url": "http://127.0.0.1:9/v1", "agent_token_env": "PR_GPU_AGENT_TOKEN_TEST"});
 
-    let forbidden =
-        app.client.post(app.url("/api/admin/gpu-nodes")).bearer_auth(&user).json(&body).send().await.unwrap();
-    assert_eq!(forbidden.status(), 403);
-    assert_eq!(app.client.get(app.url("/api/admin/gpu-nodes")).bearer_auth(&user).send().await.unwrap().status(), 403);
+    assert_eq!(app.api.add_gpu_node(&user, &body).await.status(), 403);
+    assert_eq!(app.api.gpu_nodes(&user).await.status(), 403);
 
-    let created =
-        app.client.post(app.url("/api/admin/gpu-nodes")).bearer_auth(&admin).json(&body).send().await.unwrap();
+    let created = app.api.add_gpu_node(&admin, &body).await;
     assert_eq!(created.status(), 201);
     let text = created.text().await.unwrap();
     assert!(!text.contains("agent-secret-token-123"), "the token is never returned: {text}");
-    let again = app.client.post(app.url("/api/admin/gpu-nodes")).bearer_auth(&admin).json(&body).send().await.unwrap();
-    assert_eq!(again.status(), 409, "names are unique");
+    assert_eq!(app.api.add_gpu_node(&admin, &body).await.status(), 409, "names are unique");
 
     for (bad, why) in [
         (json!({"name": "bad name!", "agent_url": agent.url(), "inference_url": "http://x/v1"}), "name"),
@@ -143,17 +115,20 @@ async fn the_registry_is_admin_only_validated_and_never_returns_a_token() {
         ),
         (json!({"name": "n4", "agent_url": agent.url()}), "missing inference_url"),
     ] {
-        let r = app.client.post(app.url("/api/admin/gpu-nodes")).bearer_auth(&admin).json(&bad).send().await.unwrap();
-        assert_eq!(r.status(), 400, "{why}");
+        assert_eq!(app.api.add_gpu_node(&admin, &bad).await.status(), 400, "{why}");
     }
-    let list =
-        app.client.get(app.url("/api/admin/gpu-nodes")).bearer_auth(&admin).send().await.unwrap().text().await.unwrap();
-    assert!(!list.contains("agent-secret-token-123"));
+    let list = app.api.gpu_nodes(&admin).await.text().await.unwrap();
+    assert!(list.contains("\"n1\"") && !list.contains("agent-secret-token-123"), "{list}");
     let rows: Vec<(String,)> =
         sqlx::query_as("SELECT row_to_json(g)::text FROM gpu_nodes g").fetch_all(&app.pool).await.unwrap();
+    assert_eq!(rows.len(), 1, "the one node created: {rows:?}");
     assert!(rows.iter().all(|(r,)| !r.contains("agent-secret-token-123")), "the token is not stored");
     app.wait_for_metrics("node with token polled up", |s| s.series("pr_gpu_node_up").iter().any(|x| x.value == 1.0))
         .await;
+}
+
+fn pooled() -> Value {
+    json!({"model": "pooled", "messages": [{"role": "user", "content": "hi"}]})
 }
 
 async fn served_by(
@@ -162,17 +137,12 @@ async fn served_by(
     inference: &[&upstream::Upstream],
 ) -> (u16, Vec<usize>) {
     let before: Vec<usize> = inference.iter().map(|u| u.requests().len()).collect();
-    let r = g
-        .app
-        .client
-        .post(g.app.url("/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(&json!({"model": "pooled", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let _ = r.bytes().await;
+    let (status, body) = status_json(g.app.api.chat(key, &pooled()).await).await;
+    if status == 200 {
+        assert_eq!(body["model"], "pooled", "{body}");
+    } else {
+        assert!(body["error"]["code"].is_string(), "{status}: {body}");
+    }
     let after: Vec<usize> = inference.iter().map(|u| u.requests().len()).collect();
     (status, after.iter().zip(before).map(|(a, b)| a - b).collect())
 }
@@ -225,20 +195,11 @@ async fn pools_route_to_healthy_nodes_least_utilized_first() {
     // Both down: 503 no_healthy_node, counted.
     agent_a.set(Behaviour::Failing);
     g.app.wait_for_metrics("a down", |s| up(s, &a, "gpu-a") == Some(0.0)).await;
-    let r = g
-        .app
-        .client
-        .post(g.app.url("/v1/chat/completions"))
-        .bearer_auth(&key)
-        .json(&json!({"model": "pooled", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "no_healthy_node");
+    let refused = expect_json(g.app.api.chat(&key, &pooled()).await, 503).await;
+    assert_eq!(refused["error"]["code"], "no_healthy_node");
     let s = g.app.samples().await;
     assert_eq!(
-        s.get(
+        s.expect(
             "pr_llm_calls_total",
             &[("model", "pooled"), ("endpoint", "chat_completions"), ("status", "no_healthy_node")]
         ),
@@ -274,14 +235,11 @@ async fn a_node_that_fails_requests_is_marked_down_before_its_next_poll() {
 }
 
 async fn post_node(app: &TestApp, admin: &str, body: &Value) -> (u16, Value) {
-    let r = app.client.post(app.url("/api/admin/gpu-nodes")).bearer_auth(admin).json(body).send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    status_json(app.api.add_gpu_node(admin, body).await).await
 }
 
 async fn patch_node(app: &TestApp, admin: &str, id: &str, body: &Value) -> (u16, Value) {
-    let url = app.url(&format!("/api/admin/gpu-nodes/{id}"));
-    let r = app.client.patch(url).bearer_auth(admin).json(body).send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    status_json(app.api.patch_gpu_node(admin, id, body).await).await
 }
 
 /// A row written straight into the registry, as one registered before today's rules would be.

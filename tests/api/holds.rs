@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use privaterouter_tests::{
-    Gateway, TestDb, balance_and_held, eventually, ledger_violations, spawn_app_on, spawn_gateway, spawn_gateway_with,
+    ApiClient, Gateway, TestDb, balance_and_held,
+    client::status_json,
+    eventually, ledger_violations, spawn_app_on, spawn_gateway, spawn_gateway_with,
     upstream::{COMPLETION_TOKENS, PROMPT_TOKENS},
 };
 use rust_decimal::Decimal;
@@ -34,7 +36,7 @@ fn tight_call() -> Value {
 }
 
 async fn post(g: &Gateway, key: &str, body: &Value) -> reqwest::Response {
-    g.app.client.post(g.app.url("/v1/chat/completions")).bearer_auth(key).json(body).send().await.unwrap()
+    g.app.api.chat(key, body).await
 }
 
 async fn usage_rows(pool: &sqlx::PgPool, user_id: uuid::Uuid) -> Vec<(Decimal, i64, i64, bool, Vec<String>)> {
@@ -63,24 +65,16 @@ async fn worst_case(g: &Gateway, body: &Value) -> Decimal {
 }
 
 async fn funded(g: &Gateway, amount: Decimal) -> (uuid::Uuid, String) {
-    let (_, admin) = g.app.user(true).await;
-    let (user_id, key) = g.app.user(false).await;
-    g.app.topup(&admin, user_id, &amount.to_string()).await;
-    (user_id, key)
+    g.app.funded_user(&amount.to_string()).await
 }
 
-/// Sends `n` calls at once, split over `targets`; returns their statuses.
-async fn burst(targets: &[(&reqwest::Client, String)], key: &str, body: &Value, n: usize) -> Vec<u16> {
+/// Sends `n` calls at once, split over `targets`; returns their statuses (each answer read in
+/// full: a served call's completion or our error, both JSON).
+async fn burst(targets: &[&ApiClient], key: &str, body: &Value, n: usize) -> Vec<u16> {
     let mut tasks = Vec::new();
     for i in 0..n {
-        let (client, url) = &targets[i % targets.len()];
-        let request = client.post(url.clone()).bearer_auth(key).json(body);
-        tasks.push(tokio::spawn(async move {
-            let r = request.send().await.unwrap();
-            let status = r.status().as_u16();
-            let _ = r.bytes().await;
-            status
-        }));
+        let (api, key, body) = (targets[i % targets.len()].clone(), key.to_owned(), body.clone());
+        tasks.push(tokio::spawn(async move { status_json(api.chat(&key, &body).await).await.0 }));
     }
     futures_util::future::join_all(tasks).await.into_iter().map(Result::unwrap).collect()
 }
@@ -93,7 +87,7 @@ async fn fifty_concurrent_calls_on_three_worst_cases_serve_exactly_three() {
     assert!(g.upstream.requests().is_empty(), "a refused call sends nothing upstream");
     let (user_id, key) = funded(&g, worst * Decimal::from(3)).await;
 
-    let statuses = burst(&[(&g.app.client, g.app.url("/v1/chat/completions"))], &key, &body, 50).await;
+    let statuses = burst(&[&g.app.api], &key, &body, 50).await;
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 402).count(), 47, "{statuses:?}");
     assert_eq!(g.upstream.requests().len(), 3, "only the held calls reached the upstream");
@@ -118,7 +112,7 @@ async fn fifty_concurrent_calls_on_three_worst_cases_serve_exactly_three() {
 
     let s = g.app.samples().await;
     assert_eq!(
-        s.get(
+        s.expect(
             "pr_llm_calls_total",
             &[("model", "twosec"), ("endpoint", "chat_completions"), ("status", "insufficient_credits")]
         ),
@@ -138,9 +132,7 @@ async fn two_replicas_on_one_database_never_serve_more_than_the_balance_holds() 
     let worst = worst_case(&g, &body).await;
     let (user_id, key) = funded(&g, worst * Decimal::from(3)).await;
 
-    let targets =
-        [(&g.app.client, g.app.url("/v1/chat/completions")), (&replica.client, replica.url("/v1/chat/completions"))];
-    let statuses = burst(&targets, &key, &body, 50).await;
+    let statuses = burst(&[&g.app.api, &replica.api], &key, &body, 50).await;
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 402).count(), 47, "{statuses:?}");
     eventually("3 calls settled", Duration::from_secs(10), || async {
@@ -195,9 +187,8 @@ async fn a_client_that_gives_up_on_a_non_streaming_call_is_billed_once() {
     let (user_id, key) = funded(&g, d("1")).await;
     let aborted = g
         .app
-        .client
-        .post(g.app.url("/v1/chat/completions"))
-        .bearer_auth(&key)
+        .api
+        .request(reqwest::Method::POST, "/v1/chat/completions", &key)
         .json(&chat("twosec"))
         .timeout(Duration::from_millis(500))
         .send()
@@ -207,14 +198,14 @@ async fn a_client_that_gives_up_on_a_non_streaming_call_is_billed_once() {
     let s = g
         .app
         .wait_for_metrics("abandoned call counted", |s| {
-            s.get(
+            s.value(
                 "pr_llm_calls_total",
                 &[("model", "twosec"), ("endpoint", "chat_completions"), ("status", "client_disconnect")],
-            ) == 1.0
+            ) == Some(1.0)
         })
         .await;
     assert_eq!(
-        s.get("pr_llm_calls_total", &[("model", "twosec"), ("endpoint", "chat_completions"), ("status", "success")]),
+        s.expect("pr_llm_calls_total", &[("model", "twosec"), ("endpoint", "chat_completions"), ("status", "success")]),
         0.0
     );
     let rows = eventually("the call settled", Duration::from_secs(10), || async {
@@ -235,8 +226,8 @@ async fn calls_that_finish_during_a_database_outage_are_journaled_and_billed_whe
     // The lease is taken now; the outage starts while the 10 calls (2 s each) are upstream.
     let mut calls = Vec::new();
     for _ in 0..10 {
-        let request = g.app.client.post(g.app.url("/v1/chat/completions")).bearer_auth(&key).json(&chat("twosec"));
-        calls.push(tokio::spawn(async move { request.send().await.unwrap().status().as_u16() }));
+        let (api, key) = (g.app.api.clone(), key.clone());
+        calls.push(tokio::spawn(async move { status_json(api.chat(&key, &chat("twosec")).await).await.0 }));
     }
     eventually("10 calls upstream", Duration::from_secs(10), || async {
         (g.upstream.requests().len() == 10).then_some(())
@@ -246,9 +237,11 @@ async fn calls_that_finish_during_a_database_outage_are_journaled_and_billed_whe
     let statuses: Vec<u16> = futures_util::future::join_all(calls).await.into_iter().map(Result::unwrap).collect();
     assert_eq!(statuses, [200; 10], "served while the database is away");
 
-    let s =
-        g.app.wait_for_metrics("10 settlements journaled", |s| s.get("pr_billing_journal_pending", &[]) == 10.0).await;
-    assert_eq!(s.get("pr_credit_transactions_total", &[("kind", "usage")]), 0.0);
+    let s = g
+        .app
+        .wait_for_metrics("10 settlements journaled", |s| s.value("pr_billing_journal_pending", &[]) == Some(10.0))
+        .await;
+    assert_eq!(s.expect("pr_credit_transactions_total", &[("kind", "usage")]), 0.0);
     // A call whose worst case needs more than the lease cannot be held without the database: 503.
     let big = json!({"model": "echo", "messages": [{"role": "user", "content": "x".repeat(900_000)}]});
     let refused = post(&g, &key, &big).await;
@@ -260,9 +253,9 @@ async fn calls_that_finish_during_a_database_outage_are_journaled_and_billed_whe
 
     eventually("journal written", Duration::from_secs(60), || async {
         let s = g.app.samples().await;
-        (s.get("pr_billing_journal_pending", &[]) == 0.0
-            && s.get("pr_credit_transactions_total", &[("kind", "usage")]) == 10.0)
-            .then_some(())
+        (s.value("pr_billing_journal_pending", &[]) == Some(0.0)
+            && s.value("pr_credit_transactions_total", &[("kind", "usage")]) == Some(10.0))
+        .then_some(())
     })
     .await;
     let pool = sqlx::PgPool::connect(&g.app.db.url).await.unwrap();
@@ -307,7 +300,7 @@ async fn one_unwritable_row_in_a_batch_is_dead_lettered_and_the_others_are_writt
     assert!(reason.contains("foreign key"), "{reason}");
     assert_eq!(payload["request_id"], "req-99");
     assert_eq!(balance_and_held(&g.app.pool, user_id).await.0, d("1") - d("0.000019"));
-    assert_eq!(g.app.samples().await.get("pr_billing_dead_letters_total", &[]), 1.0);
+    assert_eq!(g.app.samples().await.expect("pr_billing_dead_letters_total", &[]), 1.0);
 
     // Written again (a replay): nothing changes, nothing is billed twice.
     let again = write_batch(&g.app.pool, &rows).await.unwrap();
@@ -361,8 +354,8 @@ async fn bad_token_limits_are_refused_and_odd_usage_is_flagged_never_lost() {
     assert_eq!(rows[4].4, ["clamped", "over_cap"]);
     let s = g.app.samples().await;
     assert_eq!(rows[2].4, ["over_cap"], "34 output tokens reported for a cap of 10");
-    assert_eq!(s.get("pr_billing_flagged_total", &[("reason", "over_cap")]), 3.0);
-    assert_eq!(s.get("pr_billing_flagged_total", &[("reason", "clamped")]), 1.0);
+    assert_eq!(s.expect("pr_billing_flagged_total", &[("reason", "over_cap")]), 3.0);
+    assert_eq!(s.expect("pr_billing_flagged_total", &[("reason", "clamped")]), 1.0);
     // The absurd call cost far more than the user had: the balance is negative, which the
     // ledger check reports only while something is held beyond it.
     assert_eq!(ledger_violations(&g.app.pool).await.0, 0);
@@ -374,7 +367,11 @@ async fn the_periodic_ledger_check_counts_a_tampered_balance() {
     let (user_id, _) = funded(&g, d("1")).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let s = g.app.samples().await;
-    assert_eq!(s.get("pr_ledger_check_failures_total", &[("check", "balance_mismatch")]), 0.0, "a clean ledger passes");
+    assert_eq!(
+        s.expect("pr_ledger_check_failures_total", &[("check", "balance_mismatch")]),
+        0.0,
+        "a clean ledger passes"
+    );
     sqlx::query("UPDATE user_balances SET balance_usd = balance_usd + 1 WHERE user_id = $1")
         .bind(user_id)
         .execute(&g.app.pool)
@@ -382,7 +379,7 @@ async fn the_periodic_ledger_check_counts_a_tampered_balance() {
         .unwrap();
     g.app
         .wait_for_metrics("tampering detected", |s| {
-            s.get("pr_ledger_check_failures_total", &[("check", "balance_mismatch")]) >= 1.0
+            s.value("pr_ledger_check_failures_total", &[("check", "balance_mismatch")]).is_some_and(|v| v >= 1.0)
         })
         .await;
 }

@@ -2,17 +2,15 @@
 //! that creates it and its user's), a user's (the PR_USER_* defaults where the row sets none),
 //! and what admins set. Enforcement is tested with the limiter.
 
-use privaterouter_tests::{TestApp, spawn_app_with};
+use privaterouter_tests::{TestApp, client::status_json, spawn_app_with};
 use serde_json::{Value, json};
 
 async fn post_key(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
-    let r = app.client.post(app.url("/api/keys")).bearer_auth(key).json(&body).send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    status_json(app.api.create_key(key, &body).await).await
 }
 
 async fn patch(app: &TestApp, key: &str, path: &str, body: Value) -> (u16, Value) {
-    let r = app.client.patch(app.url(path)).bearer_auth(key).json(&body).send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    status_json(app.api.patch(key, path, &body).await).await
 }
 
 fn refused_as_invalid_limits(status: u16, body: &Value, mentions: &str) {
@@ -41,15 +39,9 @@ async fn a_new_key_inherits_the_creating_keys_limits_and_may_only_tighten_them()
     let (status, body) = post_key(&app, &limited_key, json!({"limits": {"max_concurrent": 3}})).await;
     refused_as_invalid_limits(status, &body, "the key that creates it");
     for bad in [json!({"requests_per_minute": 0}), json!({"tokens_per_minute": -1}), json!({"rpm": 5})] {
-        let r = app
-            .client
-            .post(app.url("/api/keys"))
-            .bearer_auth(&root)
-            .json(&json!({"limits": bad}))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status() == 400 || r.status() == 422, "{bad}: {}", r.status());
+        let (status, body) = post_key(&app, &root, json!({"limits": bad})).await;
+        assert!(status == 400 || status == 422, "{bad}: {status} {body}");
+        assert!(body["error"]["code"].is_string() && body["error"]["request_id"].is_string(), "{bad}: {body}");
     }
     assert_eq!(app.get_json("/api/keys", &root).await["data"].as_array().unwrap().len(), before);
 

@@ -1,4 +1,5 @@
-use privaterouter_tests::{spawn_app, spawn_app_with, spawn_gateway};
+use privaterouter_tests::{client::expect_json, spawn_app, spawn_app_with, spawn_gateway};
+use serde_json::json;
 
 const REQS: &str = "pr_http_requests_total";
 const DURATION: &str = "pr_http_request_duration_seconds";
@@ -53,10 +54,10 @@ async fn every_request_is_counted_with_exact_labels() {
     ];
     for ((method, route, status), n) in expect {
         let labels = [("method", method), ("route", route), ("status", status)];
-        assert_eq!(s.get(REQS, &labels), n, "{REQS} {labels:?}");
-        assert_eq!(s.get(&format!("{DURATION}_count"), &labels), n, "{DURATION}_count {labels:?}");
+        assert_eq!(s.expect(REQS, &labels), n, "{REQS} {labels:?}");
+        assert_eq!(s.expect(&format!("{DURATION}_count"), &labels), n, "{DURATION}_count {labels:?}");
         let inf = [("method", method), ("route", route), ("status", status), ("le", "+Inf")];
-        assert_eq!(s.get(&format!("{DURATION}_bucket"), &inf), n, "+Inf bucket {labels:?}");
+        assert_eq!(s.expect(&format!("{DURATION}_bucket"), &inf), n, "+Inf bucket {labels:?}");
     }
     assert_eq!(s.series(REQS).len(), expect.len(), "no other series: {:?}", s.series(REQS));
 
@@ -67,9 +68,9 @@ async fn every_request_is_counted_with_exact_labels() {
         assert!(s.value(&format!("{DURATION}_bucket"), &labels).is_some(), "bucket le={le}");
     }
     let slow = [("method", "GET"), ("route", "/__test/sleep"), ("status", "504"), ("le", "0.5")];
-    assert_eq!(s.get(&format!("{DURATION}_bucket"), &slow), 0.0, "the 1 s timeout is not under 0.5 s");
+    assert_eq!(s.expect(&format!("{DURATION}_bucket"), &slow), 0.0, "the 1 s timeout is not under 0.5 s");
     let slow_sum =
-        s.get(&format!("{DURATION}_sum"), &[("method", "GET"), ("route", "/__test/sleep"), ("status", "504")]);
+        s.expect(&format!("{DURATION}_sum"), &[("method", "GET"), ("route", "/__test/sleep"), ("status", "504")]);
     assert!((0.9..3.0).contains(&slow_sum), "timeout duration {slow_sum}");
 
     let exceptions = [
@@ -79,7 +80,7 @@ async fn every_request_is_counted_with_exact_labels() {
     ];
     for ((method, route, kind), n) in exceptions {
         let labels = [("method", method), ("route", route), ("exception_type", kind)];
-        assert_eq!(s.get(EXCEPTIONS, &labels), n, "{EXCEPTIONS} {labels:?}");
+        assert_eq!(s.expect(EXCEPTIONS, &labels), n, "{EXCEPTIONS} {labels:?}");
     }
     let counted: Vec<_> = s.series(EXCEPTIONS).into_iter().filter(|x| x.value > 0.0).collect();
     assert_eq!(counted.len(), exceptions.len(), "4xx are not exceptions: {counted:?}");
@@ -90,8 +91,57 @@ async fn every_request_is_counted_with_exact_labels() {
     for series in s.series(IN_FLIGHT) {
         assert_eq!(series.value, 0.0, "nothing in flight at rest: {series:?}");
     }
-    for series in &s.samples {
-        assert!(!series.labels.contains_key("user_id"), "user_id is never a label");
+}
+
+#[tokio::test]
+async fn user_and_key_ids_are_never_labels() {
+    let g = spawn_gateway().await;
+    let app = &g.app;
+    let (user_id, first) = app.funded_user("1").await;
+    // Authenticated traffic on every kind of route: keys, billing, a completion, an embedding, a
+    // conversation message, and a refusal (which names the user in its log line).
+    let (key_id, key) = app.api.new_key(&first).await;
+    assert_eq!(app.api.keys(&key).await.status(), 200);
+    app.api.balance(&key).await;
+    let chat = json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(expect_json(app.api.chat(&key, &chat).await, 200).await["model"], "echo");
+    let embed = json!({"model": "embed", "input": "hi"});
+    assert_eq!(expect_json(app.api.embeddings(&key, &embed).await, 200).await["model"], "embed");
+    let created = expect_json(app.api.create_conversation(&key, &json!({"model": "echo"})).await, 201).await;
+    let id = created["id"].as_str().unwrap();
+    expect_json(app.api.send_message(&key, id, &json!({"content": "hi"})).await, 201).await;
+    assert_eq!(app.api.chat(&key, &json!({"model": "echo", "messages": []})).await.status(), 400);
+
+    // Each of them is in the metrics (and in the access log, with the user id) before we look.
+    let s = app
+        .wait_for_metrics("the calls and their billing counted", |s| {
+            s.value("pr_credit_transactions_total", &[("kind", "usage")]) == Some(3.0)
+                && s.value(REQS, &[("method", "POST"), ("route", "/api/keys"), ("status", "201")]) == Some(1.0)
+                && s.value(REQS, &[("method", "POST"), ("route", "/v1/chat/completions"), ("status", "400")])
+                    == Some(1.0)
+        })
+        .await;
+    // The admin's top-up, then the user's eight requests.
+    let lines = app.access_lines(9).await;
+    let logged = lines.iter().filter(|l| l["user_id"] == user_id.to_string()).count();
+    assert_eq!(logged, 8, "the requests above were authenticated as the user: {lines:?}");
+
+    let ids = [user_id.to_string(), key_id.clone(), key.clone(), key[..9].to_owned(), first.clone()];
+    let mut checked = 0;
+    for sample in &s.samples {
+        for (name, value) in &sample.labels {
+            assert!(
+                !["user_id", "user", "key", "key_id", "api_key", "email"].contains(&name.as_str()),
+                "{name} is a label: {sample:?}"
+            );
+            assert!(!ids.iter().any(|id| value.contains(id.as_str())), "an id in label {name}: {sample:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "the labels of every series were read: {checked}");
+    let text = app.metrics_text().await;
+    for id in &ids {
+        assert!(!text.contains(id.as_str()), "{id} appears in the exposition");
     }
 }
 
@@ -109,10 +159,10 @@ async fn in_flight_gauge_follows_open_requests() {
         let url = app.url("/__test/sleep?ms=1500");
         tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
     };
-    app.wait_for_metrics("two in flight", |s| s.get(IN_FLIGHT, &labels) == 2.0).await;
+    app.wait_for_metrics("two in flight", |s| s.value(IN_FLIGHT, &labels) == Some(2.0)).await;
     assert_eq!(slow.await.unwrap(), 200);
     assert_eq!(second.await.unwrap(), 200);
-    app.wait_for_metrics("none in flight", |s| s.get(IN_FLIGHT, &labels) == 0.0).await;
+    app.wait_for_metrics("none in flight", |s| s.value(IN_FLIGHT, &labels) == Some(0.0)).await;
 }
 
 #[tokio::test]
@@ -122,7 +172,7 @@ async fn random_paths_and_methods_do_not_grow_label_sets() {
     app.client.request(reqwest::Method::from_bytes(b"WARMUP").unwrap(), app.url("/warm/up")).send().await.unwrap();
     let before = app
         .wait_for_metrics("warm-up counted", |s| {
-            s.get(REQS, &[("method", "OTHER"), ("route", "unmatched"), ("status", "404")]) == 1.0
+            s.value(REQS, &[("method", "OTHER"), ("route", "unmatched"), ("status", "404")]) == Some(1.0)
         })
         .await;
     let series_before = before.samples.len();
@@ -151,8 +201,8 @@ async fn random_paths_and_methods_do_not_grow_label_sets() {
     }
     let after = app
         .wait_for_metrics("all 1,000 counted", |s| {
-            s.get(REQS, &[("method", "GET"), ("route", "unmatched"), ("status", "404")]) == 901.0
-                && s.get(REQS, &[("method", "OTHER"), ("route", "unmatched"), ("status", "404")]) == 101.0
+            s.value(REQS, &[("method", "GET"), ("route", "unmatched"), ("status", "404")]) == Some(901.0)
+                && s.value(REQS, &[("method", "OTHER"), ("route", "unmatched"), ("status", "404")]) == Some(101.0)
         })
         .await;
     assert_eq!(after.samples.len(), series_before, "series count unchanged by 1,000 random paths");

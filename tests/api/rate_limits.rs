@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use privaterouter_tests::{
-    Gateway, TestApp, balance_and_held, eventually, ledger_violations,
+    Gateway, TestApp, balance_and_held,
+    client::{expect_json, status_json},
+    eventually, ledger_violations,
     redis::{TestRedis, redis, spawn_gateway_with_redis, spawn_replica},
     upstream::{COMPLETION_TOKENS, PROMPT_TOKENS},
 };
@@ -21,9 +23,7 @@ fn stream(model: &str) -> Value {
 
 /// `POST /api/keys` with `owner`: the new key's JSON (`id`, `key`, ...).
 async fn new_key(app: &TestApp, owner: &str, body: Value) -> Value {
-    let response = app.client.post(app.url("/api/keys")).bearer_auth(owner).json(&body).send().await.unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    response.json().await.unwrap()
+    app.api.create_key_ok(owner, &body).await
 }
 
 /// A user with credit and a key (a child of the user's first key) with these limits.
@@ -39,13 +39,18 @@ async fn limited_key(app: &TestApp, limits: Value) -> (uuid::Uuid, String) {
 /// racing 45 lookups for a small test pool on a loaded machine.
 async fn warm(apps: &[&TestApp], key: &str) {
     for app in apps {
-        let r = app.client.get(app.url("/v1/models")).bearer_auth(key).send().await.unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(app.api.models(key).await.status(), 200);
     }
 }
 
 async fn post(app: &TestApp, key: &str, body: &Value) -> reqwest::Response {
-    app.client.post(app.url("/v1/chat/completions")).bearer_auth(key).json(body).send().await.unwrap()
+    app.api.chat(key, body).await
+}
+
+/// Reads a served stream to its end: it must end with `[DONE]`.
+async fn read_stream(response: reqwest::Response) {
+    let text = response.text().await.expect("the stream is read to its end");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "a stream cut short: {text}");
 }
 
 /// Sends `n` calls at once, alternating between `apps`; the responses (status, headers, body).
@@ -55,7 +60,9 @@ async fn burst(apps: &[&TestApp], key: &str, body: &Value, n: usize) -> Vec<(u16
         let request = post(apps[i % apps.len()], key, body);
         tasks.push(async move {
             let r = request.await;
-            (r.status().as_u16(), r.headers().clone(), r.json::<Value>().await.unwrap_or(Value::Null))
+            let headers = r.headers().clone();
+            let (status, body) = status_json(r).await;
+            (status, headers, body)
         });
     }
     futures_util::future::join_all(tasks).await
@@ -130,9 +137,9 @@ async fn a_key_limited_to_30_a_minute_gets_exactly_30_of_45_calls_over_two_repli
     assert_eq!(g.upstream.requests().len(), 30, "refused calls send nothing upstream");
 
     let samples = g.app.samples().await;
-    assert_eq!(samples.get("pr_rate_limited_total", &[("kind", "requests")]), 15.0);
-    assert_eq!(samples.get("pr_rate_limited_total", &[("kind", "tokens")]), 0.0);
-    assert_eq!(samples.get("pr_rate_limited_total", &[("kind", "concurrent")]), 0.0);
+    assert_eq!(samples.expect("pr_rate_limited_total", &[("kind", "requests")]), 15.0);
+    assert_eq!(samples.expect("pr_rate_limited_total", &[("kind", "tokens")]), 0.0);
+    assert_eq!(samples.expect("pr_rate_limited_total", &[("kind", "concurrent")]), 0.0);
     let text = g.app.metrics_text().await;
     assert!(!text.contains(&user_id.to_string()), "no user id in any label");
     for s in samples.series("pr_rate_limited_total") {
@@ -148,7 +155,7 @@ async fn charged_tokens(g: &Gateway, body: &Value) -> u64 {
     let response = post(&g.app, &key, body).await;
     assert_eq!(response.status(), 200);
     let remaining: u64 = header(response.headers(), "x-ratelimit-remaining-tokens").parse().unwrap();
-    let _ = response.bytes().await;
+    read_stream(response).await;
     LARGE - remaining
 }
 
@@ -180,8 +187,7 @@ async fn tokens_are_charged_at_the_worst_case_and_corrected_to_the_usage_at_sett
     assert!(err["error"]["message"].as_str().unwrap().contains(&format!("{limit} tokens per minute")), "{err}");
 
     g.upstream.release(1);
-    let text = first.text().await.unwrap();
-    assert!(text.contains("[DONE]"));
+    read_stream(first).await;
     let third = eventually("the settled call counts only its usage", Duration::from_secs(10), || async {
         g.upstream.release(1);
         let r = post(&b, &key, &body).await;
@@ -189,14 +195,14 @@ async fn tokens_are_charged_at_the_worst_case_and_corrected_to_the_usage_at_sett
     })
     .await;
     assert_eq!(header(third.headers(), "x-ratelimit-remaining-tokens"), "0", "usage + worst case = the limit");
-    let _ = third.bytes().await;
+    read_stream(third).await;
 
     let huge = json!({"model": "echo", "max_tokens": limit + 1, "messages": [{"role": "user", "content": "x"}]});
     let refused = post(&g.app, &key, &huge).await;
     assert_eq!(refused.status(), 429);
     let err: Value = refused.json().await.unwrap();
     assert!(err["error"]["message"].as_str().unwrap().contains("lower max_tokens"), "{err}");
-    assert_eq!(g.app.samples().await.get("pr_rate_limited_total", &[("kind", "tokens")]), 2.0);
+    assert_eq!(g.app.samples().await.expect("pr_rate_limited_total", &[("kind", "tokens")]), 2.0);
     billed_exactly(&g, user_id, 2).await;
 }
 
@@ -219,7 +225,7 @@ async fn a_third_concurrent_stream_is_refused_while_two_run_on_the_other_replica
 
     // A stream that ends frees its slot.
     g.upstream.release(1);
-    let _ = one.text().await.unwrap();
+    read_stream(one).await;
     let four = eventually("a finished stream frees its slot", Duration::from_secs(10), || async {
         let r = post(&g.app, &key, &body).await;
         (r.status() == 200).then_some(r)
@@ -245,9 +251,9 @@ async fn a_third_concurrent_stream_is_refused_while_two_run_on_the_other_replica
     }
     g.upstream.release(2);
     for r in again {
-        let _ = r.text().await.unwrap();
+        read_stream(r).await;
     }
-    assert!(g.app.samples().await.get("pr_rate_limited_total", &[("kind", "concurrent")]) >= 1.0);
+    assert!(g.app.samples().await.expect("pr_rate_limited_total", &[("kind", "concurrent")]) >= 1.0);
     billed_exactly(&g, user_id, 5).await;
 }
 
@@ -270,14 +276,12 @@ async fn a_key_revoked_on_one_replica_is_refused_by_the_other_at_once() {
     let (_, owner) = g.app.user(false).await;
     let created = new_key(&g.app, &owner, json!({})).await;
     let (id, key) = (created["id"].as_str().unwrap().to_owned(), created["key"].as_str().unwrap().to_owned());
-    let models = |app: &TestApp| app.client.get(app.url("/v1/models")).bearer_auth(&key).send();
-    assert_eq!(models(&b).await.unwrap().status(), 200, "cached on B");
+    assert_eq!(b.api.models(&key).await.status(), 200, "cached on B");
     both_subscribed(&g).await;
 
-    let revoked = g.app.client.delete(g.app.url(&format!("/api/keys/{id}"))).bearer_auth(&owner).send().await.unwrap();
-    assert_eq!(revoked.status(), 204);
+    g.app.api.revoke_key_ok(&owner, &id).await;
     eventually("B refuses the revoked key", Duration::from_secs(5), || async {
-        (models(&b).await.unwrap().status() == 401).then_some(())
+        (b.api.models(&key).await.status() == 401).then_some(())
     })
     .await;
 }
@@ -289,16 +293,18 @@ async fn with_redis_stopped_each_replica_limits_to_its_share_and_shared_limits_r
     let b = spawn_replica(&g, &r, |c| c.api_replicas = 2).await;
     let (user_id, key) = limited_key(&g.app, json!({"requests_per_minute": 10})).await;
     warm(&[&g.app, &b], &key).await;
-    assert_eq!(g.app.samples().await.get("pr_api_replicas_expected", &[]), 2.0);
+    assert_eq!(g.app.samples().await.expect("pr_api_replicas_expected", &[]), 2.0);
 
     r.stop().await;
     // Each replica alone: 10 / 2 = 5 a minute.
     let on_a = burst(&[&g.app], &key, &chat("echo"), 8).await;
     assert_eq!(on_a.iter().filter(|r| r.0 == 200).count(), 5, "{:?}", on_a.iter().map(|r| r.0).collect::<Vec<_>>());
-    assert!(on_a.iter().filter(|r| r.0 == 429).all(|r| header(&r.1, "x-ratelimit-limit-requests") == "5"));
+    let refused: Vec<_> = on_a.iter().filter(|r| r.0 == 429).collect();
+    assert_eq!(refused.len(), 3, "the rest of the 8 are refused");
+    assert!(refused.iter().all(|r| header(&r.1, "x-ratelimit-limit-requests") == "5"));
     let on_b = burst(&[&b], &key, &chat("echo"), 8).await;
     assert_eq!(on_b.iter().filter(|r| r.0 == 200).count(), 5);
-    assert!(g.app.samples().await.get("pr_redis_errors_total", &[]) > 0.0);
+    assert!(g.app.samples().await.expect("pr_redis_errors_total", &[]) > 0.0);
     let warned = g
         .app
         .app_lines()
@@ -354,17 +360,16 @@ async fn an_admins_limit_change_on_one_replica_binds_the_other_at_once() {
             }
         }
     };
-    let patch = |path: String, limits: Value| {
-        g.app.client.patch(g.app.url(&path)).bearer_auth(&admin).json(&json!({"limits": limits})).send()
+    let (api, admin) = (&g.app.api, admin.as_str());
+    let patch = |path: String, limits: Value| async move {
+        expect_json(api.patch(admin, &path, &json!({"limits": limits})).await, 200).await
     };
 
-    let r = patch(format!("/api/admin/keys/{id}"), json!({"requests_per_minute": 1})).await.unwrap();
-    assert_eq!(r.status(), 200);
+    patch(format!("/api/admin/keys/{id}"), json!({"requests_per_minute": 1})).await;
     let seen = eventually("B applies the key's new limit", Duration::from_secs(5), limit_on_b(key.clone())).await;
     assert_eq!(seen, "1");
 
-    let r = patch(format!("/api/admin/users/{user_id}"), json!({"requests_per_minute": 3})).await.unwrap();
-    assert_eq!(r.status(), 200);
+    patch(format!("/api/admin/users/{user_id}"), json!({"requests_per_minute": 3})).await;
     let seen = eventually("B applies the user's new limit", Duration::from_secs(5), limit_on_b(owner.clone())).await;
     assert_eq!(seen, "3");
 }

@@ -1,18 +1,17 @@
 use std::time::{Duration, Instant};
 
-use privaterouter_tests::spawn_app;
+use privaterouter_tests::{eventually, spawn_app};
 
 async fn wait_status(app: &privaterouter_tests::TestApp, path: &str, want: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
+    eventually(&format!("{path} answers {want}"), within, || async {
         let status =
             app.client.get(app.url(path)).timeout(Duration::from_secs(5)).send().await.map(|r| r.status().as_u16());
-        if status.as_ref().ok() == Some(&want) {
-            return;
+        match status {
+            Ok(s) if s == want => Ok(()),
+            other => Err(format!("{other:?}")),
         }
-        assert!(Instant::now() < deadline, "{path} never answered {want} (last: {status:?})");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -32,7 +31,7 @@ async fn readyz_follows_the_database_and_recovers_by_itself() {
 
     let s = app.samples().await;
     assert!(
-        s.get(
+        s.expect(
             "pr_http_exceptions_total",
             &[("method", "GET"), ("route", "/readyz"), ("exception_type", "database_unavailable")]
         ) >= 1.0,

@@ -7,6 +7,7 @@ use std::{io::Write, time::Duration};
 use privaterouter_tests::{
     TestApp,
     agent::{Agent, Behaviour},
+    client::expect_json,
     eventually,
     redirect::{Recorder, redirector},
     spawn_app_with, upstream,
@@ -38,9 +39,8 @@ async fn app_with_catalog(bounced_upstream: &str) -> (TestApp, tempfile::NamedTe
 
 /// Registers a GPU node; returns its id.
 async fn register(app: &TestApp, admin: &str, node: Value) -> String {
-    let created = app.client.post(app.url("/api/admin/gpu-nodes")).bearer_auth(admin).json(&node).send().await.unwrap();
-    assert_eq!(created.status(), 201);
-    created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+    let created = expect_json(app.api.add_gpu_node(admin, &node).await, 201).await;
+    created["id"].as_str().unwrap().to_owned()
 }
 
 async fn node_health(app: &TestApp, admin: &str, id: &str) -> Value {
@@ -49,19 +49,9 @@ async fn node_health(app: &TestApp, admin: &str, id: &str) -> Value {
 
 /// A completion of `model` by a user with 1 USD: answers 502 and leaves the balance untouched.
 async fn call_is_a_502_and_not_billed(app: &TestApp, model: &str) {
-    let (_, admin) = app.user(true).await;
-    let (user_id, key) = app.user(false).await;
-    app.topup(&admin, user_id, "1").await;
-    let r = app
-        .client
-        .post(app.url("/v1/chat/completions"))
-        .bearer_auth(&key)
-        .json(&json!({"model": model, "messages": [{"role": "user", "content": "secret prompt"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 502);
-    let body: Value = r.json().await.unwrap();
+    let (_, key) = app.funded_user("1").await;
+    let call = json!({"model": model, "messages": [{"role": "user", "content": "secret prompt"}]});
+    let body = expect_json(app.api.chat(&key, &call).await, 502).await;
     assert_eq!(body["error"]["code"], "upstream_error", "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("redirect"), "{body}");
     let balance = app.get_json("/api/billing/balance", &key).await;

@@ -15,7 +15,7 @@ async fn shutdown_drains_in_flight_requests_on_both_listeners() {
     };
     // Let the request reach the handler, then ask for shutdown.
     app.wait_for_metrics("request in flight", |s| {
-        s.get("pr_http_requests_in_flight", &[("method", "GET"), ("route", "/__test/sleep")]) == 1.0
+        s.value("pr_http_requests_in_flight", &[("method", "GET"), ("route", "/__test/sleep")]) == Some(1.0)
     })
     .await;
     let stopped = app.trigger_shutdown();
@@ -44,7 +44,7 @@ async fn shutdown_wait_is_bounded() {
     let url = app.url("/__test/sleep?ms=30000");
     let _stuck = tokio::spawn(async move { client.get(url).send().await });
     app.wait_for_metrics("request in flight", |s| {
-        s.get("pr_http_requests_in_flight", &[("method", "GET"), ("route", "/__test/sleep")]) == 1.0
+        s.value("pr_http_requests_in_flight", &[("method", "GET"), ("route", "/__test/sleep")]) == Some(1.0)
     })
     .await;
     let started = std::time::Instant::now();
@@ -71,11 +71,7 @@ async fn the_binary_logs_json_to_stdout_and_exits_cleanly_on_sigterm() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/healthz");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while client.get(&url).send().await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the binary never listened");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    privaterouter_tests::eventually("the binary listens", Duration::from_secs(30), || client.get(&url).send()).await;
     let response = client.get(&url).header("x-request-id", "sigterm-check").send().await.unwrap();
     assert_eq!(response.status(), 200);
 

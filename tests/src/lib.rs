@@ -1,10 +1,12 @@
 //! Test harness: Postgres from the locally built image (testcontainers), the real API spawned
-//! in-process on port 0 with its log output captured, and a Prometheus text parser.
+//! in-process on port 0 with its log output captured, a typed API client, `eventually` for
+//! whatever settles a moment later, and a Prometheus text parser.
 //!
 //! Metrics use the process-wide recorder, so tests that assert metric values expect one app per
 //! process: the suite runs under `cargo nextest` (one process per test).
 
 pub mod agent;
+pub mod client;
 pub mod images;
 pub mod prom;
 pub mod redirect;
@@ -19,6 +21,7 @@ use std::{
     time::Duration,
 };
 
+pub use client::ApiClient;
 use privaterouter_api::{Application, Config, telemetry};
 use serde_json::Value;
 use testcontainers::{
@@ -124,7 +127,10 @@ pub struct TestApp {
     pub public: SocketAddr,
     pub pool: sqlx::PgPool,
     pub metrics: SocketAddr,
+    /// Follows no redirects (the redirect tests assert them).
     pub client: reqwest::Client,
+    /// The typed client for the public listener, on `client`.
+    pub api: ApiClient,
     pub logs: Capture,
     pub db: TestDb,
     shutdown: Option<oneshot::Sender<()>>,
@@ -163,11 +169,13 @@ pub async fn spawn_app_on(db: TestDb, configure: impl FnOnce(&mut Config)) -> Te
     let task = tokio::spawn(app.run_until(async {
         let _ = rx.await;
     }));
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     TestApp {
         public,
         pool,
         metrics,
-        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+        api: ApiClient::new(format!("http://{public}"), client.clone()),
+        client,
         logs,
         db,
         shutdown: Some(tx),
@@ -221,18 +229,17 @@ impl TestApp {
         privaterouter_api::accounts::users::create_user(&self.pool, &email, role).await.expect("user created")
     }
 
-    /// Credits a user through the admin endpoint (an admin is created on first use).
+    /// Credits a user through the admin endpoint.
     pub async fn topup(&self, admin_key: &str, user_id: uuid::Uuid, amount: &str) {
-        let response = self
-            .client
-            .post(self.url(&format!("/api/admin/users/{user_id}/credits")))
-            .bearer_auth(admin_key)
-            .header("idempotency-key", random_hex(8))
-            .json(&serde_json::json!({"kind": "topup", "amount_usd": amount, "reason": "test"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        self.api.topup(admin_key, user_id, amount).await;
+    }
+
+    /// A user with `amount` USD of credit, topped up by a new admin: (id, key).
+    pub async fn funded_user(&self, amount: &str) -> (uuid::Uuid, String) {
+        let (_, admin) = self.user(true).await;
+        let (user_id, key) = self.user(false).await;
+        self.topup(&admin, user_id, amount).await;
+        (user_id, key)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -245,9 +252,7 @@ impl TestApp {
 
     /// `GET path` with `key`, expecting 200 and a JSON body.
     pub async fn get_json(&self, path: &str, key: &str) -> Value {
-        let response = self.client.get(self.url(path)).bearer_auth(key).send().await.expect("request is answered");
-        assert_eq!(response.status(), 200, "GET {path}");
-        response.json().await.expect("a JSON body")
+        self.api.get_ok(key, path).await
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -267,26 +272,21 @@ impl TestApp {
     /// Waits (bounded) until `check` holds on the scraped samples: metrics are recorded when a
     /// response body has been sent, a moment after the client has read it.
     pub async fn wait_for_metrics(&self, what: &str, check: impl Fn(&prom::Samples) -> bool) -> prom::Samples {
-        for _ in 0..100 {
-            let samples = self.samples().await;
-            if check(&samples) {
-                return samples;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("metrics never satisfied: {what}\n{}", self.metrics_text().await);
+        eventually(&format!("metrics: {what}"), SETTLE, || async {
+            let text = self.metrics_text().await;
+            let samples = prom::parse(&text);
+            if check(&samples) { Ok(samples) } else { Err(text) }
+        })
+        .await
     }
 
     /// Access-log lines (those without a `logger` field), waiting until `n` are written.
     pub async fn access_lines(&self, n: usize) -> Vec<Value> {
-        for _ in 0..100 {
+        eventually(&format!("{n} access-log lines"), SETTLE, || async {
             let lines: Vec<Value> = self.logs.lines().into_iter().filter(|l| l.get("logger").is_none()).collect();
-            if lines.len() >= n {
-                return lines;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("fewer than {n} access-log lines: {:?}", self.logs.lines());
+            if lines.len() >= n { Ok(lines) } else { Err(format!("{:?}", self.logs.lines())) }
+        })
+        .await
     }
 
     pub fn app_lines(&self) -> Vec<Value> {
@@ -312,19 +312,65 @@ impl TestApp {
     }
 }
 
-/// Polls `check` every 100 ms until it returns `Some`, for at most `within`; panics naming `what`.
-pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+/// How long metrics and log lines may take to appear after the response that caused them (they
+/// are recorded once the body is sent, and written by a thread of their own).
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// What an `eventually` probe answers: `Some`/`Ok` when the condition holds, `None` or an `Err`
+/// saying what it saw (named in the failure) when not yet.
+pub trait Probe {
+    type Value;
+    fn settled(self) -> Result<Self::Value, Option<String>>;
+}
+
+impl<T> Probe for Option<T> {
+    type Value = T;
+    fn settled(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T, E: std::fmt::Display> Probe for Result<T, E> {
+    type Value = T;
+    fn settled(self) -> Result<T, Option<String>> {
+        self.map_err(|e| Some(e.to_string()))
+    }
+}
+
+/// Runs `probe` every 100 ms until it settles, for at most `within`: the one way tests wait for
+/// what happens a moment later, instead of hand-written poll loops. Panics naming `what` and the
+/// last thing the probe saw.
+pub async fn eventually<P, F, Fut>(what: &str, within: Duration, probe: F) -> P::Value
 where
+    P: Probe,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    Fut: std::future::Future<Output = P>,
+{
+    settle(within, probe).await.unwrap_or_else(|last| panic!("not within {within:?}: {what} (last: {last})"))
+}
+
+/// `eventually` for blocking code and probes (the compose tests drive `docker compose` and curl
+/// from plain `#[test]`s); not for use inside a Tokio runtime.
+pub fn eventually_blocking<P: Probe>(what: &str, within: Duration, mut probe: impl FnMut() -> P) -> P::Value {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime to wait on");
+    rt.block_on(eventually(what, within, || std::future::ready(probe())))
+}
+
+/// `eventually` that returns what the probe last saw instead of panicking, for a caller that
+/// adds more to the failure (a stack's container logs).
+pub async fn settle<P, F, Fut>(within: Duration, mut probe: F) -> Result<P::Value, String>
+where
+    P: Probe,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = P>,
 {
     let deadline = std::time::Instant::now() + within;
     loop {
-        if let Some(v) = check().await {
-            return v;
+        match probe().await.settled() {
+            Ok(value) => return Ok(value),
+            Err(last) if std::time::Instant::now() >= deadline => return Err(last.unwrap_or_else(|| "not yet".into())),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-        assert!(std::time::Instant::now() < deadline, "never happened within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

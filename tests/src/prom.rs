@@ -25,8 +25,13 @@ impl Samples {
         self.samples.iter().find(|s| s.name == name && s.labels == want).map(|s| s.value)
     }
 
-    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.value(name, labels).unwrap_or(0.0)
+    /// The value of a series that must exist: panics naming the series (and the ones of that
+    /// name that do exist) when it is missing, so that an expected 0 is never a missing series.
+    pub fn expect(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.value(name, labels).unwrap_or_else(|| {
+            let present: Vec<_> = self.series(name).iter().map(|s| &s.labels).collect();
+            panic!("no series {name}{labels:?}; the series of {name} are: {present:?}")
+        })
     }
 
     pub fn series(&self, name: &str) -> Vec<&Sample> {
@@ -103,8 +108,16 @@ mod tests {
     #[test]
     fn parses_labels_and_escapes() {
         let s = super::parse("# TYPE a counter\na{x=\"1\",y=\"q\\\"z\"} 3\nb 4.5\n");
-        assert_eq!(s.get("a", &[("x", "1"), ("y", "q\"z")]), 3.0);
-        assert_eq!(s.get("b", &[]), 4.5);
+        assert_eq!(s.expect("a", &[("x", "1"), ("y", "q\"z")]), 3.0);
+        assert_eq!(s.expect("b", &[]), 4.5);
         assert_eq!(s.types["a"], "counter");
+    }
+
+    #[test]
+    #[should_panic(expected = "no series a[(\"x\", \"2\")]")]
+    fn expect_fails_on_a_missing_series_instead_of_reading_zero() {
+        let s = super::parse("a{x=\"1\"} 0\n");
+        assert_eq!(s.value("a", &[("x", "2")]), None);
+        s.expect("a", &[("x", "2")]);
     }
 }

@@ -288,8 +288,8 @@ impl Project {
         let auth = format!("prometheus:{password}");
         let query = "/api/v1/query?query=up%7Bjob%3D%22privaterouter-api%22%7D";
         // A poll: scrapes come every 15 s, a new replica's first one up to 15 s after discovery.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-        loop {
+        let what = format!("Prometheus scrapes {API_REPLICAS} API targets, each up");
+        privaterouter_tests::eventually_blocking(&what, std::time::Duration::from_secs(90), || {
             let (code, body) = self.curl("prometheus", query, &["-u", &auth]);
             assert_eq!(code, "200", "{body}");
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -299,12 +299,9 @@ impl Project {
                 .iter()
                 .map(|s| (s["metric"]["instance"].as_str().unwrap_or("").to_owned(), s["value"][1].to_string()))
                 .collect();
-            if up.len() == API_REPLICAS && up.iter().all(|(_, v)| v == "\"1\"") {
-                return;
-            }
-            assert!(std::time::Instant::now() < deadline, "Prometheus' API targets: {up:?} (want {API_REPLICAS} up)");
-            std::thread::sleep(std::time::Duration::from_secs(1));
-        }
+            let all_up = up.len() == API_REPLICAS && up.iter().all(|(_, v)| v == "\"1\"");
+            if all_up { Ok(()) } else { Err(format!("{up:?}")) }
+        })
     }
 
     /// Postgres' bounding capability set (what any of its processes could ever hold) is the

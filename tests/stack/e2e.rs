@@ -19,7 +19,7 @@ use std::{
 };
 
 use privaterouter_hardening::net::{Request, Response};
-use privaterouter_tests::{random_hex, upstream};
+use privaterouter_tests::{Probe, random_hex, settle, upstream};
 use serde_json::{Value, json};
 use testcontainers::{ContainerAsync, GenericImage, runners::AsyncRunner};
 
@@ -93,6 +93,19 @@ impl E2e {
         out
     }
 
+    /// `eventually`, within `WAIT`, with every container's last lines in the failure.
+    async fn eventually<P, F, Fut>(&self, what: &str, probe: F) -> P::Value
+    where
+        P: Probe,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = P>,
+    {
+        match settle(WAIT, probe).await {
+            Ok(value) => value,
+            Err(last) => panic!("not within {WAIT:?}: {what}\n(last: {last})\n{}", self.logs().await),
+        }
+    }
+
     async fn api_cli(&self, args: &[&str]) -> Value {
         self.stack.api_cli(args).await
     }
@@ -110,7 +123,8 @@ impl E2e {
         assert_eq!(r.status, 200, "{promql}: {}", r.text());
         let body: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["status"], "success", "{promql}: {body}");
-        body["data"]["result"].as_array().cloned().unwrap_or_default()
+        // An instant query's result is always a vector: a missing one is a failure, not "no data".
+        body["data"]["result"].as_array().cloned().unwrap_or_else(|| panic!("{promql}: no result vector: {body}"))
     }
 
     /// The value of a query that returns one series, `None` when it returns none.
@@ -123,27 +137,17 @@ impl E2e {
     /// Waits (bounded) until every query has its expected value; then asserts them all at once,
     /// so a failure shows every difference.
     async fn expect_values(&self, expected: &[(&str, f64)]) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let mut got = Vec::new();
-            for (q, _) in expected {
-                got.push(self.value(q).await);
+        self.eventually("Prometheus holds the expected values", || async {
+            let mut diff = Vec::new();
+            for (q, want) in expected {
+                let got = self.value(q).await;
+                if !got.is_some_and(|v| (v - want).abs() < 1e-12) {
+                    diff.push(format!("  {q}\n    expected {want}, Prometheus has {got:?}"));
+                }
             }
-            let same = |g: &Option<f64>, want: f64| g.is_some_and(|v| (v - want).abs() < 1e-12);
-            if expected.iter().zip(&got).all(|((_, want), g)| same(g, *want)) {
-                return;
-            }
-            if Instant::now() > deadline {
-                let diff: Vec<String> = expected
-                    .iter()
-                    .zip(&got)
-                    .filter(|((_, want), g)| !same(g, *want))
-                    .map(|((q, want), g)| format!("  {q}\n    expected {want}, Prometheus has {g:?}"))
-                    .collect();
-                panic!("Prometheus never held the expected values:\n{}\n{}", diff.join("\n"), self.logs().await);
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            if diff.is_empty() { Ok(()) } else { Err(diff.join("\n")) }
+        })
+        .await
     }
 
     /// Prometheus' alerts named `name`, as (state, labels.name).
@@ -253,19 +257,16 @@ async fn workload_metrics_gpu_alert_and_dashboard_through_real_prometheus() {
         assert_eq!(r.status, 201, "registering {node}: {}", r.text());
     }
     // The poller has reached both agents (the registry's own view, before Prometheus').
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let r = e.api(bearer(Request::get("/api/admin/gpu-nodes"), &admin_key)).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let body: Value = serde_json::from_slice(&r.body).unwrap();
-        let nodes = body["data"].as_array().unwrap();
-        if nodes.len() == 2 && nodes.iter().all(|n| n["health"]["up"] == true) {
-            assert!(nodes.iter().all(|n| n["health"]["gpus"] == 2), "the fake NVML has two GPUs: {body}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the GPU nodes never came up: {body}\n{}", e.logs().await);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let nodes = e
+        .eventually("the GPU nodes come up", || async {
+            let r = e.api(bearer(Request::get("/api/admin/gpu-nodes"), &admin_key)).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            let nodes = body["data"].as_array().cloned().unwrap();
+            if nodes.len() == 2 && nodes.iter().all(|n| n["health"]["up"] == true) { Ok(nodes) } else { Err(body) }
+        })
+        .await;
+    assert!(nodes.iter().all(|n| n["health"]["gpus"] == 2), "the fake NVML has two GPUs: {nodes:?}");
 
     // Every replica polls the nodes itself and routes only to those it has seen healthy: wait
     // until each replica's own view (its gauges, through Prometheus) has both nodes up.
@@ -368,20 +369,14 @@ async fn workload_metrics_gpu_alert_and_dashboard_through_real_prometheus() {
         (&format!(r#"count(max by (name) (pr_gpu_node_utilization_pct{{{api}}}))"#), 1.0),
     ])
     .await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let alerts = e.alerts("PrivateRouterGpuNodeDown").await;
-        if alerts.contains(&("firing".to_owned(), "gpu-b".to_owned())) {
-            assert!(alerts.iter().all(|(_, node)| node == "gpu-b"), "only gpu-b is down: {alerts:?}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "PrivateRouterGpuNodeDown never fired for gpu-b: {alerts:?}\n{}",
-            e.logs().await
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let alerts = e
+        .eventually("PrivateRouterGpuNodeDown fires for gpu-b", || async {
+            let alerts = e.alerts("PrivateRouterGpuNodeDown").await;
+            let firing = alerts.contains(&("firing".to_owned(), "gpu-b".to_owned()));
+            if firing { Ok(alerts) } else { Err(format!("{alerts:?}")) }
+        })
+        .await;
+    assert!(alerts.iter().all(|(_, node)| node == "gpu-b"), "only gpu-b is down: {alerts:?}");
     assert!(e.alerts("PrivateRouterNoHealthyGpuNode").await.is_empty(), "gpu-a is still up");
     // Prometheus handed the alert to Alertmanager (the kit's alerting wiring).
     let (code, out) = e.stack.in_prometheus("curl -fsS http://alertmanager:9093/api/v2/alerts").await;
@@ -399,25 +394,16 @@ async fn workload_metrics_gpu_alert_and_dashboard_through_real_prometheus() {
     // Every panel of the dashboard has data.
     let exprs = dashboard_exprs();
     assert!(exprs.len() >= 10, "the dashboard's queries were not found: {exprs:?}");
-    let deadline = Instant::now() + WAIT;
-    loop {
+    e.eventually("every dashboard query has data", || async {
         let mut empty = Vec::new();
         for q in &exprs {
             if e.query(q).await.is_empty() {
                 empty.push(q.as_str());
             }
         }
-        if empty.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dashboard queries without data:\n  {}\n{}",
-            empty.join("\n  "),
-            e.logs().await
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+        if empty.is_empty() { Ok(()) } else { Err(format!("without data:\n  {}", empty.join("\n  "))) }
+    })
+    .await;
     // One series per label set whatever the number of replicas: no dashboard query and no
     // recording rule keeps `instance`.
     for q in &exprs {

@@ -9,18 +9,13 @@
 
 use std::{process::Command, str::FromStr, time::Duration};
 
+use privaterouter_tests::eventually_blocking as eventually;
 use rust_decimal::Decimal;
 
 use crate::{
     compose::{Project, text},
     harness::repo_root,
 };
-
-/// Polls `check` (a blocking probe) until it gives a value, as `privaterouter_tests::eventually`.
-fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(privaterouter_tests::eventually(what, within, || std::future::ready(check())))
-}
 
 fn balance(project: &Project, key: &str) -> Decimal {
     let (code, body) = project.curl("api", "/api/billing/balance", &["-H", &format!("Authorization: Bearer {key}")]);

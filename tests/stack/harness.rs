@@ -35,7 +35,8 @@ use privaterouter_hardening::{
     ConnectTo, Report, Target, audit,
     net::{self, Endpoint, Request, Response, Scheme},
 };
-use privaterouter_tests::{TEST_LABEL, free_port, images, random_hex};
+pub use privaterouter_tests::eventually;
+use privaterouter_tests::{TEST_LABEL, free_port, images, random_hex, settle};
 use testcontainers::{
     ContainerAsync, ContainerRequest, GenericImage, ImageExt,
     bollard::models::{HostConfig, PortBinding},
@@ -546,49 +547,47 @@ impl Stack {
 
     async fn wait_until_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(90);
-        let mut last;
         // The API, through nginx, over TLS, with its database.
-        loop {
+        let ready = settle(Duration::from_secs(90), || async {
             match self.https("api", Request::get("/readyz")).await {
-                Ok(r) if r.status == 200 => break,
-                Ok(r) => last = format!("{} {}", r.status, r.text()),
-                Err(e) => last = e,
+                Ok(r) if r.status == 200 => Ok(()),
+                Ok(r) => Err(format!("{} {}", r.status, r.text())),
+                Err(e) => Err(e),
             }
-            if Instant::now() > deadline {
-                panic!("https://api.{DOMAIN}/readyz never answered 200 (last: {last})\n{}", self.logs().await);
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        })
+        .await;
+        if let Err(last) = ready {
+            panic!("https://api.{DOMAIN}/readyz never answered 200 (last: {last})\n{}", self.logs().await);
         }
         // Prometheus has scraped each target since the API became ready. A target's health is
         // "unknown" until its first scrape, and a scrape that came before the API listened says
         // "down" until the next one (15 s later): a target counts once it is up, or once its
         // last scrape is newer than the one seen when the API became ready.
-        let mut scraped_before_ready: Option<HashMap<String, String>> = None;
-        loop {
+        let scraped_before_ready: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
+        let scraped = settle(deadline.saturating_duration_since(Instant::now()), || async {
             let req = Request::get("/api/v1/targets?state=active").basic_auth("prometheus", &self.prometheus_password);
-            match self.https("prometheus", req).await {
-                Ok(r) if r.status == 200 => {
-                    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-                    let targets = body["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
-                    let last_scrape = |t: &serde_json::Value| (t["scrapeUrl"].to_string(), t["lastScrape"].to_string());
-                    let before = scraped_before_ready.get_or_insert_with(|| targets.iter().map(last_scrape).collect());
-                    let settled = |t: &serde_json::Value| {
-                        let (url, scraped) = last_scrape(t);
-                        t["health"] == "up" || (t["health"] != "unknown" && before.get(&url) != Some(&scraped))
-                    };
-                    let api_targets = targets.iter().filter(|t| t["labels"]["job"] == "privaterouter-api").count();
-                    if api_targets == self.kit.api_replicas && targets.iter().all(settled) {
-                        return;
-                    }
-                    last = format!("targets: {targets:?}");
-                }
-                Ok(r) => last = format!("{} {}", r.status, r.text()),
-                Err(e) => last = e,
+            let r = self.https("prometheus", req).await?;
+            if r.status != 200 {
+                return Err(format!("{} {}", r.status, r.text()));
             }
-            if Instant::now() > deadline {
-                panic!("Prometheus never scraped every target (last: {last})\n{}", self.logs().await);
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            let targets = body["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
+            let last_scrape = |t: &serde_json::Value| (t["scrapeUrl"].to_string(), t["lastScrape"].to_string());
+            let before = scraped_before_ready.get_or_init(|| targets.iter().map(last_scrape).collect());
+            let settled = |t: &serde_json::Value| {
+                let (url, scraped) = last_scrape(t);
+                t["health"] == "up" || (t["health"] != "unknown" && before.get(&url) != Some(&scraped))
+            };
+            let api_targets = targets.iter().filter(|t| t["labels"]["job"] == "privaterouter-api").count();
+            if api_targets == self.kit.api_replicas && targets.iter().all(settled) {
+                Ok(())
+            } else {
+                Err(format!("targets: {targets:?}"))
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        })
+        .await;
+        if let Err(last) = scraped {
+            panic!("Prometheus never scraped every target (last: {last})\n{}", self.logs().await);
         }
     }
 
@@ -677,21 +676,4 @@ async fn exec_sh(container: &ContainerAsync<GenericImage>, script: &str) -> (i64
     out.push_str(&String::from_utf8_lossy(&result.stderr_to_vec().await.unwrap()));
     let code = result.exit_code().await.unwrap().expect("the command exited");
     (code, out)
-}
-
-/// Calls `check` every 250 ms until it returns `Ok`, for at most `timeout`; panics with `what`
-/// and the last error otherwise.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(last) if Instant::now() > deadline => panic!("{what}: not within {timeout:?} (last: {last})"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
 }

@@ -18,13 +18,13 @@
 use std::time::{Duration, Instant};
 
 use privaterouter_hardening::net::{Request, Response};
-use privaterouter_tests::random_hex;
+use privaterouter_tests::{ApiClient, client::expect_json, eventually, prom, random_hex};
 use serde_json::{Value, json};
 use testcontainers::{ContainerAsync, GenericImage, runners::AsyncRunner};
 
 use crate::{
     e2e::{bearer, urlencode},
-    harness::{Kit, Stack, eventually, repo_root},
+    harness::{Kit, Stack, repo_root},
     standins,
 };
 
@@ -40,39 +40,37 @@ fn chat(model: &str) -> Value {
 struct Replica {
     name: String,
     ip: String,
+    /// The replica's public listener (port 8000), not through nginx.
+    api: ApiClient,
 }
 
 impl Replica {
-    fn of(c: &ContainerAsync<GenericImage>, name: String) -> Self {
+    fn of(c: &ContainerAsync<GenericImage>, name: String, http: &reqwest::Client) -> Self {
         let out = std::process::Command::new("docker")
             .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", c.id()])
             .output()
             .expect("docker inspect");
         let ip = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         assert!(!ip.is_empty(), "no address for {name}");
-        Self { name, ip }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}:8000{path}", self.ip)
+        let api = ApiClient::new(format!("http://{ip}:8000"), http.clone());
+        Self { name, ip, api }
     }
 
     /// The sum over all label sets of these counters, from this replica's own metrics listener.
-    async fn counter(&self, http: &reqwest::Client, token: &str, name: &str, labels: &str) -> f64 {
+    /// The sum over all label sets of a counter family, which must have series.
+    async fn counter(&self, token: &str, name: &str) -> f64 {
         let url = format!("http://{}:9100/metrics", self.ip);
-        let text = http.get(url).bearer_auth(token).send().await.unwrap().text().await.unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        let response = self.api.http.get(url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{}'s metrics", self.name);
+        let samples = prom::parse(&response.text().await.unwrap());
+        let series = samples.series(name);
+        assert!(!series.is_empty(), "{} has no series of {name}", self.name);
+        series.iter().map(|s| s.value).sum()
     }
 
     /// Calls this replica has answered: served (`pr_llm_calls_total`) and refused (`pr_rate_limited_total`).
-    async fn answered(&self, http: &reqwest::Client, token: &str) -> (f64, f64) {
-        (
-            self.counter(http, token, "pr_llm_calls_total", "").await,
-            self.counter(http, token, "pr_rate_limited_total", "").await,
-        )
+    async fn answered(&self, token: &str) -> (f64, f64) {
+        (self.counter(token, "pr_llm_calls_total").await, self.counter(token, "pr_rate_limited_total").await)
     }
 }
 
@@ -84,7 +82,7 @@ fn json_request(method: &'static str, path: String, body: &Value) -> Request {
 async fn https_ok(stack: &Stack, req: Request, want: u16) -> Value {
     let r = stack.https("api", req).await.unwrap();
     assert_eq!(r.status, want, "{}", r.text());
-    serde_json::from_slice(&r.body).unwrap_or(Value::Null)
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{want} without a JSON body ({e}): {}", r.text()))
 }
 
 /// `SENT` calls through nginx, one after another; the answers.
@@ -98,22 +96,17 @@ async fn through_nginx(stack: &Stack, key: &str) -> Vec<Response> {
 }
 
 /// Each replica's (served, refused) counts since `before`.
-async fn answered_since(
-    replicas: &[Replica],
-    http: &reqwest::Client,
-    token: &str,
-    before: &[(f64, f64)],
-) -> Vec<(f64, f64)> {
+async fn answered_since(replicas: &[Replica], token: &str, before: &[(f64, f64)]) -> Vec<(f64, f64)> {
     let mut out = Vec::new();
     for (r, b) in replicas.iter().zip(before) {
-        let now = r.answered(http, token).await;
+        let now = r.answered(token).await;
         out.push((now.0 - b.0, now.1 - b.1));
     }
     out
 }
 
-async fn answered_now(replicas: &[Replica], http: &reqwest::Client, token: &str) -> Vec<(f64, f64)> {
-    answered_since(replicas, http, token, &vec![(0.0, 0.0); replicas.len()]).await
+async fn answered_now(replicas: &[Replica], token: &str) -> Vec<(f64, f64)> {
+    answered_since(replicas, token, &vec![(0.0, 0.0); replicas.len()]).await
 }
 
 /// The `expr:` of an alert in the committed `prometheus/rules/alerts.yml`.
@@ -166,10 +159,11 @@ fn assert_refusals_carry_headers(answers: &[Response]) {
 }
 
 /// Polls `GET /v1/models` with `key` on a replica until it is refused (401); the time since `from`.
-async fn refused_after(http: &reqwest::Client, replica: &Replica, key: &str, from: Instant) -> Duration {
+async fn refused_after(replica: &Replica, key: &str, from: Instant) -> Duration {
     let deadline = from + Duration::from_secs(30);
+    // Not `eventually`: its 100 ms pause would be most of the delay this measures.
     loop {
-        let status = http.get(replica.url("/v1/models")).bearer_auth(key).send().await.unwrap().status();
+        let status = replica.api.models(key).await.status();
         if status == 401 {
             return from.elapsed();
         }
@@ -197,8 +191,8 @@ async fn limits_and_revocations_hold_across_three_replicas_and_a_redis_outage() 
     let stack = Stack::start(kit).await;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
     let token = stack.metrics_token.clone();
-    let mut replicas = vec![Replica::of(&stack.api, "api".into())];
-    replicas.extend(stack.more_apis.iter().enumerate().map(|(i, c)| Replica::of(c, format!("api-{}", i + 2))));
+    let mut replicas = vec![Replica::of(&stack.api, "api".into(), &http)];
+    replicas.extend(stack.more_apis.iter().enumerate().map(|(i, c)| Replica::of(c, format!("api-{}", i + 2), &http)));
 
     let admin = stack.api_cli(&["admin", "create-user", "--email", "admin@limits.test", "--admin"]).await;
     let admin_key = admin["api_key"].as_str().unwrap().to_owned();
@@ -209,11 +203,11 @@ async fn limits_and_revocations_hold_across_three_replicas_and_a_redis_outage() 
     let patch =
         json_request("PATCH", format!("/api/admin/keys/{key_id}"), &json!({"limits": {"requests_per_minute": 30}}));
     https_ok(&stack, bearer(patch, &admin_key), 200).await;
-    let before = answered_now(&replicas, &http, &token).await;
+    let before = answered_now(&replicas, &token).await;
     let answers = through_nginx(&stack, &key).await;
     assert_refusals_carry_headers(&answers);
     assert_eq!(served(&answers), PER_MINUTE, "statuses: {:?}", answers.iter().map(|r| r.status).collect::<Vec<_>>());
-    let spread = answered_since(&replicas, &http, &token, &before).await;
+    let spread = answered_since(&replicas, &token, &before).await;
     eprintln!("30/min through nginx: (served, refused) per replica {spread:?}");
     assert_eq!(spread.iter().map(|(s, r)| s + r).sum::<f64>(), SENT as f64, "{spread:?}");
     assert_eq!(spread.iter().map(|(s, _)| s).sum::<f64>(), PER_MINUTE as f64, "{spread:?}");
@@ -223,37 +217,28 @@ async fn limits_and_revocations_hold_across_three_replicas_and_a_redis_outage() 
     // the stand-in's "long" model streams for 2 s): the third call, on api, is refused.
     let (_, key) = new_key(&stack, &owner, json!({"max_concurrent": 2})).await;
     let long = json!({"model": "long", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
-    let streams = futures_util::future::join_all(
-        replicas[1..].iter().map(|r| http.post(r.url("/v1/chat/completions")).bearer_auth(&key).json(&long).send()),
-    )
-    .await;
-    let third = http.post(replicas[0].url("/v1/chat/completions")).bearer_auth(&key).json(&chat("echo")).send().await;
-    let third = third.unwrap();
+    let streams = futures_util::future::join_all(replicas[1..].iter().map(|r| r.api.chat(&key, &long))).await;
+    let third = replicas[0].api.chat(&key, &chat("echo")).await;
     let (status, retry_after) = (third.status(), third.headers().get("retry-after").cloned());
     let body: Value = third.json().await.unwrap();
     for s in streams {
-        let s = s.unwrap();
         assert_eq!(s.status(), 200, "both streams are admitted");
         assert!(s.text().await.unwrap().contains("[DONE]"), "the streams run to their end");
     }
     assert_eq!(status, 429, "the third call while two stream: {body}");
     assert_eq!(retry_after.as_ref().and_then(|v| v.to_str().ok()), Some("1"), "Retry-After of a concurrency refusal");
     assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
-    let r =
-        http.post(replicas[0].url("/v1/chat/completions")).bearer_auth(&key).json(&chat("echo")).send().await.unwrap();
-    assert_eq!(r.status(), 200, "the slots are free again");
+    let again = expect_json(replicas[0].api.chat(&key, &chat("echo")).await, 200).await;
+    assert_eq!(again["model"], "echo", "the slots are free again");
 
     // 3. Revoked on api: api-2 and api-3 refuse it although their caches hold it for 60 s.
     let (key_id, key) = new_key(&stack, &owner, json!({})).await;
     for r in &replicas {
-        let status = http.get(r.url("/v1/models")).bearer_auth(&key).send().await.unwrap().status();
-        assert_eq!(status, 200, "{} knows the key", r.name);
+        assert_eq!(r.api.models(&key).await.status(), 200, "{} knows the key", r.name);
     }
-    let revoke = http.delete(replicas[0].url(&format!("/api/keys/{key_id}"))).bearer_auth(&owner).send().await.unwrap();
+    replicas[0].api.revoke_key_ok(&owner, &key_id).await;
     let revoked_at = Instant::now();
-    assert!(revoke.status().is_success(), "revoke: {}", revoke.status());
-    let delays =
-        futures_util::future::join_all(replicas[1..].iter().map(|r| refused_after(&http, r, &key, revoked_at))).await;
+    let delays = futures_util::future::join_all(replicas[1..].iter().map(|r| refused_after(r, &key, revoked_at))).await;
     eprintln!("revocation: refused by api-2, api-3 after {delays:?} (cache TTL 60 s)");
     assert!(delays.iter().all(|d| *d < Duration::from_secs(10)), "well under the 60 s TTL: {delays:?}");
 
@@ -261,14 +246,14 @@ async fn limits_and_revocations_hold_across_three_replicas_and_a_redis_outage() 
     let redis = stack.redis.as_ref().expect("the stack runs Redis");
     redis.stop().await.expect("redis stops");
     let (_, key) = new_key(&stack, &owner, json!({"requests_per_minute": 30})).await;
-    let before = answered_now(&replicas, &http, &token).await;
+    let before = answered_now(&replicas, &token).await;
     let answers = through_nginx(&stack, &key).await;
     assert!(
         answers.iter().all(|r| matches!(r.status, 200 | 429)),
         "{:?}",
         answers.iter().map(|r| r.status).collect::<Vec<_>>()
     );
-    let spread = answered_since(&replicas, &http, &token, &before).await;
+    let spread = answered_since(&replicas, &token, &before).await;
     eprintln!("Redis down, 30/min: {} served; (served, refused) per replica {spread:?}", served(&answers));
     assert!(served(&answers) > 0, "calls are served without Redis");
     assert!(spread.iter().all(|(s, _)| *s <= 10.0), "no replica admits more than its share of 10: {spread:?}");
@@ -290,8 +275,8 @@ async fn limits_and_revocations_hold_across_three_replicas_and_a_redis_outage() 
     let (_, probe) = new_key(&stack, &owner, json!({"requests_per_minute": 1000})).await;
     for r in &replicas {
         eventually(&format!("{} limits through Redis again", r.name), Duration::from_secs(60), || async {
-            let res = http.post(r.url("/v1/chat/completions")).bearer_auth(&probe).json(&chat("echo")).send().await;
-            let res = res.map_err(|e| e.to_string())?;
+            let res = r.api.request(reqwest::Method::POST, "/v1/chat/completions", &probe).json(&chat("echo")).send();
+            let res = res.await.map_err(|e| e.to_string())?;
             let limit = res.headers().get("x-ratelimit-limit-requests").map(|v| v.to_str().unwrap_or("").to_owned());
             if limit.as_deref() == Some("1000") { Ok(()) } else { Err(format!("{} {limit:?}", res.status())) }
         })
