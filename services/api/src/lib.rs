@@ -4,14 +4,12 @@
 pub mod accounts;
 pub mod auth;
 pub mod billing;
-pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod extract;
 pub mod fleet;
-pub mod gateway;
 pub mod gpu;
 pub mod llm;
 pub mod routes;

@@ -14,11 +14,10 @@ use crate::{
     accounts::{rate_limiter::RateLimiter, rate_limits, redis_link::RedisLink},
     auth::KeyCache,
     billing::Billing,
-    catalog::Catalog,
     config::Config,
     fleet::Fleet,
-    gateway::UpstreamTimeouts,
     gpu::node_policy::AllowedNets,
+    llm::{UpstreamTimeouts, catalog::Catalog},
 };
 
 #[derive(Clone)]

@@ -19,7 +19,7 @@ use crate::{
     billing::fmt_usd,
     error::{ApiError, ApiResult},
     extract::AppJson,
-    gateway::{self, Endpoint},
+    llm::{self, Endpoint},
     state::AppState,
     telemetry::{RequestContext, metrics::CHAT_CONVERSATIONS_CREATED_TOTAL},
 };
@@ -200,7 +200,7 @@ async fn send(
     let mut body = Map::new();
     body.insert("messages".into(), Value::Array(messages));
 
-    let result = gateway::complete(&state, user, model, body, Endpoint::ConversationMessage, &ctx).await?;
+    let result = llm::complete(&state, user, model, body, Endpoint::ConversationMessage, &ctx).await?;
     let reply =
         result.response.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or_default().to_owned();
 

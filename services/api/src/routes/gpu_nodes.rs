@@ -14,11 +14,11 @@ use uuid::Uuid;
 
 use crate::{
     auth::AdminUser,
-    catalog::validate_http_url,
     error::{ApiError, ApiResult},
     extract::AppJson,
     fleet::{NODE_COLUMNS, NodeRow},
     gpu::node_policy::{self, AGENT_TOKEN_ENV_RULE},
+    llm::catalog::validate_http_url,
     state::AppState,
 };
 

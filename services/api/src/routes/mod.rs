@@ -2,7 +2,6 @@
 //! `router()`; they are merged here, and the telemetry stack is applied once to all of them.
 
 pub mod billing;
-pub mod completions;
 pub mod conversations;
 pub mod gpu_nodes;
 pub mod health;
@@ -29,12 +28,13 @@ pub fn public_router(state: AppState, access_log: AccessLog) -> Router {
         .merge(billing::router())
         .merge(conversations::router())
         .merge(gpu_nodes::router())
-        .merge(completions::models_router());
+        .merge(crate::llm::routes::models_router());
     #[cfg(feature = "test-routes")]
     let api = api.merge(test_routes::router());
     let api = api.fallback(fallback).with_state(state.clone());
     // Handlers that wait on a model get the upstream's time limit instead of the API's.
-    let llm = Router::new().merge(completions::router()).merge(conversations::messages_router()).with_state(state);
+    let llm =
+        Router::new().merge(crate::llm::routes::router()).merge(conversations::messages_router()).with_state(state);
     let mut llm_config = (*config).clone();
     llm_config.request_timeout_secs = config.upstream_timeout_secs + 5;
     with_http_stack(api, &config, access_log.clone()).merge(with_http_stack(llm, &llm_config, access_log))

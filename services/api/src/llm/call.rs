@@ -28,8 +28,8 @@ use crate::{
     accounts::rate_limiter::{Admission, Scope},
     auth::AuthUser,
     billing::{Hold, HoldError, Settlement, fmt_usd},
-    catalog::{ApiStyle, Model, Target, Usage, endpoint_url},
     error::ApiError,
+    llm::catalog::{ApiStyle, Model, Target, Usage, endpoint_url},
     llm::{
         sse::{StreamMeter, find_event_end},
         upstream_errors,
@@ -38,7 +38,7 @@ use crate::{
     telemetry::{RequestContext, metrics as m},
 };
 
-pub use crate::llm::endpoints::{Endpoint, NON_TEXT_PART_TOKENS, prompt_token_bound};
+use super::endpoints::{Endpoint, prompt_token_bound};
 
 /// Reported token counts above this are clamped (and the row flagged `clamped`): no model has a
 /// context this large, and the ledger's integer columns stay far from overflow.

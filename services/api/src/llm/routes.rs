@@ -15,7 +15,7 @@ use crate::{
     auth::AuthUser,
     error::ApiResult,
     extract::AppJson,
-    gateway::{self, Endpoint},
+    llm::{self, Endpoint},
     state::AppState,
     telemetry::RequestContext,
 };
@@ -52,5 +52,5 @@ async fn call(
     headers: HeaderMap,
     AppJson(body): AppJson<Map<String, Value>>,
 ) -> ApiResult<Response> {
-    gateway::serve(&state, user, body, endpoint, &ctx, &headers).await
+    llm::serve(&state, user, body, endpoint, &ctx, &headers).await
 }
