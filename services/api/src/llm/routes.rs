@@ -1,6 +1,7 @@
 //! The LLM endpoints: OpenAI's `POST /v1/chat/completions`, `/v1/completions`,
 //! `/v1/embeddings` and `/v1/responses`, Anthropic's `POST /v1/messages` (streaming and not,
-//! each through the one call engine in `gateway`), and `GET /v1/models`.
+//! each through the one call engine in `llm`), and `GET /v1/models`. The handlers read the
+//! engine's narrow state, [`LlmState`], taken from `AppState`.
 
 use axum::{
     Json, Router,
@@ -15,7 +16,7 @@ use crate::{
     auth::AuthUser,
     error::ApiResult,
     extract::AppJson,
-    llm::{self, Endpoint},
+    llm::{self, Endpoint, LlmState},
     state::AppState,
     telemetry::RequestContext,
 };
@@ -34,7 +35,7 @@ pub fn models_router() -> Router<AppState> {
     Router::new().route("/v1/models", get(models))
 }
 
-async fn models(State(state): State<AppState>, _user: AuthUser) -> Json<Value> {
+async fn models(State(state): State<LlmState>, _user: AuthUser) -> Json<Value> {
     let data: Vec<Value> = state
         .catalog
         .models()
@@ -46,7 +47,7 @@ async fn models(State(state): State<AppState>, _user: AuthUser) -> Json<Value> {
 
 async fn call(
     endpoint: Endpoint,
-    State(state): State<AppState>,
+    State(state): State<LlmState>,
     user: AuthUser,
     ctx: RequestContext,
     headers: HeaderMap,

@@ -4,7 +4,7 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{FromRef, Path, Query, State},
     http::StatusCode,
     routing::{get, post},
 };
@@ -19,7 +19,7 @@ use crate::{
     billing::fmt_usd,
     error::{ApiError, ApiResult},
     extract::AppJson,
-    llm::{self, Endpoint},
+    llm::{self, Endpoint, LlmState},
     state::AppState,
     telemetry::{RequestContext, metrics::CHAT_CONVERSATIONS_CREATED_TOTAL},
 };
@@ -200,7 +200,8 @@ async fn send(
     let mut body = Map::new();
     body.insert("messages".into(), Value::Array(messages));
 
-    let result = llm::complete(&state, user, model, body, Endpoint::ConversationMessage, &ctx).await?;
+    let result =
+        llm::complete(&LlmState::from_ref(&state), user, model, body, Endpoint::ConversationMessage, &ctx).await?;
     let reply =
         result.response.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or_default().to_owned();
 
