@@ -190,19 +190,28 @@ async fn spawn_upstream(mode: Upstream) -> (String, Arc<AtomicUsize>) {
     (format!("http://{addr}/v1"), hits)
 }
 
-fn engine(upstream: &str, ledger: FakeLedger, request_timeout: Duration) -> LlmState<FakeLedger> {
+/// The engine over a fake upstream answering as `mode` and a ledger holding `credit` USD; the
+/// upstream's request count comes back with them.
+async fn engine(
+    mode: Upstream,
+    credit: &str,
+    request_timeout: Duration,
+) -> (LlmState<FakeLedger>, FakeLedger, Arc<AtomicUsize>) {
+    let (upstream, hits) = spawn_upstream(mode).await;
     let toml = format!(
         "[[models]]\nname = \"m\"\nupstream = \"{upstream}\"\ninput_usd_per_mtok = 1000\noutput_usd_per_mtok = 2000\n\
          max_output_tokens = 100\n"
     );
-    LlmState {
+    let ledger = FakeLedger::with_credit(usd(credit));
+    let state = LlmState {
         catalog: Arc::new(Catalog::parse(&toml, |_| None).unwrap()),
         http: reqwest::Client::new(),
         upstream: UpstreamTimeouts { request: request_timeout, stream_idle: request_timeout },
-        ledger,
+        ledger: ledger.clone(),
         limiter: RateLimiter::new(None, 1),
         fleet: Arc::new(Fleet::default()),
-    }
+    };
+    (state, ledger, hits)
 }
 
 fn user() -> AuthUser {
@@ -242,9 +251,7 @@ fn usd(s: &str) -> Decimal {
 
 #[tokio::test]
 async fn a_served_call_settles_once_at_the_reported_usage() {
-    let (url, hits) = spawn_upstream(Upstream::Answers).await;
-    let ledger = FakeLedger::with_credit(usd("1"));
-    let state = engine(&url, ledger.clone(), Duration::from_secs(10));
+    let (state, ledger, hits) = engine(Upstream::Answers, "1", Duration::from_secs(10)).await;
 
     let response = call(&state, false).await.expect("the call is served");
     assert_eq!(response.status(), StatusCode::OK);
@@ -265,9 +272,7 @@ async fn a_served_call_settles_once_at_the_reported_usage() {
 
 #[tokio::test]
 async fn an_upstream_5xx_releases_the_hold_and_bills_nothing() {
-    let (url, hits) = spawn_upstream(Upstream::Fails).await;
-    let ledger = FakeLedger::with_credit(usd("1"));
-    let state = engine(&url, ledger.clone(), Duration::from_secs(10));
+    let (state, ledger, hits) = engine(Upstream::Fails, "1", Duration::from_secs(10)).await;
 
     let error = call(&state, false).await.expect_err("the upstream failed");
     assert!(matches!(error, ApiError::UpstreamError { upstream_status: 500 }), "{error:?}");
@@ -281,9 +286,7 @@ async fn an_upstream_5xx_releases_the_hold_and_bills_nothing() {
 
 #[tokio::test]
 async fn an_upstream_timeout_releases_the_hold_and_bills_nothing() {
-    let (url, hits) = spawn_upstream(Upstream::Hangs).await;
-    let ledger = FakeLedger::with_credit(usd("1"));
-    let state = engine(&url, ledger.clone(), Duration::from_millis(300));
+    let (state, ledger, hits) = engine(Upstream::Hangs, "1", Duration::from_millis(300)).await;
 
     for stream in [false, true] {
         let error = call(&state, stream).await.expect_err("the upstream never answers");
@@ -299,9 +302,7 @@ async fn an_upstream_timeout_releases_the_hold_and_bills_nothing() {
 
 #[tokio::test]
 async fn a_stream_is_settled_from_its_final_usage_event() {
-    let (url, _) = spawn_upstream(Upstream::Streams).await;
-    let ledger = FakeLedger::with_credit(usd("1"));
-    let state = engine(&url, ledger.clone(), Duration::from_secs(10));
+    let (state, ledger, _) = engine(Upstream::Streams, "1", Duration::from_secs(10)).await;
 
     let response = call(&state, true).await.expect("the stream is served");
     assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
@@ -327,10 +328,8 @@ async fn a_stream_is_settled_from_its_final_usage_event() {
 
 #[tokio::test]
 async fn an_insufficient_credit_hold_refuses_before_any_upstream_request() {
-    let (url, hits) = spawn_upstream(Upstream::Answers).await;
     // The worst case is about (prompt bound × 1000 + 50 × 2000) / 1e6 USD: far above this.
-    let ledger = FakeLedger::with_credit(usd("0.001"));
-    let state = engine(&url, ledger.clone(), Duration::from_secs(10));
+    let (state, ledger, hits) = engine(Upstream::Answers, "0.001", Duration::from_secs(10)).await;
 
     for stream in [false, true] {
         let error = call(&state, stream).await.expect_err("the hold does not fit");
