@@ -216,90 +216,84 @@ impl ApiError {
         }
     }
 
-    /// The outcome's row, with what this error carries: its message, a dynamic code or type,
-    /// and the detail that is logged but never shown.
+    /// The outcome's row, with what this error carries: its message, a dynamic code, type or
+    /// status, and the detail that is logged but never shown.
     pub fn info(&self) -> ErrorInfo {
         let mut info = self.outcome().info();
-        let usd = crate::billing::fmt_usd;
+        if let Some(message) = self.message() {
+            info.message = message.into();
+        }
+        info.detail = self.detail();
         match self {
-            Self::BadRequest { code, message } | Self::NotAllowed { code, message } => {
-                info.code = code;
-                info.message = message.clone().into();
-            }
-            Self::Conflict(message) | Self::Unprocessable(message) | Self::LimitExceeded(message) => {
-                info.message = message.clone().into();
-            }
-            Self::NotFound(what) => info.message = format!("{what} not found.").into(),
-            Self::CreditRequired { available } => {
-                info.message =
-                    format!("This needs available credit; {} USD is available. Add credits first.", usd(*available))
-                        .into();
-            }
-            Self::InsufficientCredits { needed, available, prompt_bound, cap } => {
-                info.message = format!(
-                    "This call needs up to {} USD of credit (its worst case: about {prompt_bound} prompt tokens and at most \
-                     {cap} output tokens); {} USD is available. Add credits, or lower max_tokens.",
-                    usd(*needed),
-                    usd(*available),
-                )
-                .into();
-            }
-            Self::ModelNotFound(name) => {
-                info.message = format!("The model `{name}` does not exist or you do not have access to it.").into();
-            }
-            Self::WrongEndpoint { model, route, served } => {
-                info.message =
-                    format!("The model `{model}` is not served on {route}; it is served on: {}.", served.join(", "))
-                        .into();
-            }
-            Self::UpstreamNotStreaming { cost } => {
-                info.message = format!(
-                    "The model's upstream answered this streaming request without streaming; it did the work, so \
-                     the call was billed ({} USD) as the upstream reported it. Retry without `stream`.",
-                    usd(*cost)
-                )
-                .into();
-            }
-            Self::UpstreamUnavailable(detail) | Self::InvalidResponse(detail) => info.detail = Some(detail.clone()),
-            Self::NoHealthyNode(pool) => {
-                info.message = format!("No healthy GPU node is available in pool `{pool}`. Try again shortly.").into();
-            }
-            Self::UpstreamRejected { status, message } => {
+            Self::BadRequest { code, .. } | Self::NotAllowed { code, .. } => info.code = code,
+            // OpenAI's shape: the type names the limit (`requests`, `tokens`).
+            Self::RateLimited { kind, .. } => info.kind = kind,
+            Self::UpstreamRejected { status, .. } => {
                 info.status = *status;
                 info.anthropic = anthropic_type(*status);
-                if !message.is_empty() {
-                    info.message = format!("The model's upstream rejected the request: {message}").into();
-                }
             }
-            // OpenAI's shape: the type names the limit (`requests`, `tokens`).
-            Self::RateLimited { kind, message, .. } => {
-                info.kind = kind;
-                info.message = message.clone().into();
-            }
-            Self::UpstreamAuthFailed { upstream_status } => {
-                info.detail = Some(format!("the upstream answered {upstream_status}: check the model's upstream key"));
-            }
-            Self::UpstreamError { upstream_status } => {
-                info.detail = Some(format!("the upstream answered {upstream_status}"));
-                info.message = if (300..400).contains(upstream_status) {
-                    format!("The model's upstream answered a redirect ({upstream_status}), which is not followed.")
-                } else {
-                    format!("The model's upstream failed (it answered {upstream_status}).")
-                }
-                .into();
-            }
-            Self::DatabaseUnavailable(e) | Self::Database(e) => info.detail = Some(e.to_string()),
-            Self::Internal(e) => info.detail = Some(format!("{e:#}")),
-            Self::Unauthorized
-            | Self::Forbidden
-            | Self::PayloadTooLarge
-            | Self::RequestTimeout
-            | Self::UnsupportedMediaType
-            | Self::UpstreamTimeout
-            | Self::UpstreamRateLimited { .. }
-            | Self::ShuttingDown => {}
+            _ => {}
         }
         info
+    }
+
+    /// The client's message when it says more than the row's generic one.
+    fn message(&self) -> Option<String> {
+        let usd = crate::billing::fmt_usd;
+        Some(match self {
+            Self::BadRequest { message, .. }
+            | Self::NotAllowed { message, .. }
+            | Self::Conflict(message)
+            | Self::Unprocessable(message)
+            | Self::LimitExceeded(message)
+            | Self::RateLimited { message, .. } => message.clone(),
+            Self::NotFound(what) => format!("{what} not found."),
+            Self::CreditRequired { available } => {
+                format!("This needs available credit; {} USD is available. Add credits first.", usd(*available))
+            }
+            Self::InsufficientCredits { needed, available, prompt_bound, cap } => format!(
+                "This call needs up to {} USD of credit (its worst case: about {prompt_bound} prompt tokens and at most \
+                 {cap} output tokens); {} USD is available. Add credits, or lower max_tokens.",
+                usd(*needed),
+                usd(*available),
+            ),
+            Self::ModelNotFound(name) => format!("The model `{name}` does not exist or you do not have access to it."),
+            Self::WrongEndpoint { model, route, served } => {
+                format!("The model `{model}` is not served on {route}; it is served on: {}.", served.join(", "))
+            }
+            Self::UpstreamNotStreaming { cost } => format!(
+                "The model's upstream answered this streaming request without streaming; it did the work, so \
+                 the call was billed ({} USD) as the upstream reported it. Retry without `stream`.",
+                usd(*cost)
+            ),
+            Self::NoHealthyNode(pool) => {
+                format!("No healthy GPU node is available in pool `{pool}`. Try again shortly.")
+            }
+            Self::UpstreamRejected { message, .. } if !message.is_empty() => {
+                format!("The model's upstream rejected the request: {message}")
+            }
+            Self::UpstreamError { upstream_status } if (300..400).contains(upstream_status) => {
+                format!("The model's upstream answered a redirect ({upstream_status}), which is not followed.")
+            }
+            Self::UpstreamError { upstream_status } => {
+                format!("The model's upstream failed (it answered {upstream_status}).")
+            }
+            _ => return None,
+        })
+    }
+
+    /// What the operator reads in the log under the request id.
+    fn detail(&self) -> Option<String> {
+        match self {
+            Self::UpstreamUnavailable(detail) | Self::InvalidResponse(detail) => Some(detail.clone()),
+            Self::UpstreamAuthFailed { upstream_status } => {
+                Some(format!("the upstream answered {upstream_status}: check the model's upstream key"))
+            }
+            Self::UpstreamError { upstream_status } => Some(format!("the upstream answered {upstream_status}")),
+            Self::DatabaseUnavailable(e) | Self::Database(e) => Some(e.to_string()),
+            Self::Internal(e) => Some(format!("{e:#}")),
+            _ => None,
+        }
     }
 }
 
