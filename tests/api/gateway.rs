@@ -266,7 +266,7 @@ async fn unknown_models_never_become_labels() {
     assert_eq!(after.samples.len(), before.samples.len(), "no new series");
     let models: std::collections::BTreeSet<&str> =
         after.samples.iter().filter_map(|s| s.labels.get("model").map(String::as_str)).collect();
-    let catalog = privaterouter_api::catalog::Catalog::load(&g.catalog_path()).unwrap();
+    let catalog = privaterouter_api::llm::catalog::Catalog::load(&g.catalog_path()).unwrap();
     let names: std::collections::BTreeSet<&str> = catalog.models().iter().map(|m| m.name).collect();
     assert_eq!(models, names, "catalog names only (each has its zero series from the start)");
 }

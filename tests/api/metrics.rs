@@ -260,7 +260,7 @@ async fn a_fresh_scrape_shows_every_spec_family() {
 
     // LLM families: per catalog model, its successful call on the first endpoint it serves (one
     // that can occur), both token directions, its cost.
-    let catalog = privaterouter_api::catalog::Catalog::load(&g.catalog_path()).unwrap();
+    let catalog = privaterouter_api::llm::catalog::Catalog::load(&g.catalog_path()).unwrap();
     let models: Vec<(&str, &str)> = catalog.models().iter().map(|m| (m.name, m.endpoints[0].as_str())).collect();
     assert!(models.len() > 10 && models.contains(&("echo", "chat_completions")));
     assert!(models.contains(&("embed", "embeddings")) && models.contains(&("claude", "messages")));

@@ -1,6 +1,10 @@
 //! The one error type of the API. Handlers return `ApiError`; its `IntoResponse` only attaches an
 //! [`ErrorInfo`] to an empty response. The telemetry middleware renders every error body (so each
 //! carries the request id), logs internal details once with that id, and counts 5xx exceptions.
+//! What each error is called where (status, body fields, metric labels) is one row of the
+//! outcome table (`outcome`).
+
+mod outcome;
 
 use std::borrow::Cow;
 
@@ -9,10 +13,12 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-/// What the telemetry middleware needs to render an error body and count it.
+pub use outcome::{Outcome, Row, anthropic_type};
+
 /// The route whose errors take Anthropic's shape.
 pub const ANTHROPIC_ROUTE: &str = "/v1/messages";
 
+/// What the telemetry middleware needs to render an error body and count it.
 #[derive(Clone, Debug)]
 pub struct ErrorInfo {
     pub status: StatusCode,
@@ -22,6 +28,8 @@ pub struct ErrorInfo {
     pub kind: &'static str,
     /// Machine-readable code (`invalid_json`, `not_found`, ...).
     pub code: &'static str,
+    /// Anthropic-style error type, for the body on [`ANTHROPIC_ROUTE`].
+    pub anthropic: &'static str,
     /// Stable snake_case label for `pr_http_exceptions_total` when the status is 5xx.
     pub exception_type: Option<&'static str>,
     /// Logged (with the request id), never shown.
@@ -29,37 +37,10 @@ pub struct ErrorInfo {
 }
 
 impl ErrorInfo {
-    pub fn new(
-        status: StatusCode,
-        kind: &'static str,
-        code: &'static str,
-        message: impl Into<Cow<'static, str>>,
-    ) -> Self {
-        Self { status, message: message.into(), kind, code, exception_type: None, detail: None }
-    }
-
     /// The error for a bare error status produced outside our handlers (axum's 405, a timeout
     /// layer, the fallback), so that every error body has the same shape.
     pub fn for_status(status: StatusCode) -> Self {
-        let (kind, code, message): (&'static str, &'static str, &'static str) = match status.as_u16() {
-            400 => ("invalid_request_error", "bad_request", "The request could not be understood."),
-            401 => ("authentication_error", "unauthorized", "Authentication is required."),
-            403 => ("permission_error", "forbidden", "You do not have access to this resource."),
-            404 => ("invalid_request_error", "not_found", "No such route."),
-            405 => ("invalid_request_error", "method_not_allowed", "Method not allowed for this route."),
-            408 => ("invalid_request_error", "request_timeout", "The request body was not received in time."),
-            413 => ("invalid_request_error", "payload_too_large", "The request body is too large."),
-            415 => ("invalid_request_error", "unsupported_media_type", "Expected Content-Type: application/json."),
-            429 => ("rate_limit_error", "rate_limited", "Too many requests."),
-            504 => ("server_error", "timeout", "The request timed out."),
-            s if s >= 500 => ("server_error", "internal_error", "Internal server error."),
-            _ => ("invalid_request_error", "error", "The request failed."),
-        };
-        let mut info = Self::new(status, kind, code, message);
-        if status.is_server_error() {
-            info.exception_type = Some(if status == StatusCode::GATEWAY_TIMEOUT { "timeout" } else { "internal" });
-        }
-        info
+        Self { status, anthropic: anthropic_type(status), ..Outcome::for_status(status).info() }
     }
 
     /// The error body for a route: Anthropic's shape on [`ANTHROPIC_ROUTE`] (its SDKs parse
@@ -68,24 +49,11 @@ impl ErrorInfo {
         if route == ANTHROPIC_ROUTE { self.body_anthropic(request_id) } else { self.body_json(request_id) }
     }
 
-    /// `{"type": "error", "error": {"type", "message"}, "request_id"}`, the error type named as
-    /// Anthropic names its statuses.
+    /// `{"type": "error", "error": {"type", "message"}, "request_id"}`.
     pub fn body_anthropic(&self, request_id: &str) -> Vec<u8> {
-        let kind = match self.status.as_u16() {
-            400 | 405 | 408 | 415 => "invalid_request_error",
-            401 => "authentication_error",
-            402 => "billing_error",
-            403 => "permission_error",
-            404 => "not_found_error",
-            413 => "request_too_large",
-            429 => "rate_limit_error",
-            503 | 529 => "overloaded_error",
-            504 => "timeout_error",
-            _ => "api_error",
-        };
         serde_json::to_vec(&serde_json::json!({
             "type": "error",
-            "error": {"type": kind, "message": self.message},
+            "error": {"type": self.anthropic, "message": self.message},
             "request_id": request_id,
         }))
         .expect("error body serialises")
@@ -145,6 +113,9 @@ pub enum ApiError {
     UpstreamNotStreaming { cost: rust_decimal::Decimal },
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
+    /// The upstream's answer could not be read as JSON (shown to the client as unavailable).
+    #[error("invalid upstream response: {0}")]
+    InvalidResponse(String),
     #[error("upstream timeout")]
     UpstreamTimeout,
     #[error("no healthy GPU node in pool {0}")]
@@ -202,199 +173,126 @@ impl ApiError {
         Self::BadRequest { code, message: message.into() }
     }
 
-    pub fn status_code(&self) -> StatusCode {
+    /// The outcome this error is: its row in the outcome table names everything else.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::Unprocessable(_) | Self::NotAllowed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::LimitExceeded(_) => StatusCode::CONFLICT,
-            Self::CreditRequired { .. } => StatusCode::PAYMENT_REQUIRED,
-            Self::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
-            Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
-            Self::WrongEndpoint { .. } => StatusCode::BAD_REQUEST,
-            Self::UpstreamNotStreaming { .. } => StatusCode::BAD_GATEWAY,
-            Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
-            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::NoHealthyNode(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::UpstreamRejected { status, .. } => *status,
-            Self::UpstreamRateLimited { .. } | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::UpstreamAuthFailed { .. } | Self::UpstreamError { .. } => StatusCode::BAD_GATEWAY,
-            Self::ShuttingDown | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadRequest { .. } => Outcome::BadRequest,
+            Self::Unauthorized => Outcome::Unauthorized,
+            Self::Forbidden => Outcome::Forbidden,
+            Self::NotFound(_) => Outcome::NotFound,
+            Self::PayloadTooLarge => Outcome::PayloadTooLarge,
+            Self::RequestTimeout => Outcome::RequestTimeout,
+            Self::UnsupportedMediaType => Outcome::UnsupportedMediaType,
+            Self::Conflict(_) => Outcome::Conflict,
+            Self::Unprocessable(_) => Outcome::Unprocessable,
+            Self::LimitExceeded(_) => Outcome::LimitExceeded,
+            Self::NotAllowed { .. } => Outcome::NotAllowed,
+            Self::CreditRequired { .. } => Outcome::CreditRequired,
+            Self::InsufficientCredits { .. } => Outcome::InsufficientCredits,
+            Self::ModelNotFound(_) => Outcome::ModelNotFound,
+            Self::WrongEndpoint { .. } => Outcome::WrongEndpoint,
+            Self::UpstreamNotStreaming { .. } => Outcome::UpstreamNotStreaming,
+            Self::UpstreamUnavailable(_) => Outcome::UpstreamUnavailable,
+            Self::InvalidResponse(_) => Outcome::InvalidResponse,
+            Self::UpstreamTimeout => Outcome::UpstreamTimeout,
+            Self::NoHealthyNode(_) => Outcome::NoHealthyNode,
+            Self::UpstreamRejected { .. } => Outcome::UpstreamRejected,
+            Self::RateLimited { .. } => Outcome::RateLimited,
+            Self::UpstreamRateLimited { .. } => Outcome::UpstreamRateLimited,
+            Self::UpstreamAuthFailed { .. } => Outcome::UpstreamAuthFailed,
+            Self::UpstreamError { .. } => Outcome::UpstreamError,
+            Self::ShuttingDown => Outcome::ShuttingDown,
+            Self::DatabaseUnavailable(_) => Outcome::DatabaseUnavailable,
+            Self::Database(_) => Outcome::Database,
+            Self::Internal(_) => Outcome::Internal,
         }
     }
 
-    pub fn info(&self) -> ErrorInfo {
-        let status = self.status_code();
+    pub fn status_code(&self) -> StatusCode {
         match self {
-            Self::BadRequest { code, message } => {
-                ErrorInfo::new(status, "invalid_request_error", code, message.clone())
-            }
-            Self::NotFound(what) => {
-                ErrorInfo::new(status, "invalid_request_error", "not_found", format!("{what} not found."))
-            }
-            Self::Conflict(message) => ErrorInfo::new(status, "invalid_request_error", "conflict", message.clone()),
-            Self::Unprocessable(message) => {
-                ErrorInfo::new(status, "invalid_request_error", "unprocessable", message.clone())
-            }
-            Self::LimitExceeded(message) => {
-                ErrorInfo::new(status, "invalid_request_error", "limit_exceeded", message.clone())
-            }
-            Self::NotAllowed { code, message } => {
-                ErrorInfo::new(status, "invalid_request_error", code, message.clone())
-            }
-            Self::CreditRequired { available } => ErrorInfo::new(
-                status,
-                "insufficient_quota",
-                "insufficient_credits",
-                format!(
-                    "This needs available credit; {} USD is available. Add credits first.",
-                    crate::billing::fmt_usd(*available)
-                ),
-            ),
-            Self::InsufficientCredits { needed, available, prompt_bound, cap } => ErrorInfo::new(
-                status,
-                "insufficient_quota",
-                "insufficient_credits",
-                format!(
-                    "This call needs up to {} USD of credit (its worst case: about {prompt_bound} prompt tokens and at most \
-                     {cap} output tokens); {} USD is available. Add credits, or lower max_tokens.",
-                    crate::billing::fmt_usd(*needed),
-                    crate::billing::fmt_usd(*available),
-                ),
-            ),
-            Self::ModelNotFound(name) => ErrorInfo::new(
-                status,
-                "invalid_request_error",
-                "model_not_found",
-                format!("The model `{name}` does not exist or you do not have access to it."),
-            ),
-            Self::WrongEndpoint { model, route, served } => ErrorInfo::new(
-                status,
-                "invalid_request_error",
-                "unsupported_endpoint",
-                format!("The model `{model}` is not served on {route}; it is served on: {}.", served.join(", ")),
-            ),
-            Self::UpstreamNotStreaming { cost } => ErrorInfo {
-                exception_type: Some("upstream_error"),
-                ..ErrorInfo::new(
-                    status,
-                    "server_error",
-                    "upstream_not_streaming",
-                    format!(
-                        "The model's upstream answered this streaming request without streaming; it did the work, so \
-                         the call was billed ({} USD) as the upstream reported it. Retry without `stream`.",
-                        crate::billing::fmt_usd(*cost)
-                    ),
-                )
-            },
-            Self::UpstreamUnavailable(e) => ErrorInfo {
-                exception_type: Some("upstream_unavailable"),
-                detail: Some(e.clone()),
-                ..ErrorInfo::new(
-                    status,
-                    "server_error",
-                    "upstream_unavailable",
-                    "The model's upstream could not be reached.",
-                )
-            },
-            Self::UpstreamTimeout => ErrorInfo {
-                exception_type: Some("upstream_timeout"),
-                ..ErrorInfo::new(
-                    status,
-                    "server_error",
-                    "upstream_timeout",
-                    "The model's upstream did not answer in time.",
-                )
-            },
-            Self::NoHealthyNode(pool) => ErrorInfo {
-                exception_type: Some("no_healthy_node"),
-                ..ErrorInfo::new(
-                    status,
-                    "server_error",
-                    "no_healthy_node",
-                    format!("No healthy GPU node is available in pool `{pool}`. Try again shortly."),
-                )
-            },
-            Self::UpstreamRejected { message, .. } => ErrorInfo::new(
-                status,
-                "invalid_request_error",
-                "upstream_rejected",
-                if message.is_empty() {
-                    "The model's upstream rejected the request.".to_owned()
-                } else {
-                    format!("The model's upstream rejected the request: {message}")
-                },
-            ),
+            // The upstream's own refusal keeps its status (400 or 413).
+            Self::UpstreamRejected { status, .. } => *status,
+            other => other.outcome().row().status,
+        }
+    }
+
+    /// The outcome's row, with what this error carries: its message, a dynamic code, type or
+    /// status, and the detail that is logged but never shown.
+    pub fn info(&self) -> ErrorInfo {
+        let mut info = self.outcome().info();
+        if let Some(message) = self.message() {
+            info.message = message.into();
+        }
+        info.detail = self.detail();
+        match self {
+            Self::BadRequest { code, .. } | Self::NotAllowed { code, .. } => info.code = code,
             // OpenAI's shape: the type names the limit (`requests`, `tokens`).
-            Self::RateLimited { kind, message, .. } => {
-                ErrorInfo::new(status, kind, "rate_limit_exceeded", message.clone())
+            Self::RateLimited { kind, .. } => info.kind = kind,
+            Self::UpstreamRejected { status, .. } => {
+                info.status = *status;
+                info.anthropic = anthropic_type(*status);
             }
-            Self::UpstreamRateLimited { .. } => ErrorInfo::new(
-                status,
-                "rate_limit_error",
-                "upstream_rate_limited",
-                "The model's upstream is rate limiting requests. Try again later.",
+            _ => {}
+        }
+        info
+    }
+
+    /// The client's message when it says more than the row's generic one.
+    fn message(&self) -> Option<String> {
+        let usd = crate::billing::fmt_usd;
+        Some(match self {
+            Self::BadRequest { message, .. }
+            | Self::NotAllowed { message, .. }
+            | Self::Conflict(message)
+            | Self::Unprocessable(message)
+            | Self::LimitExceeded(message)
+            | Self::RateLimited { message, .. } => message.clone(),
+            Self::NotFound(what) => format!("{what} not found."),
+            Self::CreditRequired { available } => {
+                format!("This needs available credit; {} USD is available. Add credits first.", usd(*available))
+            }
+            Self::InsufficientCredits { needed, available, prompt_bound, cap } => format!(
+                "This call needs up to {} USD of credit (its worst case: about {prompt_bound} prompt tokens and at most \
+                 {cap} output tokens); {} USD is available. Add credits, or lower max_tokens.",
+                usd(*needed),
+                usd(*available),
             ),
-            Self::UpstreamAuthFailed { upstream_status } => ErrorInfo {
-                exception_type: Some("upstream_auth_failed"),
-                detail: Some(format!("the upstream answered {upstream_status}: check the model's upstream key")),
-                ..ErrorInfo::new(
-                    status,
-                    "server_error",
-                    "upstream_auth_failed",
-                    "The model's upstream refused this gateway's credentials (a server configuration problem, not your API key).",
-                )
-            },
-            Self::UpstreamError { upstream_status } => ErrorInfo {
-                exception_type: Some("upstream_error"),
-                detail: Some(format!("the upstream answered {upstream_status}")),
-                ..ErrorInfo::new(
-                    status,
-                    "server_error",
-                    "upstream_error",
-                    if (300..400).contains(upstream_status) {
-                        format!("The model's upstream answered a redirect ({upstream_status}), which is not followed.")
-                    } else {
-                        format!("The model's upstream failed (it answered {upstream_status}).")
-                    },
-                )
-            },
-            Self::DatabaseUnavailable(e) => ErrorInfo {
-                exception_type: Some("database_unavailable"),
-                detail: Some(e.to_string()),
-                ..ErrorInfo::new(
-                    status,
-                    "server_error",
-                    "service_unavailable",
-                    "The service is temporarily unavailable.",
-                )
-            },
-            Self::ShuttingDown => ErrorInfo {
-                exception_type: Some("shutting_down"),
-                ..ErrorInfo::new(status, "server_error", "shutting_down", "The server is shutting down.")
-            },
-            Self::Database(e) => ErrorInfo {
-                exception_type: Some("database"),
-                detail: Some(e.to_string()),
-                ..ErrorInfo::for_status(status)
-            },
-            Self::Internal(e) => ErrorInfo {
-                exception_type: Some("internal"),
-                detail: Some(format!("{e:#}")),
-                ..ErrorInfo::for_status(status)
-            },
-            Self::Unauthorized
-            | Self::Forbidden
-            | Self::PayloadTooLarge
-            | Self::RequestTimeout
-            | Self::UnsupportedMediaType => ErrorInfo::for_status(status),
+            Self::ModelNotFound(name) => format!("The model `{name}` does not exist or you do not have access to it."),
+            Self::WrongEndpoint { model, route, served } => {
+                format!("The model `{model}` is not served on {route}; it is served on: {}.", served.join(", "))
+            }
+            Self::UpstreamNotStreaming { cost } => format!(
+                "The model's upstream answered this streaming request without streaming; it did the work, so \
+                 the call was billed ({} USD) as the upstream reported it. Retry without `stream`.",
+                usd(*cost)
+            ),
+            Self::NoHealthyNode(pool) => {
+                format!("No healthy GPU node is available in pool `{pool}`. Try again shortly.")
+            }
+            Self::UpstreamRejected { message, .. } if !message.is_empty() => {
+                format!("The model's upstream rejected the request: {message}")
+            }
+            Self::UpstreamError { upstream_status } if (300..400).contains(upstream_status) => {
+                format!("The model's upstream answered a redirect ({upstream_status}), which is not followed.")
+            }
+            Self::UpstreamError { upstream_status } => {
+                format!("The model's upstream failed (it answered {upstream_status}).")
+            }
+            _ => return None,
+        })
+    }
+
+    /// What the operator reads in the log under the request id.
+    fn detail(&self) -> Option<String> {
+        match self {
+            Self::UpstreamUnavailable(detail) | Self::InvalidResponse(detail) => Some(detail.clone()),
+            Self::UpstreamAuthFailed { upstream_status } => {
+                Some(format!("the upstream answered {upstream_status}: check the model's upstream key"))
+            }
+            Self::UpstreamError { upstream_status } => Some(format!("the upstream answered {upstream_status}")),
+            Self::DatabaseUnavailable(e) | Self::Database(e) => Some(e.to_string()),
+            Self::Internal(e) => Some(format!("{e:#}")),
+            _ => None,
         }
     }
 }

@@ -5,20 +5,14 @@
 
 pub mod accounts;
 pub mod billing;
-pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod conversations;
 pub mod db;
 pub mod error;
-pub mod gateway;
 pub mod gpu;
 pub mod http;
 pub mod llm;
-/// The LLM router, until it joins the engine in `llm/`.
-pub mod routes {
-    pub mod completions;
-}
 pub mod startup;
 pub mod state;
 pub mod telemetry;

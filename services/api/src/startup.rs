@@ -40,8 +40,8 @@ impl Application {
             .await
             .with_context(|| format!("binding the metrics listener on {metrics_addr}"))?;
         let catalog = match &config.models_file {
-            Some(path) => crate::catalog::Catalog::load(path)?,
-            None => crate::catalog::Catalog::default(),
+            Some(path) => crate::llm::catalog::Catalog::load(path)?,
+            None => crate::llm::catalog::Catalog::default(),
         };
         tracing::info!(models = catalog.models().len(), "model catalog loaded");
         // Each model's zero series carry the first endpoint it serves (one that can occur).

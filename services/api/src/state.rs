@@ -17,11 +17,10 @@ use crate::{
     accounts::auth::KeyCache,
     accounts::{rate_limiter::RateLimiter, rate_limits, redis_link::RedisLink},
     billing::Billing,
-    catalog::Catalog,
     config::Config,
-    gateway::UpstreamTimeouts,
     gpu::fleet::Fleet,
     gpu::node_policy::AllowedNets,
+    llm::{UpstreamTimeouts, catalog::Catalog},
 };
 
 #[derive(Clone)]

@@ -11,7 +11,7 @@ use axum::extract::FromRef;
 use sqlx::PgPool;
 
 pub use self::routes::{messages_router, router};
-use crate::{billing::Billing, catalog::Catalog, state::AppState};
+use crate::{billing::Billing, llm::catalog::Catalog, state::AppState};
 
 /// What the conversation routes use (the model call itself takes the LLM engine's state).
 #[derive(Clone)]

@@ -21,8 +21,8 @@ use crate::{
     accounts::{auth::AuthUser, limits},
     billing::fmt_usd,
     error::{ApiError, ApiResult},
-    gateway::{self, Endpoint},
     http::extract::AppJson,
+    llm::{self, Endpoint, LlmState},
     state::AppState,
     telemetry::{RequestContext, metrics::CHAT_CONVERSATIONS_CREATED_TOTAL},
 };
@@ -121,7 +121,7 @@ struct SendMessage {
 /// The model call goes through the LLM engine, which takes its own state (`engine`).
 async fn send(
     State(state): State<ConversationsState>,
-    State(engine): State<AppState>,
+    State(engine): State<LlmState>,
     user: AuthUser,
     ctx: RequestContext,
     Path(id): Path<String>,
@@ -158,7 +158,7 @@ async fn send(
     let mut body = Map::new();
     body.insert("messages".into(), Value::Array(messages));
 
-    let result = gateway::complete(&engine, user, model, body, Endpoint::ConversationMessage, &ctx).await?;
+    let result = llm::complete(&engine, user, model, body, Endpoint::ConversationMessage, &ctx).await?;
     let reply =
         result.response.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or_default().to_owned();
 

@@ -14,7 +14,6 @@ use uuid::Uuid;
 
 use crate::{
     accounts::auth::AdminUser,
-    catalog::validate_http_url,
     error::{ApiError, ApiResult},
     gpu::{
         GpuState,
@@ -22,6 +21,7 @@ use crate::{
         node_store::{self, NewNode, NodeRow},
     },
     http::extract::AppJson,
+    llm::catalog::validate_http_url,
     state::AppState,
 };
 

@@ -15,8 +15,7 @@ use crate::{
     config::Config,
     conversations,
     error::ApiError,
-    gpu,
-    routes::completions,
+    gpu, llm,
     state::AppState,
     telemetry::{AccessLog, RequestLimits, TelemetryLayer, client_ip::TrustedProxies},
 };
@@ -30,12 +29,12 @@ pub fn public_router(state: AppState, access_log: AccessLog) -> Router {
         .merge(billing::routes::router())
         .merge(conversations::router())
         .merge(gpu::registry::router())
-        .merge(completions::models_router());
+        .merge(llm::routes::models_router());
     #[cfg(feature = "test-routes")]
     let api = api.merge(test_routes::router());
     let api = api.fallback(fallback).with_state(state.clone());
     // Handlers that wait on a model get the upstream's time limit instead of the API's.
-    let llm = Router::new().merge(completions::router()).merge(conversations::messages_router()).with_state(state);
+    let llm = Router::new().merge(llm::routes::router()).merge(conversations::messages_router()).with_state(state);
     let mut llm_config = (*config).clone();
     llm_config.request_timeout_secs = config.upstream_timeout_secs + 5;
     with_http_stack(api, &config, access_log.clone()).merge(with_http_stack(llm, &llm_config, access_log))

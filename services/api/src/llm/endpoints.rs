@@ -7,8 +7,8 @@ use serde_json::{Map, Value};
 
 use super::{families, request_fields};
 use crate::{
-    catalog::{CatalogEndpoint, Model, Usage},
     error::ApiError,
+    llm::catalog::{CatalogEndpoint, Model, Usage},
 };
 
 /// The largest output cap a request may ask for (above it: 400).
@@ -297,7 +297,7 @@ mod tests {
         let toml = format!(
             "[[models]]\nname = \"m\"\nupstream = \"http://u/v1\"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\nmax_output_tokens = {max}\n"
         );
-        crate::catalog::Catalog::parse(&toml, |_| None).unwrap().get("m").unwrap().clone()
+        crate::llm::catalog::Catalog::parse(&toml, |_| None).unwrap().get("m").unwrap().clone()
     }
 
     fn obj(v: Value) -> Map<String, Value> {

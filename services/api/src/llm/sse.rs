@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::endpoints::{Endpoint, anthropic_usage};
 use crate::{
     billing::fmt_usd,
-    catalog::{Model, Usage},
+    llm::catalog::{Model, Usage},
 };
 
 /// What one stream has shown so far.
@@ -134,7 +134,7 @@ mod tests {
 
     fn model() -> std::sync::Arc<Model> {
         let toml = "[[models]]\nname = \"c\"\nupstream = \"http://u/v1\"\napi = \"anthropic\"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\ncache_read_usd_per_mtok = 1\ncache_creation_usd_per_mtok = 1\n";
-        crate::catalog::Catalog::parse(toml, |_| None).unwrap().get("c").unwrap().clone()
+        crate::llm::catalog::Catalog::parse(toml, |_| None).unwrap().get("c").unwrap().clone()
     }
 
     fn feed(endpoint: Endpoint, events: &[Value]) -> (StreamMeter, bool) {

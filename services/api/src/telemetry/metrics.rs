@@ -103,7 +103,7 @@ const ZERO_ROUTE: &str = "/v1/chat/completions";
 /// exist only for registered nodes (a made-up node at 0 would fire the "all nodes down" alert):
 /// their families are printed as HELP/TYPE lines alone until a node is registered.
 pub fn zero_series(models: &[(&'static str, &'static str)]) {
-    use crate::{billing::ledger::CreditKind, gateway::CallStatus};
+    use crate::{billing::ledger::CreditKind, error::Outcome};
     let http = [("method", ZERO_METHOD), ("route", ZERO_ROUTE), ("status", "200")];
     metrics::counter!(HTTP_REQUESTS_TOTAL, &http).increment(0);
     // Registered without an observation: rendered with every bucket, `_sum` and `_count` at 0.
@@ -114,7 +114,7 @@ pub fn zero_series(models: &[(&'static str, &'static str)]) {
             .increment(0);
     }
     for &(model, endpoint) in models {
-        let status = CallStatus::Success.label();
+        let status = Outcome::Success.call_status();
         metrics::counter!(LLM_CALLS_TOTAL, "model" => model, "endpoint" => endpoint, "status" => status).increment(0);
         for direction in ["input", "output"] {
             metrics::counter!(LLM_TOKENS_TOTAL, "model" => model, "endpoint" => endpoint, "direction" => direction)

@@ -1,6 +1,7 @@
 //! The LLM endpoints: OpenAI's `POST /v1/chat/completions`, `/v1/completions`,
 //! `/v1/embeddings` and `/v1/responses`, Anthropic's `POST /v1/messages` (streaming and not,
-//! each through the one call engine in `gateway`), and `GET /v1/models`.
+//! each through the one call engine in `llm`), and `GET /v1/models`. The handlers read the
+//! engine's narrow state, [`LlmState`], taken from `AppState`.
 
 use axum::{
     Json, Router,
@@ -14,8 +15,8 @@ use serde_json::{Map, Value, json};
 use crate::{
     accounts::auth::AuthUser,
     error::ApiResult,
-    gateway::{self, Endpoint},
     http::extract::AppJson,
+    llm::{self, Endpoint, LlmState},
     state::AppState,
     telemetry::RequestContext,
 };
@@ -34,7 +35,7 @@ pub fn models_router() -> Router<AppState> {
     Router::new().route("/v1/models", get(models))
 }
 
-async fn models(State(state): State<AppState>, _user: AuthUser) -> Json<Value> {
+async fn models(State(state): State<LlmState>, _user: AuthUser) -> Json<Value> {
     let data: Vec<Value> = state
         .catalog
         .models()
@@ -46,11 +47,11 @@ async fn models(State(state): State<AppState>, _user: AuthUser) -> Json<Value> {
 
 async fn call(
     endpoint: Endpoint,
-    State(state): State<AppState>,
+    State(state): State<LlmState>,
     user: AuthUser,
     ctx: RequestContext,
     headers: HeaderMap,
     AppJson(body): AppJson<Map<String, Value>>,
 ) -> ApiResult<Response> {
-    gateway::serve(&state, user, body, endpoint, &ctx, &headers).await
+    llm::serve(&state, user, body, endpoint, &ctx, &headers).await
 }
