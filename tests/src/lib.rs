@@ -305,6 +305,31 @@ impl TestApp {
         }
         self.task.take().expect("not shut down yet")
     }
+
+    /// Holds the user's row `FOR UPDATE` until the returned transaction ends. Every request that
+    /// locks the user (the per-user limits) or inserts a row that references it (its foreign-key
+    /// check) waits behind it; with [`Self::wait_for_lock_waiters`], concurrent requests are lined
+    /// up at one point and released together, so a limit checked without the user's lock is
+    /// overshot every time, not only when the scheduler happens to interleave the requests.
+    pub async fn hold_user_row(&self, user_id: uuid::Uuid) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut tx = self.pool.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE").bind(user_id).execute(&mut *tx).await.unwrap();
+        tx
+    }
+
+    /// Waits until `n` database sessions wait for a lock (the app's pool must allow `n`).
+    pub async fn wait_for_lock_waiters(&self, n: i64) {
+        eventually(&format!("{n} sessions wait for a lock"), Duration::from_secs(60), || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+            (waiting >= n).then_some(())
+        })
+        .await
+    }
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, for at most `within`; panics naming `what`.
