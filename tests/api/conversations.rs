@@ -285,17 +285,17 @@ async fn a_conversation_holds_at_most_the_configured_messages_and_a_refused_send
 async fn conversations_per_user_are_limited_exactly_under_concurrency() {
     let g = spawn_gateway_with(|c| {
         c.max_conversations_per_user = 3;
-        // One session per attempt, so that all twenty can wait at the user's lock at once.
-        c.db_max_connections = 25;
+        // A session for each attempt (and the app's own), so that all ten wait at the user's lock at once.
+        c.db_max_connections = 20;
     })
     .await;
     let (user_id, key) = funded_user(&g.app).await;
     let (_, other) = funded_user(&g.app).await;
-    let bodies: Vec<Value> = (0..20).map(|i| json!({"model": "echo", "title": format!("c{i}")})).collect();
+    let bodies: Vec<Value> = (0..10).map(|i| json!({"model": "echo", "title": format!("c{i}")})).collect();
     let held = g.app.hold_user_row(user_id).await;
     let attempts = bodies.iter().map(|body| create(&g.app, &key, body));
     let (results, ()) = tokio::join!(futures_util::future::join_all(attempts), async {
-        g.app.wait_for_lock_waiters(20).await;
+        g.app.wait_for_lock_waiters(10).await;
         held.commit().await.unwrap();
     });
     let statuses: Vec<u16> = results.iter().map(|(s, _)| *s).collect();

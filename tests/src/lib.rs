@@ -319,16 +319,29 @@ impl TestApp {
 
     /// Waits until `n` database sessions wait for a lock (the app's pool must allow `n`).
     pub async fn wait_for_lock_waiters(&self, n: i64) {
-        eventually(&format!("{n} sessions wait for a lock"), Duration::from_secs(60), || async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
             let waiting: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
             )
             .fetch_one(&self.pool)
             .await
             .unwrap();
-            (waiting >= n).then_some(())
-        })
-        .await
+            if waiting >= n {
+                return;
+            }
+            if std::time::Instant::now() >= deadline {
+                let sessions: Vec<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+                    "SELECT state, wait_event_type || ':' || wait_event, left(query, 80) FROM pg_stat_activity \
+                     WHERE datname = current_database()",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .unwrap();
+                panic!("{waiting} database sessions wait for a lock, not {n}: {sessions:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
