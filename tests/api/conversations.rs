@@ -217,12 +217,21 @@ async fn a_conversation_holds_at_most_the_configured_messages_and_a_refused_send
 
 #[tokio::test]
 async fn conversations_per_user_are_limited_exactly_under_concurrency() {
-    let g = spawn_gateway_with(|c| c.max_conversations_per_user = 3).await;
+    let g = spawn_gateway_with(|c| {
+        c.max_conversations_per_user = 3;
+        // A session for each attempt (and the app's own), so that all ten wait at the user's lock at once.
+        c.db_max_connections = 20;
+    })
+    .await;
     let (user_id, key) = g.app.funded_user("1").await;
     let (_, other) = g.app.funded_user("1").await;
-    let bodies: Vec<Value> = (0..20).map(|i| json!({"model": "echo", "title": format!("c{i}")})).collect();
+    let bodies: Vec<Value> = (0..10).map(|i| json!({"model": "echo", "title": format!("c{i}")})).collect();
+    let held = g.app.hold_user_row(user_id).await;
     let attempts = bodies.iter().map(|body| create(&g.app, &key, body));
-    let results = futures_util::future::join_all(attempts).await;
+    let (results, ()) = tokio::join!(futures_util::future::join_all(attempts), async {
+        g.app.wait_for_lock_waiters(10).await;
+        held.commit().await.unwrap();
+    });
     let statuses: Vec<u16> = results.iter().map(|(s, _)| *s).collect();
     assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 3, "{statuses:?}");
     for (status, body) in results.iter().filter(|(s, _)| *s != 201) {

@@ -310,6 +310,44 @@ impl TestApp {
         }
         self.task.take().expect("not shut down yet")
     }
+
+    /// Holds the user's row `FOR UPDATE` until the returned transaction ends. Every request that
+    /// locks the user (the per-user limits) or inserts a row that references it (its foreign-key
+    /// check) waits behind it; with [`Self::wait_for_lock_waiters`], concurrent requests are lined
+    /// up at one point and released together, so a limit checked without the user's lock is
+    /// overshot every time, not only when the scheduler happens to interleave the requests.
+    pub async fn hold_user_row(&self, user_id: uuid::Uuid) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut tx = self.pool.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE").bind(user_id).execute(&mut *tx).await.unwrap();
+        tx
+    }
+
+    /// Waits until `n` database sessions wait for a lock (the app's pool must allow `n`).
+    pub async fn wait_for_lock_waiters(&self, n: i64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+            if waiting >= n {
+                return;
+            }
+            if std::time::Instant::now() >= deadline {
+                let sessions: Vec<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+                    "SELECT state, wait_event_type || ':' || wait_event, left(query, 80) FROM pg_stat_activity \
+                     WHERE datname = current_database()",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .unwrap();
+                panic!("{waiting} database sessions wait for a lock, not {n}: {sessions:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// How long metrics and log lines may take to appear after the response that caused them (they

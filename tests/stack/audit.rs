@@ -186,6 +186,24 @@ async fn a_default_server_that_serves_fails_unknown_host() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_80_default_server_that_serves_fails_unknown_host() {
+    let mut kit = Kit::new();
+    // The default server on port 80 without its 444: nginx serves its root there to any name,
+    // while port 443 stays as committed (the variant above weakens 443 only).
+    kit.edit_nginx(
+        "conf.d/90-default-servers.conf",
+        "    error_page 400 414 494 497 = @unknown_host;\n    return 444;\n",
+        "    error_page 400 414 494 497 = @unknown_host;\n",
+    );
+    let stack = Stack::start(kit).await;
+    let report = stack.audit().await;
+    let evidence = assert_failures(&report, &["unknown-host"]);
+    assert_evidence(&evidence, "http :80, GET / HTTP/1.1, Host: unknown-host-probe.privaterouter.test → 200", &report);
+    assert_evidence(&evidence, "http :80, GET / HTTP/1.1, Host: <IP address> → 200", &report);
+    assert!(!evidence.contains("https :"), "only port 80 was weakened\n{}", report.to_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_error_pages_in_the_default_server_fail_unknown_host() {
     let mut kit = Kit::new();
     // Only nginx's 400 redirected, as the kit first had it: plain HTTP sent to port 443 (497)

@@ -54,7 +54,7 @@ fn services(file: &Path, dir: &TempDir) -> Vec<(String, Yaml)> {
         .arg(&env_file)
         .arg("-f")
         .arg(file)
-        .args(["--profile", "observability", "config"])
+        .args(["--profile", "observability", "--profile", "demo", "config"])
         .env_remove("COMPOSE_FILE")
         .env_remove("COMPOSE_PROFILES")
         .output()
@@ -130,7 +130,9 @@ fn every_compose_service_is_confined() {
     let dir = TempDir::new(&format!("prtest-containers-{}", random_hex(4)));
     let services = services(&repo_root().join("compose/docker-compose.yml"), &dir);
     let names: Vec<&str> = services.iter().map(|(n, _)| n.as_str()).collect();
-    for expected in ["postgres", "api", "litellm", "nginx", "prometheus", "alertmanager", "grafana"] {
+    for expected in
+        ["postgres", "api", "redis", "litellm", "demo-echo", "nginx", "prometheus", "alertmanager", "grafana"]
+    {
         assert!(names.contains(&expected), "compose config lists {expected} (every profile): {names:?}");
     }
     for (service, why) in ROOT_USER.iter().chain(WRITABLE_ROOT).chain(UNSIZED_TMPFS) {
@@ -169,6 +171,7 @@ fn a_weakened_compose_file_fails_the_container_check() {
         ),
         ("alertmanager", "    mem_limit: ${ALERTMANAGER_MEM_LIMIT:-256m}\n", "", "alertmanager: mem_limit"),
         ("prometheus", "    pids_limit: 256\n", "", "prometheus: pids_limit"),
+        ("demo-echo", "    mem_limit: ${DEMO_ECHO_MEM_LIMIT:-64m}\n", "", "demo-echo: mem_limit"),
         ("api", "    read_only: true\n", "", "api: read_only root filesystem"),
         ("grafana", "    user: \"472:0\"\n", "", "grafana: a non-root user"),
         ("litellm", "    user: \"65534:65534\"\n", "    user: \"0:0\"\n", "litellm: a non-root user"),
