@@ -273,3 +273,37 @@ async fn active_keys_per_user_are_limited_exactly_under_concurrency() {
     revoke_with(&app, &key, other.as_str().unwrap()).await;
     create_key_with(&app, &key).await;
 }
+
+/// Scans of `api_keys` since the server started, as Postgres' statistics show them once the
+/// API's sessions have flushed theirs (at most 10 s after they go idle).
+async fn api_key_scans(pool: &sqlx::PgPool) -> i64 {
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_stat_clear_snapshot()").execute(&mut *conn).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT (coalesce(seq_scan, 0) + coalesce(idx_scan, 0))::bigint FROM pg_stat_user_tables WHERE relname = 'api_keys'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_burst_of_calls_with_a_fresh_key_looks_it_up_once() {
+    let app = privaterouter_tests::spawn_app_with(|c| c.key_cache_ttl_ms = 120_000).await;
+    let (_, key) = app.user(false).await;
+    // Settle the statistics of the set-up (user and key creation scan nothing, but wait for
+    // whatever the start-up did to be counted).
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let before = api_key_scans(&app.pool).await;
+    let calls = (0..50).map(|_| app.api.models(&key));
+    for response in futures_util::future::join_all(calls).await {
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+    eventually("the lookup counted", Duration::from_secs(30), || async {
+        (api_key_scans(&app.pool).await > before).then_some(())
+    })
+    .await;
+    // Every session the lookups could have used flushes its statistics within 10 s of idling.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(api_key_scans(&app.pool).await - before, 1, "50 concurrent misses of one key share one lookup");
+}

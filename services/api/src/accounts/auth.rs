@@ -4,13 +4,18 @@
 //! `PR_KEY_CACHE_TTL_MS` (1 s by default). A revocation evicts the local entry at once and, with
 //! Redis (`PR_REDIS_URL`), is published to every other replica, which evicts it as soon as the
 //! message arrives (`accounts::revocation`); the TTL is the bound only while Redis is away.
+//! Concurrent misses of one key share one lookup, so a burst of calls with a fresh key (or at
+//! the expiry of a busy one) costs the database one query, not one per call.
 //!
 //! A key created with a key is its child (`parent_key_id`): revoking a key revokes all its
 //! descendants, so a stolen key cannot outlive its revocation through keys it minted.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -77,6 +82,11 @@ pub struct KeyCache(Arc<Inner>);
 
 struct Inner {
     entries: RwLock<HashMap<[u8; 32], CacheEntry>>,
+    /// Lookups in flight, one per key hash, awaited by every concurrent miss of that key.
+    flights: Mutex<HashMap<[u8; 32], Flight>>,
+    /// Bumped by every eviction: a lookup that started before one does not cache its answer,
+    /// which could be a key revoked meanwhile.
+    generation: AtomicU64,
     db: PgPool,
     ttl: Duration,
     /// The `PR_USER_*` rate-limit defaults.
@@ -84,6 +94,9 @@ struct Inner {
     /// Where revocations are published to the other replicas.
     link: Option<Arc<RedisLink>>,
 }
+
+/// One shared lookup: its answer, or whether its failure was transient (503) and its message.
+type Flight = Arc<tokio::sync::OnceCell<Result<Option<AuthUser>, (bool, String)>>>;
 
 #[derive(Clone, Copy)]
 struct CacheEntry {
@@ -93,27 +106,59 @@ struct CacheEntry {
 
 impl KeyCache {
     pub fn new(db: PgPool, ttl: Duration, user_defaults: RateLimits, link: Option<Arc<RedisLink>>) -> Self {
-        Self(Arc::new(Inner { entries: RwLock::default(), db, ttl, user_defaults, link }))
+        Self(Arc::new(Inner {
+            entries: RwLock::default(),
+            flights: Mutex::default(),
+            generation: AtomicU64::new(0),
+            db,
+            ttl,
+            user_defaults,
+            link,
+        }))
     }
 
     /// Resolves a presented key: from the cache when fresh, else from the database (valid and
     /// invalid answers are both cached, so guessing keys cannot hammer the database).
     pub async fn resolve(&self, key: &str) -> Result<Option<AuthUser>, ApiError> {
         let hash = key_store::hash_key(key);
-        let now = Instant::now();
         if let Some(entry) = self.0.entries.read().expect("key cache lock").get(&hash)
-            && entry.expires > now
+            && entry.expires > Instant::now()
         {
             return Ok(entry.user);
         }
-        let user = key_store::find_active(&self.0.db, &hash).await?.map(|k| AuthUser {
+        let flight = self.0.flights.lock().expect("key flights lock").entry(hash).or_default().clone();
+        let answer = flight.get_or_init(|| self.look_up(hash)).await.clone();
+        {
+            let mut flights = self.0.flights.lock().expect("key flights lock");
+            if flights.get(&hash).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                flights.remove(&hash);
+            }
+        }
+        answer.map_err(|(transient, message)| {
+            let e = sqlx::Error::Protocol(message);
+            if transient { ApiError::DatabaseUnavailable(e) } else { ApiError::Database(e) }
+        })
+    }
+
+    /// The one database lookup of a flight; caches its answer unless an eviction came meanwhile.
+    async fn look_up(&self, hash: [u8; 32]) -> Result<Option<AuthUser>, (bool, String)> {
+        let generation = self.0.generation.load(Ordering::Acquire);
+        let found = key_store::find_active(&self.0.db, &hash).await.map_err(|e| {
+            let message = e.to_string();
+            (matches!(ApiError::from(e), ApiError::DatabaseUnavailable(_)), message)
+        })?;
+        let user = found.map(|k| AuthUser {
             user_id: k.user_id,
             role: Role::parse(&k.role),
             key_id: k.key_id,
             key_limits: k.key_limits,
             user_limits: k.user_limits.or(self.0.user_defaults),
         });
+        let now = Instant::now();
         let mut map = self.0.entries.write().expect("key cache lock");
+        if self.0.generation.load(Ordering::Acquire) != generation {
+            return Ok(user);
+        }
         if map.len() >= CACHE_CAPACITY {
             map.retain(|_, e| e.expires > now);
             if map.len() >= CACHE_CAPACITY {
@@ -150,6 +195,7 @@ impl KeyCache {
 
     /// Forgets everything (after missing revocations while Redis was away).
     pub fn clear(&self) {
+        self.evicting();
         self.0.entries.write().expect("key cache lock").clear();
     }
 
@@ -159,12 +205,21 @@ impl KeyCache {
             return;
         }
         let gone: std::collections::HashSet<&Uuid> = key_ids.iter().collect();
+        self.evicting();
         self.0.entries.write().expect("key cache lock").retain(|_, e| e.user.is_none_or(|u| !gone.contains(&u.key_id)));
     }
 
     /// Drops every cached key of a user (their limits changed).
     pub fn evict_user(&self, user_id: Uuid) {
+        self.evicting();
         self.0.entries.write().expect("key cache lock").retain(|_, e| e.user.is_none_or(|u| u.user_id != user_id));
+    }
+
+    /// Lookups in flight may have read what is being evicted: they do not cache it, and calls
+    /// from now on start a lookup of their own.
+    fn evicting(&self) {
+        self.0.generation.fetch_add(1, Ordering::AcqRel);
+        self.0.flights.lock().expect("key flights lock").clear();
     }
 
     pub fn user_defaults(&self) -> RateLimits {
