@@ -16,19 +16,19 @@ use axum::{
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
-use std::sync::Arc;
-
-use super::{RateSlot, handles::RouteMetrics};
+use super::{RateSlot, Shared, handles::RouteMetrics};
 use crate::telemetry::{
-    access_log::{self, AccessLine, AccessLog, UserSlot},
+    access_log::{self, AccessLine, UserSlot},
     request_id::RequestId,
 };
 
 /// Everything needed to finish a request once its body is done.
 pub(super) struct Record {
-    pub(super) access_log: AccessLog,
+    pub(super) shared: &'static Shared,
     pub(super) start: Instant,
     pub(super) ts: f64,
+    pub(super) method: &'static str,
+    pub(super) route: &'static str,
     pub(super) raw_method: Method,
     pub(super) uri: Uri,
     pub(super) ip: Option<IpAddr>,
@@ -36,18 +36,19 @@ pub(super) struct Record {
     pub(super) request_id: RequestId,
     pub(super) user: UserSlot,
     pub(super) rate_limit: RateSlot,
-    pub(super) metrics: Arc<RouteMetrics>,
+    pub(super) metrics: &'static RouteMetrics,
 }
 
 impl Record {
     fn finish(self, status: StatusCode, bytes: u64) {
         let elapsed = self.start.elapsed();
-        self.metrics.finish(status, elapsed.as_secs_f64());
-        self.access_log.write(&AccessLine {
+        self.metrics.record(status, elapsed.as_secs_f64());
+        self.metrics.in_flight.decrement(1.0);
+        self.shared.access_log.write(&AccessLine {
             ts: (self.ts * 1000.0).round() / 1000.0,
             request_id: self.request_id.as_str(),
             method: access_log::truncate(self.raw_method.as_str()),
-            route: self.metrics.route(),
+            route: self.route,
             raw_path: access_log::truncate(self.uri.path()),
             status: status.as_u16(),
             latency_ms: (elapsed.as_secs_f64() * 100_000.0).round() / 100.0,

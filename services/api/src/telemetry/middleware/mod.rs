@@ -36,7 +36,7 @@ use tower::{Layer, Service};
 
 use self::{
     body::{Record, TelemetryBody},
-    handles::PerRoute,
+    handles::{METHODS, PerRoute, method_index},
     timeout::{Elapsed, LazyTimeout},
 };
 pub use handles::method_label;
@@ -56,7 +56,7 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 #[derive(Clone)]
 pub struct TelemetryLayer {
-    shared: Arc<Shared>,
+    shared: &'static Shared,
 }
 
 struct Shared {
@@ -106,20 +106,23 @@ impl TelemetryLayer {
         limits: RequestLimits,
         request_timeout: Duration,
     ) -> Self {
-        Self { shared: Arc::new(Shared { access_log, proxies, limits, request_timeout }) }
+        // Leaked on purpose: a layer lives as long as the server (two per process), and a
+        // `&'static` reference costs no reference counting per request.
+        Self { shared: Box::leak(Box::new(Shared { access_log, proxies, limits, request_timeout })) }
     }
 }
 
 impl<S> Layer<S> for TelemetryLayer {
     type Service = Telemetry<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Telemetry { inner, per_route: Arc::new(PerRoute::new(self.shared.clone())) }
+        Telemetry { inner, shared: self.shared, per_route: Arc::default() }
     }
 }
 
 #[derive(Clone)]
 pub struct Telemetry<S> {
     inner: S,
+    shared: &'static Shared,
     per_route: Arc<PerRoute>,
 }
 
@@ -139,29 +142,33 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let start = Instant::now();
         let ts = unix_now();
-        let metrics = self.per_route.metrics(req.method(), req.extensions().get::<MatchedPath>());
-        metrics.start();
-        let shared = self.per_route.shared();
+        let method_index = method_index(req.method());
+        let method = METHODS[method_index];
+        let (route, cacheable) = self.per_route.route(req.extensions().get::<MatchedPath>());
         let request_id = RequestId::from_headers(req.headers());
         let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         let user = UserSlot::default();
         let rate_limit = RateSlot::default();
+        let metrics = self.per_route.metrics(method_index, route, cacheable);
+        metrics.in_flight.increment(1.0);
 
         let record = Record {
-            access_log: shared.access_log.clone(),
+            shared: self.shared,
             start,
             ts,
+            method,
+            route,
             // Cheap clones (shared bytes): the strings are only materialised in the log line.
             raw_method: req.method().clone(),
             uri: req.uri().clone(),
-            ip: shared.proxies.client_ip(peer, req.headers()),
+            ip: self.shared.proxies.client_ip(peer, req.headers()),
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
             request_id: request_id.clone(),
             user: user.clone(),
             rate_limit: rate_limit.clone(),
             metrics,
         };
-        let limits = shared.limits;
+        let limits = self.shared.limits;
         req.extensions_mut().insert(RequestContext { request_id, user, limits, rate_limit });
 
         // A declared body over the limit is refused before any handler runs; a body without a
@@ -177,7 +184,7 @@ where
             std::mem::replace(&mut self.inner, clone).call(req)
         });
 
-        let deadline = start + shared.request_timeout;
+        let deadline = start + self.shared.request_timeout;
         Box::pin(async move {
             let response = match inner_fut {
                 None => ApiError::PayloadTooLarge.into_response(),
@@ -205,7 +212,7 @@ where
 /// rate-limit headers set, and the body wrapped so the request is finished when it is done.
 fn respond(record: Record, response: Response<Body>) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
-    let body = render::error_body(&mut parts, body, &record.metrics, &record.request_id);
+    let body = render::error_body(&mut parts, body, record.method, record.route, &record.request_id);
     parts.headers.insert(X_REQUEST_ID.clone(), record.request_id.header_value());
     if let Some(status) = record.rate_limit.0.get() {
         status.write_headers(&mut parts.headers);

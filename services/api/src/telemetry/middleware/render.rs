@@ -8,7 +8,6 @@ use axum::{
 };
 use metrics::counter;
 
-use super::handles::RouteMetrics;
 use crate::{
     error::ErrorInfo,
     telemetry::{
@@ -19,12 +18,17 @@ use crate::{
 
 /// Renders the body of an error response, or returns `body` unchanged when it is a success or a
 /// handler's own JSON error (a proxied upstream error, say) that carries no [`ErrorInfo`].
-pub(super) fn error_body(parts: &mut Parts, body: Body, metrics: &RouteMetrics, request_id: &RequestId) -> Body {
+pub(super) fn error_body(
+    parts: &mut Parts,
+    body: Body,
+    method: &'static str,
+    route: &'static str,
+    request_id: &RequestId,
+) -> Body {
     let status = parts.status;
     if !status.is_client_error() && !status.is_server_error() {
         return body;
     }
-    let (method, route) = (metrics.method(), metrics.route_label());
     let info = parts.extensions.remove::<ErrorInfo>();
     let is_json = parts
         .headers
@@ -46,17 +50,17 @@ pub(super) fn error_body(parts: &mut Parts, body: Body, metrics: &RouteMetrics, 
         let exception_type = info.exception_type.unwrap_or("internal");
         // The zero series of a fresh process cover the closed set; a new type belongs there too.
         debug_assert!(EXCEPTION_TYPES.contains(&exception_type), "{exception_type} not in EXCEPTION_TYPES");
-        counter!(HTTP_EXCEPTIONS_TOTAL, "method" => method, "route" => route.clone(), "exception_type" => exception_type)
+        counter!(HTTP_EXCEPTIONS_TOTAL, "method" => method, "route" => route, "exception_type" => exception_type)
             .increment(1);
         tracing::error!(
             target: "pr.error",
             request_id = request_id.as_str(),
-            route = &*route,
+            route,
             status = status.as_u16(),
             exception_type,
             detail = info.detail.as_deref().unwrap_or(""),
             "request failed"
         );
     }
-    Body::from(info.body_for(&route, request_id.as_str()))
+    Body::from(info.body_for(route, request_id.as_str()))
 }
