@@ -1,19 +1,23 @@
 //! Telemetry overhead benchmark: the same handler served bare and wrapped in the full public HTTP
 //! stack (request id, client address, metrics, access log through the non-blocking writer,
-//! timeouts, panic catching), loaded alternately with `wrk` in one run, reporting the ratio.
+//! timeouts, panic catching), loaded in turn with `wrk` in one run, reporting the ratio.
 //!
 //!     cargo bench -p privaterouter-api --bench http_overhead
 //!
-//! Each round starts a fresh server process per variant (this binary re-executed with
-//! `PR_BENCH_SERVE=bare|instrumented`), so both variants run under identical conditions; the
-//! order alternates between rounds. The access log is written to /dev/null.
+//! Each round starts a fresh server process per variant (a benchmark binary re-executed with
+//! `PR_BENCH_SERVE=bare|instrumented`), so all variants run under the same conditions; the order
+//! rotates between rounds. The access log is written to /dev/null. Other versions of the
+//! middleware are compared in the same run by building this benchmark at their commits and
+//! naming the binaries in BENCH_VARIANTS (`name=path,...`): each serves its instrumented stack.
 //!
 //! Environment: BENCH_SECS (per round, default 8), BENCH_ROUNDS (default 6),
-//! BENCH_CONNECTIONS (default 32), BENCH_THREADS (wrk threads, default 1). Requires `wrk`.
+//! BENCH_CONNECTIONS (default 32), BENCH_THREADS (wrk threads, default 1), BENCH_VARIANTS.
+//! Requires `wrk`.
 
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
+    path::PathBuf,
     process::{Child, Command, Stdio},
 };
 
@@ -49,12 +53,20 @@ fn serve(variant: &str) {
     });
 }
 
-fn spawn_server(variant: &str) -> (Child, SocketAddr) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env("PR_BENCH_SERVE", variant)
+/// A server to load: this binary or another build of this benchmark (`BENCH_VARIANTS`),
+/// re-executed in serve mode.
+struct Variant {
+    name: String,
+    exe: PathBuf,
+    serve: &'static str,
+}
+
+fn spawn_server(variant: &Variant) -> (Child, SocketAddr) {
+    let mut child = Command::new(&variant.exe)
+        .env("PR_BENCH_SERVE", variant.serve)
         .stdout(Stdio::piped())
         .spawn()
-        .expect("re-executing the benchmark as a server");
+        .expect("re-executing a benchmark binary as a server");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     (child, line.trim().parse().expect("server prints its address"))
@@ -74,7 +86,7 @@ fn wrk(addr: SocketAddr, secs: u64, connections: u64, threads: u64) -> f64 {
         .unwrap_or_else(|| panic!("could not read wrk output:\n{text}"))
 }
 
-fn measure(variant: &str, secs: u64, connections: u64, threads: u64) -> f64 {
+fn measure(variant: &Variant, secs: u64, connections: u64, threads: u64) -> f64 {
     let (mut child, addr) = spawn_server(variant);
     wrk(addr, 1, connections, threads); // warm-up: connections, lazy statics, metric handles
     let rps = wrk(addr, secs, connections, threads);
@@ -89,6 +101,21 @@ fn median(mut v: Vec<f64>) -> f64 {
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
+/// Bare and this build's instrumented server, then the instrumented server of each
+/// `BENCH_VARIANTS` entry (`name=path,...`).
+fn variants() -> Vec<Variant> {
+    let this = std::env::current_exe().unwrap();
+    let mut all = vec![
+        Variant { name: "bare".into(), exe: this.clone(), serve: "bare" },
+        Variant { name: "instrumented".into(), exe: this, serve: "instrumented" },
+    ];
+    for entry in std::env::var("BENCH_VARIANTS").unwrap_or_default().split(',').filter(|e| !e.is_empty()) {
+        let (name, path) = entry.split_once('=').expect("BENCH_VARIANTS entries are name=path");
+        all.push(Variant { name: name.into(), exe: path.into(), serve: "instrumented" });
+    }
+    all
+}
+
 fn main() {
     if let Ok(variant) = std::env::var("PR_BENCH_SERVE") {
         return serve(&variant);
@@ -97,26 +124,35 @@ fn main() {
     let rounds = env_or("BENCH_ROUNDS", 6);
     let connections = env_or("BENCH_CONNECTIONS", 32);
     let threads = env_or("BENCH_THREADS", 1);
-    println!("bare vs instrumented: wrk -t{threads} -c{connections} -d{secs}s, {rounds} rounds, order alternating");
+    let variants = variants();
+    let names: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
+    println!("{}: wrk -t{threads} -c{connections} -d{secs}s, {rounds} rounds, order rotating", names.join(" vs "));
 
-    let (mut bare, mut inst, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 1..=rounds {
-        let (b, i) = if round % 2 == 0 {
-            let i = measure("instrumented", secs, connections, threads);
-            (measure("bare", secs, connections, threads), i)
-        } else {
-            let b = measure("bare", secs, connections, threads);
-            (b, measure("instrumented", secs, connections, threads))
-        };
-        println!("round {round}: bare {b:>9.0} req/s   instrumented {i:>9.0} req/s   ratio {:.3}", i / b);
-        bare.push(b);
-        inst.push(i);
-        ratios.push(i / b);
+    // rps[variant][round]; each round starts with a different variant so none always runs first.
+    let mut rps = vec![Vec::new(); variants.len()];
+    for round in 0..rounds as usize {
+        let mut this_round = vec![0.0; variants.len()];
+        for k in 0..variants.len() {
+            let v = (round + k) % variants.len();
+            this_round[v] = measure(&variants[v], secs, connections, threads);
+        }
+        let mut line = format!("round {}: bare {:>9.0} req/s", round + 1, this_round[0]);
+        for (v, r) in variants.iter().zip(&this_round).skip(1) {
+            line += &format!("   {} {r:>9.0} ({:.3})", v.name, r / this_round[0]);
+        }
+        println!("{line}");
+        for (v, r) in this_round.into_iter().enumerate() {
+            rps[v].push(r);
+        }
     }
-    println!(
-        "median: bare {:.0} req/s, instrumented {:.0} req/s, median ratio {:.3} (target >= 0.90)",
-        median(bare),
-        median(inst),
-        median(ratios)
-    );
+    println!("median: bare {:.0} req/s", median(rps[0].clone()));
+    for (v, variant) in variants.iter().enumerate().skip(1) {
+        let ratios = rps[v].iter().zip(&rps[0]).map(|(i, b)| i / b).collect();
+        println!(
+            "median: {} {:.0} req/s, median ratio to bare {:.3} (target >= 0.95)",
+            variant.name,
+            median(rps[v].clone()),
+            median(ratios)
+        );
+    }
 }

@@ -3,12 +3,11 @@
 //! through `gpu::registry`); every poll re-reads it, so nodes added, disabled or deleted through
 //! any replica are picked up.
 //!
-//! The gauges are rendered from this state rather than through the `metrics` registry, so a
-//! deleted node's series disappear from `/metrics` at once (the exporter cannot forget a series).
+//! The gauges are rendered from this state (`gauges`) rather than through the `metrics` registry,
+//! so a deleted node's series disappear from `/metrics` at once (the exporter cannot forget a series).
 
 use std::{
     collections::HashMap,
-    fmt::Write as _,
     sync::{
         RwLock,
         atomic::{AtomicUsize, Ordering},
@@ -22,13 +21,13 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::gpu::{
-    node_policy::{self, AllowedNets},
-    node_store::{self, NodeRow},
+use crate::{
+    gpu::{
+        node_policy::{self, AllowedNets},
+        node_store::{self, NodeRow},
+    },
+    telemetry::exposition::GpuNodeGauge,
 };
-
-pub const GPU_NODE_UP: &str = "pr_gpu_node_up";
-pub const GPU_NODE_UTILIZATION_PCT: &str = "pr_gpu_node_utilization_pct";
 
 /// What the last poll (or a failed request) said about a node.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -110,40 +109,18 @@ impl Fleet {
         }
     }
 
-    pub fn render(&self, out: &mut String) {
+    /// The node gauges of `/metrics` (rendered by `telemetry::exposition`).
+    pub fn gauges(&self) -> Vec<GpuNodeGauge> {
         let nodes = self.nodes.read().expect("fleet lock");
-        // HELP and TYPE even without a node: the families are declared, with no series to show.
-        let mut rows: Vec<&(NodeRow, Health)> = nodes.values().collect();
-        rows.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-        let _ = writeln!(
-            out,
-            "# HELP {GPU_NODE_UP} 1 if the GPU node's agent answered its last health poll with GPU figures, else 0."
-        );
-        let _ = writeln!(out, "# TYPE {GPU_NODE_UP} gauge");
-        for (row, health) in &rows {
-            let _ = writeln!(
-                out,
-                "{GPU_NODE_UP}{{node_id=\"{}\",name=\"{}\"}} {}",
-                row.id,
-                escape(&row.name),
-                u8::from(health.up)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP {GPU_NODE_UTILIZATION_PCT} Mean GPU utilization of the node, 0-100, from its last poll."
-        );
-        let _ = writeln!(out, "# TYPE {GPU_NODE_UTILIZATION_PCT} gauge");
-        for (row, health) in &rows {
-            if let (true, Some(util)) = (health.up, health.utilization_pct) {
-                let _ = writeln!(
-                    out,
-                    "{GPU_NODE_UTILIZATION_PCT}{{node_id=\"{}\",name=\"{}\"}} {util}",
-                    row.id,
-                    escape(&row.name)
-                );
-            }
-        }
+        nodes
+            .values()
+            .map(|(row, h)| GpuNodeGauge {
+                node_id: row.id,
+                name: row.name.clone(),
+                up: h.up,
+                utilization_pct: h.utilization_pct,
+            })
+            .collect()
     }
 
     /// One poll round: re-read the registry, then ask every enabled node's agent at once, each
@@ -264,10 +241,6 @@ async fn probe(
     Ok((gpus.len(), mean))
 }
 
-fn escape(label: &str) -> String {
-    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,20 +287,16 @@ mod tests {
     }
 
     #[test]
-    fn unknown_utilization_comes_last_and_is_not_rendered() {
+    fn unknown_utilization_comes_last_and_removed_nodes_have_no_gauges() {
         let fleet = Fleet::default();
         let (a, b) = (node("a", "p"), node("b", "p"));
         set(&fleet, &a, true, None);
         set(&fleet, &b, true, Some(90.0));
         assert_eq!(fleet.pick("p").unwrap().node_id, b.id);
-        let mut text = String::new();
-        fleet.render(&mut text);
-        assert!(text.contains(&format!("pr_gpu_node_up{{node_id=\"{}\",name=\"a\"}} 1", a.id)));
-        assert!(!text.contains(&format!("pr_gpu_node_utilization_pct{{node_id=\"{}\"", a.id)));
-        assert!(text.contains(&format!("pr_gpu_node_utilization_pct{{node_id=\"{}\",name=\"b\"}} 90", b.id)));
+        let gauge = |id: Uuid| fleet.gauges().into_iter().find(|g| g.node_id == id);
+        assert_eq!(gauge(a.id).map(|g| (g.name, g.up, g.utilization_pct)), Some(("a".into(), true, None)));
+        assert_eq!(gauge(b.id).map(|g| (g.up, g.utilization_pct)), Some((true, Some(90.0))));
         fleet.remove(a.id);
-        let mut text = String::new();
-        fleet.render(&mut text);
-        assert!(!text.contains(&a.id.to_string()));
+        assert_eq!(gauge(a.id), None, "a removed node has no gauges");
     }
 }

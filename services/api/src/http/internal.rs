@@ -50,13 +50,8 @@ async fn metrics(State(state): State<MetricsState>, headers: HeaderMap) -> Respo
         }
     }
     metrics::counter!(LOG_LINES_DROPPED_TOTAL).absolute(state.log_writer.dropped_lines());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], {
-        let mut text = state.handle.render();
-        crate::telemetry::metrics::LLM_COST.render(&mut text);
-        state.fleet.render(&mut text);
-        text
-    })
-        .into_response()
+    let text = crate::telemetry::exposition::render(&state.handle, &state.fleet.gauges());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -1,6 +1,8 @@
-//! The access log: exactly one JSON line per public request with the fields `ts`, `request_id`,
-//! `method`, `route`, `raw_path`, `status`, `latency_ms`, `user_id`, `ip`, `user_agent`, `bytes`
-//! (the `pr.access` logger). Lines go through the shared non-blocking writer.
+//! The access log: one JSON line per public request with exactly the fields `ts`, `request_id`,
+//! `method`, `route`, `raw_path`, `status`, `latency_ms`, `user_id`, `ip`, `user_agent`, `bytes`.
+//! Written straight to the shared writer, not through `tracing`: no `level`, `logger` or `msg`
+//! field, which is what tells these lines from application lines (the spec's "pr.access logger"
+//! names this stream, not a field).
 
 use std::{
     cell::RefCell,

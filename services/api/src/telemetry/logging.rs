@@ -1,6 +1,6 @@
-//! Application logs as JSON lines: `{"ts", "level", "logger", "msg", ...fields}`. The access log
-//! shares the same non-blocking writer (see `log_writer`), so lines never interleave and a slow
-//! stdout never blocks a request; the writer is flushed when [`Logging`] is dropped.
+//! Application logs as JSON lines `{"ts", "level", "logger", "msg", ...fields}` (`logger`: the
+//! event's target). The access log shares their non-blocking writer but not this format (its
+//! lines have no `logger`); a slow stdout never blocks a request. [`Logging`] flushes on drop.
 
 use std::io::Write;
 

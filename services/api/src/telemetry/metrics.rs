@@ -136,8 +136,7 @@ pub const OVERHEAD_BUCKETS: &[f64] =
 
 /// `pr_llm_cost_usd_total{model,endpoint}`: the `metrics` counter type is an integer, and a cost
 /// counter must be a float that equals the ledger's sum. So the sums are kept here as exact
-/// decimals per model and endpoint and rendered as a Prometheus counter next to the exporter's
-/// output.
+/// decimals per model and endpoint, and `exposition` prints them next to the recorder's output.
 pub struct CostCounter {
     totals: Mutex<BTreeMap<(&'static str, &'static str), Decimal>>,
 }
@@ -149,21 +148,22 @@ impl CostCounter {
         *self.totals.lock().expect("cost counter lock").entry((model, endpoint)).or_default() += usd;
     }
 
-    pub fn render(&self, out: &mut String) {
+    /// (model, endpoint, total) in label order.
+    pub fn totals(&self) -> Vec<(&'static str, &'static str, Decimal)> {
         let totals = self.totals.lock().expect("cost counter lock");
-        // HELP and TYPE even without a model (an empty catalog): the family is declared.
-        out.push_str(&format!(
-            "# HELP {LLM_COST_USD_TOTAL} Running sum of the cost in USD of billed LLM calls (equals the usage rows of the ledger), by model and endpoint.\n# TYPE {LLM_COST_USD_TOTAL} counter\n"
-        ));
-        for ((model, endpoint), total) in totals.iter() {
-            let model = model.replace('\\', "\\\\").replace('"', "\\\"");
-            out.push_str(&format!(
-                "{LLM_COST_USD_TOTAL}{{model=\"{model}\",endpoint=\"{endpoint}\"}} {}\n",
-                total.normalize()
-            ));
-        }
+        totals.iter().map(|(&(model, endpoint), &total)| (model, endpoint, total)).collect()
     }
 }
+
+pub const LLM_COST_USD_TOTAL_HELP: &str =
+    "Running sum of the cost in USD of billed LLM calls (equals the usage rows of the ledger), by model and endpoint.";
+
+/// GPU node gauges, rendered by `exposition` from the fleet's state rather than through the
+/// recorder, so a deleted node's series disappear at once (the exporter cannot forget a series).
+pub const GPU_NODE_UP: &str = "pr_gpu_node_up";
+pub const GPU_NODE_UP_HELP: &str = "1 if the GPU node's agent answered its last health poll with GPU figures, else 0.";
+pub const GPU_NODE_UTILIZATION_PCT: &str = "pr_gpu_node_utilization_pct";
+pub const GPU_NODE_UTILIZATION_PCT_HELP: &str = "Mean GPU utilization of the node, 0-100, from its last poll.";
 
 /// From 1 ms (cached reads) to 60 s (long non-streaming completions).
 pub const HTTP_DURATION_BUCKETS: &[f64] =

@@ -1,8 +1,10 @@
 //! Telemetry: JSON logs (application and access log) through one non-blocking writer, the
-//! Prometheus recorder and metric catalogue, request ids, client addresses and the HTTP middleware.
+//! Prometheus recorder and metric catalogue, the `/metrics` text (exposition), request ids, client
+//! addresses and the HTTP middleware.
 
 pub mod access_log;
 pub mod client_ip;
+pub mod exposition;
 pub mod log_writer;
 pub mod logging;
 pub mod metrics;
