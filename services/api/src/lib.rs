@@ -9,7 +9,6 @@ pub mod cli;
 pub mod config;
 pub mod conversations;
 pub mod db;
-pub mod error;
 pub mod gpu;
 pub mod http;
 pub mod llm;

@@ -19,7 +19,7 @@ use crate::{
         auth::AdminUser,
         rate_limits::{self, Holder, LimitsPatch, RateLimits},
     },
-    error::{ApiError, ApiResult},
+    http::error::{ApiError, ApiResult},
     http::extract::AppJson,
     state::AppState,
 };

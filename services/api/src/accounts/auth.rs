@@ -33,8 +33,8 @@ use crate::{
         redis_link::RedisLink,
         revocation,
     },
-    error::ApiError,
-    telemetry::RequestContext,
+    http::RequestContext,
+    http::error::ApiError,
 };
 
 /// Entries kept before expired ones are swept (and, if still full, the cache is cleared).

@@ -20,7 +20,7 @@ use crate::{
         limits,
         rate_limits::{self, RateLimits},
     },
-    error::{ApiError, ApiResult},
+    http::error::{ApiError, ApiResult},
     http::extract::AppJson,
     state::AppState,
 };

@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// Limits of one bucket; `None`: no limit of that kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

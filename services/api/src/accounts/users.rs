@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::{
     accounts::{auth::Role, key_store},
-    error::ApiError,
+    http::error::ApiError,
 };
 
 /// Creates a user with a zero balance and a first API key; returns (user id, key).

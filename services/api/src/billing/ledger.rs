@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{error::ApiError, telemetry::metrics::CREDIT_TRANSACTIONS_TOTAL};
+use crate::{http::error::ApiError, telemetry::metrics::CREDIT_TRANSACTIONS_TOTAL};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::{
     accounts::auth::{AdminUser, AuthUser},
     billing::{Billing, CreditKind, fmt_usd, ledger},
-    error::{ApiError, ApiResult},
+    http::error::{ApiError, ApiResult},
     http::extract::AppJson,
     state::AppState,
 };

@@ -20,11 +20,12 @@ use super::{
 use crate::{
     accounts::{auth::AuthUser, limits},
     billing::fmt_usd,
-    error::{ApiError, ApiResult},
+    http::RequestContext,
+    http::error::{ApiError, ApiResult},
     http::extract::AppJson,
     llm::{self, Endpoint, LlmState},
     state::AppState,
-    telemetry::{RequestContext, metrics::CHAT_CONVERSATIONS_CREATED_TOTAL},
+    telemetry::metrics::CHAT_CONVERSATIONS_CREATED_TOTAL,
 };
 
 pub fn router() -> Router<AppState> {

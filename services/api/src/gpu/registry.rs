@@ -14,12 +14,12 @@ use uuid::Uuid;
 
 use crate::{
     accounts::auth::AdminUser,
-    error::{ApiError, ApiResult},
     gpu::{
         GpuState,
         node_policy::{self, AGENT_TOKEN_ENV_RULE},
         node_store::{self, NewNode, NodeRow},
     },
+    http::error::{ApiError, ApiResult},
     http::extract::AppJson,
     llm::catalog::validate_http_url,
     state::AppState,

@@ -9,8 +9,8 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
 use crate::{
-    error::ApiError,
-    telemetry::{RequestContext, RequestLimits},
+    http::error::ApiError,
+    http::{RequestContext, RequestLimits},
 };
 
 /// `Json<T>` with OpenAI-style errors: 400 naming the problem for bad syntax or wrong field types,

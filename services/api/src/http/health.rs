@@ -19,7 +19,7 @@ use sqlx::PgPool;
 
 use crate::{
     db,
-    error::{ApiError, ApiResult},
+    http::error::{ApiError, ApiResult},
     state::AppState,
 };
 

@@ -1,23 +1,27 @@
-//! HTTP: the public router (each domain's `router()` merged here, the telemetry stack applied
-//! once to all of them, the JSON 404 fallback), the internal metrics listener's router, health
-//! probes and the extractors whose rejections are API errors.
+//! HTTP: the public router (each domain's `router()` merged here, the telemetry middleware
+//! applied once to all of them, the JSON 404 fallback), the internal metrics listener's router,
+//! health probes, the extractors, and the one error type with its outcome table.
 
+pub mod error;
 pub mod extract;
 pub mod health;
 pub mod internal;
+pub mod middleware;
 #[cfg(feature = "test-routes")]
 pub mod test_routes;
+
+pub use middleware::{RequestContext, RequestLimits, TelemetryLayer};
 
 use axum::Router;
 
 use crate::{
     accounts, billing,
     config::Config,
-    conversations,
-    error::ApiError,
-    gpu, llm,
+    conversations, gpu,
+    http::error::ApiError,
+    llm,
     state::AppState,
-    telemetry::{AccessLog, RequestLimits, TelemetryLayer, client_ip::TrustedProxies},
+    telemetry::{AccessLog, client_ip::TrustedProxies},
 };
 
 pub fn public_router(state: AppState, access_log: AccessLog) -> Router {

@@ -18,8 +18,8 @@ use super::{
 use crate::{
     accounts::auth::AuthUser,
     billing::fmt_usd,
-    error::{ApiError, Outcome},
-    telemetry::RequestContext,
+    http::RequestContext,
+    http::error::{ApiError, Outcome},
 };
 
 /// A non-streaming completion (`client_disconnect` when the client left before the answer).

@@ -29,8 +29,9 @@ use crate::{
     accounts::auth::AuthUser,
     accounts::rate_limiter::{Admission, Scope},
     billing::{HoldError, Settlement},
-    error::{ApiError, Outcome},
-    telemetry::{RequestContext, metrics as m},
+    http::RequestContext,
+    http::error::{ApiError, Outcome},
+    telemetry::metrics as m,
 };
 
 /// Reported token counts above this are clamped (and the row flagged `clamped`): no model has a

@@ -1,13 +1,13 @@
 //! What differs between the LLM endpoints, in one type: which fields a request may carry and
 //! must carry, its output cap (the hold's worst case), the upstream path, and where the usage
-//! sits in the answer. The call engine (`gateway`) is one path for all of them: hold, upstream
+//! sits in the answer. The call engine (`llm::call`) is one path for all of them: hold, upstream
 //! call, usage extraction by [`Endpoint`], settlement.
 
 use serde_json::{Map, Value};
 
 use super::{families, request_fields};
 use crate::{
-    error::ApiError,
+    http::error::ApiError,
     llm::catalog::{CatalogEndpoint, Model, Usage},
 };
 

@@ -9,7 +9,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// The fields an endpoint family forwards.
 pub struct Family {

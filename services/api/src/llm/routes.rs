@@ -14,11 +14,11 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     accounts::auth::AuthUser,
-    error::ApiResult,
+    http::RequestContext,
+    http::error::ApiResult,
     http::extract::AppJson,
     llm::{self, Endpoint, LlmState},
     state::AppState,
-    telemetry::RequestContext,
 };
 
 /// Routes whose handlers wait on an upstream: they get the upstream timeout, not the API's.

@@ -26,8 +26,9 @@ use super::{
 };
 use crate::{
     accounts::auth::AuthUser,
-    error::{ApiError, Outcome},
-    telemetry::{RequestContext, metrics as m},
+    http::RequestContext,
+    http::error::{ApiError, Outcome},
+    telemetry::metrics as m,
 };
 
 /// Makes a streaming body ask for usage whatever the client sent: `stream_options` missing,

@@ -32,9 +32,10 @@ use crate::{
     accounts::auth::{AuthUser, Role},
     accounts::{rate_limiter::RateLimiter, rate_limits::RateLimits},
     billing::{HoldError, Settlement},
-    error::{ApiError, Outcome},
     gpu::fleet::Fleet,
-    telemetry::{RequestContext, RequestId, RequestLimits},
+    http::error::{ApiError, Outcome},
+    http::{RequestContext, RequestLimits},
+    telemetry::RequestId,
 };
 
 /// A user's credit in memory: what is available, what is held by calls in flight, what was billed.

@@ -16,7 +16,7 @@
 use axum::http::{HeaderValue, StatusCode};
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// At most this much of an error body is read (the rest is never downloaded).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -170,7 +170,7 @@ mod tests {
 
     use super::*;
 
-    fn error(status: u16, body: Value) -> crate::error::ErrorInfo {
+    fn error(status: u16, body: Value) -> crate::http::error::ErrorInfo {
         let body = serde_json::to_vec(&body).unwrap();
         to_api_error(StatusCode::from_u16(status).unwrap(), None, &body, "up-secret", "public").info()
     }

@@ -73,8 +73,8 @@ pub fn zero_redis_series() {
     metrics::counter!(REDIS_ERRORS_TOTAL).increment(0);
 }
 
-/// `exception_type` label values of `pr_http_exceptions_total`: the types `error.rs` gives and the
-/// middleware's own (`panic`, `timeout`), a closed set.
+/// `exception_type` label values of `pr_http_exceptions_total`: the types of `http::error`'s
+/// outcome table and the middleware's own (`panic`, `timeout`), a closed set.
 pub const EXCEPTION_TYPES: [&str; 11] = [
     "panic",
     "timeout",
@@ -103,7 +103,7 @@ const ZERO_ROUTE: &str = "/v1/chat/completions";
 /// exist only for registered nodes (a made-up node at 0 would fire the "all nodes down" alert):
 /// their families are printed as HELP/TYPE lines alone until a node is registered.
 pub fn zero_series(models: &[(&'static str, &'static str)]) {
-    use crate::{billing::ledger::CreditKind, error::Outcome};
+    use crate::{billing::ledger::CreditKind, http::error::Outcome};
     let http = [("method", ZERO_METHOD), ("route", ZERO_ROUTE), ("status", "200")];
     metrics::counter!(HTTP_REQUESTS_TOTAL, &http).increment(0);
     // Registered without an observation: rendered with every bucket, `_sum` and `_count` at 0.

@@ -41,7 +41,7 @@ use self::{
 };
 pub use handles::method_label;
 
-use super::{
+use crate::telemetry::{
     access_log::{AccessLog, UserSlot},
     client_ip::TrustedProxies,
     logging::unix_now,
@@ -49,7 +49,7 @@ use super::{
 };
 use crate::{
     accounts::rate_limiter::RateStatus,
-    error::{ApiError, ErrorInfo},
+    http::error::{ApiError, ErrorInfo},
 };
 
 pub const UNMATCHED_ROUTE: &str = "unmatched";

@@ -9,7 +9,7 @@ use axum::{
 use metrics::counter;
 
 use crate::{
-    error::ErrorInfo,
+    http::error::ErrorInfo,
     telemetry::{
         metrics::{EXCEPTION_TYPES, HTTP_EXCEPTIONS_TOTAL},
         request_id::RequestId,
