@@ -67,12 +67,15 @@ pub struct Billing {
     inner: Arc<Inner>,
 }
 
+/// The settlement writer (it returns whether it drained, and the journal) and lease maintenance.
+type Tasks = (JoinHandle<(bool, Journal)>, JoinHandle<()>);
+
 struct Inner {
     db: PgPool,
     credits: Arc<Credits>,
     writer: SettleWriter,
     stop: watch::Sender<bool>,
-    tasks: std::sync::Mutex<Option<(JoinHandle<(bool, Journal)>, JoinHandle<()>)>>,
+    tasks: std::sync::Mutex<Option<Tasks>>,
 }
 
 impl Billing {
