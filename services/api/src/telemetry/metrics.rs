@@ -201,6 +201,7 @@ pub async fn run_upkeep(handle: PrometheusHandle) {
     }
 }
 
+/// Every metric's HELP text, in one place: long because it is a list, one call per metric.
 fn describe() {
     describe_counter!(
         HTTP_REQUESTS_TOTAL,

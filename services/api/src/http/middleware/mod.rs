@@ -49,7 +49,7 @@ use crate::telemetry::{
 };
 use crate::{
     accounts::rate_limiter::RateStatus,
-    http::error::{ApiError, ErrorInfo},
+    http::error::{ApiError, Outcome},
 };
 
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -195,10 +195,7 @@ where
                     Ok(Err(_panic)) => {
                         // The panic hook has already logged message and location.
                         let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
-                        response.extensions_mut().insert(ErrorInfo {
-                            exception_type: Some("panic"),
-                            ..ErrorInfo::for_status(StatusCode::INTERNAL_SERVER_ERROR)
-                        });
+                        response.extensions_mut().insert(Outcome::Panic.info());
                         response
                     }
                 },
