@@ -4,6 +4,9 @@
 # pin, e.g. POSTGRES_IMAGE=...) is left alone.
 
 IMAGES_MANIFEST=$(cd "$(dirname "${BASH_SOURCE[0]}")/../images" && pwd)/manifest
+# Without it every reader below would see no lines and carry on (process substitutions are
+# not checked by set -e): refuse at once instead.
+[[ -r $IMAGES_MANIFEST ]] || { printf 'missing %s: the image manifest\n' "$IMAGES_MANIFEST" >&2; return 1; }
 
 # Every NAME=image:tag line of the manifest, in file order (comments and blank lines dropped).
 manifest_entries() {

@@ -217,6 +217,16 @@ async fn a_client_that_gives_up_on_a_non_streaming_call_is_billed_once() {
     assert_eq!(usage_rows(&g.app.pool, user_id).await.len(), 1, "billed exactly once");
     assert_eq!((rows[0].0, rows[0].1, rows[0].2, rows[0].3), (d(CALL_COST), 12, 34, false));
     assert_eq!(balance_and_held(&g.app.pool, user_id).await.0, d("1") - d(CALL_COST));
+    // The request itself is finished too: logged and counted as 499 (client closed request),
+    // and no longer in flight.
+    let lines = g.app.access_lines(1).await;
+    let aborted: Vec<_> = lines.iter().filter(|l| l["route"] == "/v1/chat/completions").collect();
+    assert_eq!(aborted.len(), 1, "{lines:?}");
+    assert_eq!(aborted[0]["status"], 499, "{lines:?}");
+    let route = [("method", "POST"), ("route", "/v1/chat/completions")];
+    let s = g.app.samples().await;
+    assert_eq!(s.expect("pr_http_requests_in_flight", &route), 0.0);
+    assert_eq!(s.expect("pr_http_requests_total", &[route[0], route[1], ("status", "499")]), 1.0);
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The composition root: `AppState` builds and holds every shared part once (cheap to clone).
 //! Handlers take their domain's narrow state from it through `FromRef` (`accounts::AccountsState`,
 //! `gpu::GpuState`, `billing::routes::BillingState`, `conversations::ConversationsState`,
-//! `http::health::HealthState`); only the LLM engine still takes it whole.
+//! `http::health::HealthState`, `llm::LlmState`).
 
 use std::{
     sync::{

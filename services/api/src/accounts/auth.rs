@@ -126,23 +126,29 @@ impl KeyCache {
         {
             return Ok(entry.user);
         }
-        let flight = self.0.flights.lock().expect("key flights lock").entry(hash).or_default().clone();
-        let answer = flight.get_or_init(|| self.look_up(hash)).await.clone();
-        {
-            let mut flights = self.0.flights.lock().expect("key flights lock");
-            if flights.get(&hash).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-                flights.remove(&hash);
-            }
-        }
+        let flight = Boarded::new(&self.0, hash);
+        let answer = flight.cell.get_or_init(|| self.look_up(hash)).await.clone();
+        drop(flight);
         answer.map_err(|(transient, message)| {
-            let e = sqlx::Error::Protocol(message);
-            if transient { ApiError::DatabaseUnavailable(e) } else { ApiError::Database(e) }
+            // The first caller's error, shared: as a 503 when a retry can succeed, else a 500.
+            if transient {
+                ApiError::DatabaseUnavailable(sqlx::Error::Io(std::io::Error::other(message)))
+            } else {
+                ApiError::Database(sqlx::Error::Protocol(message))
+            }
         })
     }
 
     /// The one database lookup of a flight; caches its answer unless an eviction came meanwhile.
     async fn look_up(&self, hash: [u8; 32]) -> Result<Option<AuthUser>, (bool, String)> {
         let generation = self.0.generation.load(Ordering::Acquire);
+        // A flight that ended between this caller's cache miss and its boarding has cached the
+        // answer already.
+        if let Some(entry) = self.0.entries.read().expect("key cache lock").get(&hash)
+            && entry.expires > Instant::now()
+        {
+            return Ok(entry.user);
+        }
         let found = key_store::find_active(&self.0.db, &hash).await.map_err(|e| {
             let message = e.to_string();
             (matches!(ApiError::from(e), ApiError::DatabaseUnavailable(_)), message)
@@ -224,6 +230,35 @@ impl KeyCache {
 
     pub fn user_defaults(&self) -> RateLimits {
         self.0.user_defaults
+    }
+}
+
+/// A caller's place on the flight of its key. Leaving it (answered, or dropped with a cancelled
+/// request) removes the flight from the map once it is answered or nobody else is on it, so
+/// clients that hang up mid-lookup leave nothing behind.
+struct Boarded<'a> {
+    inner: &'a Inner,
+    hash: [u8; 32],
+    cell: Flight,
+}
+
+impl<'a> Boarded<'a> {
+    fn new(inner: &'a Inner, hash: [u8; 32]) -> Self {
+        let cell = inner.flights.lock().expect("key flights lock").entry(hash).or_default().clone();
+        Self { inner, hash, cell }
+    }
+}
+
+impl Drop for Boarded<'_> {
+    fn drop(&mut self) {
+        let mut flights = self.inner.flights.lock().expect("key flights lock");
+        // Under the lock nobody can board meanwhile: the map's reference and ours are the last
+        // two when no one else waits.
+        if flights.get(&self.hash).is_some_and(|f| Arc::ptr_eq(f, &self.cell))
+            && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2)
+        {
+            flights.remove(&self.hash);
+        }
     }
 }
 

@@ -274,6 +274,26 @@ mod tests {
         assert_eq!(used, CALL_STATUSES.into_iter().collect());
         assert_eq!(Outcome::UpstreamTimeout.call_status(), "timeout");
         assert_eq!(Outcome::UpstreamTimeout.info().exception_type, Some("upstream_timeout"));
+        // Each call outcome's label, as the engine counted it before the table (a wrong row
+        // would keep the set above intact).
+        let calls = ROWS.iter().filter(|r| !r.call_status.is_empty()).map(|r| (r.outcome, r.call_status));
+        assert_eq!(
+            calls.collect::<Vec<_>>(),
+            [
+                (Outcome::InsufficientCredits, "insufficient_credits"),
+                (Outcome::UpstreamRejected, "upstream_error"),
+                (Outcome::UpstreamRateLimited, "upstream_error"),
+                (Outcome::UpstreamAuthFailed, "upstream_error"),
+                (Outcome::UpstreamError, "upstream_error"),
+                (Outcome::UpstreamNotStreaming, "invalid_response"),
+                (Outcome::UpstreamUnavailable, "upstream_unavailable"),
+                (Outcome::InvalidResponse, "invalid_response"),
+                (Outcome::UpstreamTimeout, "timeout"),
+                (Outcome::NoHealthyNode, "no_healthy_node"),
+                (Outcome::Success, "success"),
+                (Outcome::ClientDisconnect, "client_disconnect"),
+            ]
+        );
     }
 
     #[test]

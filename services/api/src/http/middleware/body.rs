@@ -40,7 +40,7 @@ pub(super) struct Record {
 }
 
 impl Record {
-    fn finish(self, status: StatusCode, bytes: u64) {
+    pub(super) fn finish(self, status: StatusCode, bytes: u64) {
         let elapsed = self.start.elapsed();
         self.metrics.record(status, elapsed.as_secs_f64());
         self.metrics.in_flight.decrement(1.0);

@@ -186,6 +186,7 @@ where
 
         let deadline = start + self.shared.request_timeout;
         Box::pin(async move {
+            let mut pending = Pending(Some(record));
             let response = match inner_fut {
                 None => ApiError::PayloadTooLarge.into_response(),
                 Some(fut) => match LazyTimeout::new(AssertUnwindSafe(fut).catch_unwind(), deadline).await {
@@ -200,8 +201,22 @@ where
                     }
                 },
             };
-            Ok(respond(record, response))
+            Ok(respond(pending.0.take().expect("the record is taken once"), response))
         })
+    }
+}
+
+/// The request's record until its response head exists. A future dropped before then (the
+/// client went away while the handler ran) finishes it as 499, as nginx logs a client that
+/// closed the connection: the in-flight gauge comes down and the request keeps its access-log
+/// line and its count.
+struct Pending(Option<Record>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(record) = self.0.take() {
+            record.finish(StatusCode::from_u16(499).expect("499 is a status code"), 0);
+        }
     }
 }
 

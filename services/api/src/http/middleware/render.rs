@@ -9,7 +9,7 @@ use axum::{
 use metrics::counter;
 
 use crate::{
-    http::error::ErrorInfo,
+    http::error::{ErrorInfo, anthropic_type},
     telemetry::{
         metrics::{EXCEPTION_TYPES, HTTP_EXCEPTIONS_TOTAL},
         request_id::RequestId,
@@ -44,6 +44,8 @@ pub(super) fn error_body(
     }
     let mut info = info.unwrap_or_else(|| ErrorInfo::for_status(status));
     info.status = status;
+    // The Anthropic type follows the status as sent, should a layer have changed it.
+    info.anthropic = anthropic_type(status);
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     parts.headers.remove(header::CONTENT_LENGTH);
     if status.is_server_error() {
